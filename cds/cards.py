@@ -1,0 +1,173 @@
+"""From findings to CDS Hooks cards: texts from rules/findings.yaml, evidence from the facts.
+
+Every card states its evidence (value, unit and date; or the medication and its status) and
+its source. Card and suggestion uuids are derived from the hookInstance, so a repeated call
+yields the same uuids and feedback on them stays attributable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cds.cdshooks import Action, Card, Coding, Link, Source, Suggestion
+from cds.facts import Evidence, Facts
+from cds.findings import ConsolidatedFinding
+from cds.knowledge import Knowledge
+
+SUMMARY_LIMIT = 139
+LABEL_LIMIT = 60
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """What the cards of one request need besides the findings."""
+
+    hook_instance: uuid.UUID
+    patient_id: str
+    lookback_days: int
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def short_evidence(evidence: Evidence) -> str:
+    """The few words of evidence that fit in a summary."""
+    if evidence.kind == "lab" and evidence.value is not None:
+        when = f" on {evidence.when.isoformat()}" if evidence.when else ""
+        return f"{_number(evidence.value)} {evidence.unit}{when}"
+    if evidence.kind in ("medication", "order"):
+        return f"{_shorten(evidence.label, LABEL_LIMIT)} ({evidence.status})"
+    return evidence.label[0].lower() + evidence.label[1:]
+
+
+def evidence_line(evidence: Evidence, lookback_days: int) -> str:
+    """One markdown bullet stating the evidence in full."""
+    if evidence.kind == "missing":
+        return f"- **{evidence.label}**: no result in the last {lookback_days} days"
+    parts = [f"**{evidence.label}**"]
+    if evidence.value is not None:
+        parts.append(f"{_number(evidence.value)} {evidence.unit}")
+        if evidence.reported:
+            parts.append(f"(reported as {evidence.reported})")
+    details = [d for d in (evidence.status, evidence.when and f"dated {evidence.when}") if d]
+    if details:
+        parts.append(f"({', '.join(str(d) for d in details)})")
+    line = "- " + " ".join(parts)
+    if evidence.judged:
+        line += f": {evidence.judged}"
+    if evidence.code:
+        line += f" · {evidence.code}"
+    return line
+
+
+class CardBuilder:
+    """Builds the cards of one response. Holds only the knowledge, shared and read-only."""
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self.knowledge = knowledge
+        self.texts = knowledge.findings
+
+    def build(self, findings: list[ConsolidatedFinding], facts: Facts,
+              context: CardContext) -> list[Card]:
+        return [self._card(f, facts, context) for f in findings if f.evidence]
+
+    def _card(self, finding: ConsolidatedFinding, facts: Facts, context: CardContext) -> Card:
+        text = self.texts.findings[finding.code]
+        evidence = [facts.evidence[ref] for ref in finding.evidence]
+        card_id = uuid.uuid5(context.hook_instance, finding.code)
+        source = self.knowledge.sources[text.source]
+        template = (text.summary_critical if finding.indicator == "critical"
+                    and text.summary_critical else text.summary)
+        summary = _shorten(template.format(evidence=self._summary_evidence(evidence)),
+                           SUMMARY_LIMIT)
+        detail = "\n".join([
+            "**Evidence**", "",
+            *(evidence_line(e, context.lookback_days) for e in evidence), "",
+            text.why, "", f"**Consider:** {text.consider}",
+        ])
+        suggestions = self._suggestions(finding, text.suggest, text.labs, facts, evidence,
+                                        card_id, context)
+        links = [Link(label=self.knowledge.sources[key].label, url=self.knowledge.sources[key].url)
+                 for key in dict.fromkeys([text.source, *text.links])]
+        return Card(
+            uuid=str(card_id), summary=summary, detail=detail, indicator=finding.indicator,
+            source=Source(label=source.label, url=source.url, topic=Coding(
+                system=self.texts.topic_system, code=finding.code, display=text.title)),
+            suggestions=suggestions or None,
+            selectionBehavior=(None if not suggestions else
+                               "any" if text.suggest == "missing-labs" else "at-most-one"),
+            overrideReasons=[Coding(system=self.texts.topic_system, code=r.code,
+                                    display=r.display) for r in self.texts.override_reasons],
+            links=links,
+        )
+
+    @staticmethod
+    def _summary_evidence(evidence: list[Evidence]) -> str:
+        """The evidence named in the summary: all missing tests, else the first non-complaint."""
+        missing = [e.label for e in evidence if e.kind == "missing"]
+        if missing:
+            return ", ".join(missing)
+        chosen = next((e for e in evidence if e.kind != "complaint"), evidence[0])
+        return short_evidence(chosen)
+
+    def _suggestions(self, finding: ConsolidatedFinding, kind: str | None, labs: list[str],
+                     facts: Facts, evidence: list[Evidence], card_id: uuid.UUID,
+                     context: CardContext) -> list[Suggestion]:
+        suggestions: list[Suggestion] = []
+        if kind == "referral":
+            suggestions.append(self._referral(finding, evidence, card_id, context))
+        if kind == "missing-labs" and not labs:
+            labs = [name for name, a in self.knowledge.labs.analytes.items()
+                    if a.workup and name in facts.missing_labs]
+        suggestions += [self._lab_order(name, card_id, context)
+                        for name in labs if name in facts.missing_labs]
+        return suggestions
+
+    def _referral(self, finding: ConsolidatedFinding, evidence: list[Evidence],
+                  card_id: uuid.UUID, context: CardContext) -> Suggestion:
+        referral = self.texts.referral
+        title = self.texts.findings[finding.code].title
+        reasons = "; ".join(e.label for e in evidence if e.kind != "complaint")
+        resource: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "priority": "urgent" if finding.indicator == "critical" else "routine",
+            "category": [{"text": "Referral"}],
+            "code": {"coding": [referral.code], "text": f"Referral to {referral.specialty_text}"},
+            "performerType": {"text": referral.specialty_text},
+            "subject": {"reference": f"Patient/{context.patient_id}"},
+            "reasonCode": [{"text": f"Muscle twitching: {title}"
+                                    + (f" ({reasons})" if reasons else "")}],
+        }
+        return Suggestion(
+            label=referral.label, uuid=str(uuid.uuid5(card_id, "referral")), isRecommended=True,
+            actions=[Action(type="create", description=referral.description, resource=resource)])
+
+    def _lab_order(self, analyte_name: str, card_id: uuid.UUID,
+                   context: CardContext) -> Suggestion:
+        analyte = self.knowledge.labs.analytes[analyte_name]
+        code = analyte.codes[0]
+        order = self.texts.lab_order
+        resource = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "category": [{"coding": [order.category]}],
+            "code": {"coding": [{"system": code.system_uri, "code": code.code,
+                                 "display": code.display}], "text": analyte.label},
+            "subject": {"reference": f"Patient/{context.patient_id}"},
+            "reasonCode": [{"text": "Muscle twitching work-up"}],
+        }
+        fields = {"test": analyte.label, "code": code.code}
+        return Suggestion(
+            label=order.label.format(**fields), uuid=str(uuid.uuid5(card_id, analyte_name)),
+            actions=[Action(type="create", description=order.description.format(**fields),
+                            resource=resource)])

@@ -1,0 +1,98 @@
+"""The durable-rules engine, wrapped once behind `RulesEngine.evaluate(ruleset, facts)`.
+
+Why the wrapper looks the way it does (measured; see shared/engineering-notes.md):
+- durable-rules keeps a fixed table of 1,024 sessions: every evaluation runs in its own
+  session id and deletes it afterwards, also on error, so nothing is left behind.
+- A fact that no rule handles makes the whole batch fail (and corrupted the heap after
+  `delete_state`): every ruleset gets a catch-all rule.
+- Joins over several facts only fire reliably for asserted facts, not posted events.
+- The library's own Host starts a background thread that runs pending actions of any session;
+  here actions must run in the evaluating thread so that each request collects exactly its own
+  findings, so that dispatcher is not started.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from durable import engine as durable_engine
+
+from cds.knowledge import Knowledge, Rule
+
+CATCH_ALL = {"all": [{"m": {"$ex": {"kind": 1}}}]}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule firing: which finding, how severe, and the evidence references it cites."""
+
+    code: str
+    indicator: str
+    evidence: tuple[str, ...]
+    rule: str
+
+
+class _CallerThreadHost(durable_engine.Host):
+    """A durable-rules host without the background dispatcher thread (see module doc)."""
+
+    def _run(self) -> None:
+        return None
+
+
+class RulesEngine:
+    """Thread-safe: each evaluation uses a fresh session id and its own findings list."""
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self._host = _CallerThreadHost()
+        self._suffix = uuid.uuid4().hex[:8]
+        self._collected: dict[str, list[Finding]] = {}
+        self._lock = threading.Lock()
+        self._names: dict[str, str] = {}
+        definitions: dict[str, dict[str, Any]] = {}
+        for ruleset, rules in knowledge.rulesets.items():
+            name = f"{ruleset}-{self._suffix}"
+            self._names[ruleset] = name
+            definition = {rule_name: {"all": rule.all, "run": self._action(rule_name, rule)}
+                          for rule_name, rule in rules.items()}
+            definition["catch-all"] = {**CATCH_ALL, "run": _ignore}
+            definitions[name] = definition
+        self._host.register_rulesets(definitions)
+
+    def _action(self, rule_name: str, rule: Rule) -> Callable[[Any], None]:
+        outcome = rule.then
+
+        def emit(c: Any) -> None:
+            finding = outcome.finding
+            if finding.startswith("$"):
+                alias, attribute = finding[1:].split(".", 1)
+                finding = getattr(c, alias)[attribute]
+            evidence = tuple(ref for alias in outcome.cite
+                             if (ref := getattr(c, alias)["evidence"]) is not None)
+            with self._lock:
+                self._collected.setdefault(c.s.sid, []).append(
+                    Finding(finding, outcome.indicator, evidence, rule_name))
+
+        return emit
+
+    def evaluate(self, ruleset: str, facts: list[dict[str, Any]]) -> list[Finding]:
+        """Run `facts` through `ruleset` and return every finding the rules emitted."""
+        if not facts:
+            return []
+        sid = uuid.uuid4().hex
+        name = self._names[ruleset]
+        batch = [{**fact, "sid": sid, "id": str(index)} for index, fact in enumerate(facts)]
+        try:
+            self._host.assert_facts(name, batch)
+        finally:
+            self._host.delete_state(name, sid)
+            with self._lock:
+                findings = self._collected.pop(sid, [])
+        return findings
+
+
+def _ignore(c: Any) -> None:
+    """The catch-all rule's action: the fact is handled, nothing is concluded from it alone."""

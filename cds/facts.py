@@ -1,0 +1,559 @@
+"""From a patient's FHIR resources to the few aggregated facts the rules reason over.
+
+Selection happens on plain dicts first (resource type, status, code membership, recency),
+because validating every resource of a large record with fhir.resources costs more than
+everything else together. Only the resources that can become a fact are validated with the
+R4B models, one at a time, so one invalid resource is skipped (and counted) while the rest
+still count. Facts are aggregated - one per analyte, concept or ingredient - because each
+asserted fact costs the rules engine time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any, Literal
+
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.familymemberhistory import FamilyMemberHistory
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from pydantic import ValidationError
+
+from cds.knowledge import SYSTEMS, Analyte, Knowledge, Threshold
+from cds.units import quantity_unit, to_canonical
+
+Resource = dict[str, Any]
+EvidenceKind = Literal["complaint", "problem", "family", "lab", "missing", "medication", "order"]
+
+FINAL_OBSERVATION = {"final", "amended", "corrected"}
+ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
+EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
+ACTIVE_REQUEST = {"active"}
+ACTIVE_STATEMENT = {"active", "intended"}
+MODELS = {
+    "Condition": Condition,
+    "Observation": Observation,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
+    "FamilyMemberHistory": FamilyMemberHistory,
+}
+ProblemCandidate = tuple[Resource, dict[str, Any], "date | None", str]
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a card shows as the reason for its finding."""
+
+    kind: EvidenceKind
+    label: str
+    when: date | None = None
+    value: float | None = None
+    unit: str | None = None
+    reported: str | None = None
+    status: str | None = None
+    judged: str | None = None
+    code: str | None = None
+
+
+@dataclass
+class Facts:
+    """The input of the rules engine plus what the cards step needs to explain it."""
+
+    facts: list[dict[str, Any]] = field(default_factory=list)
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    missing_labs: set[str] = field(default_factory=set)
+    invalid_resources: int = 0
+    unjudged_results: int = 0
+
+    def add(self, fact: dict[str, Any], evidence: Evidence | None = None) -> None:
+        if evidence is not None:
+            ref = f"e{len(self.evidence) + 1}"
+            self.evidence[ref] = evidence
+            fact = {**fact, "evidence": ref}
+        self.facts.append(fact)
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for fact in self.facts:
+            counts[fact["kind"]] = counts.get(fact["kind"], 0) + 1
+        return counts
+
+
+def parse_date(value: Any) -> date | None:
+    """The start of a FHIR date/dateTime/instant of any precision ('2026', '2026-03', ...).
+
+    The start of the period is used so that an imprecise date is never taken as more recent
+    than it may be: stale data must not pass for current.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _DATE.match(value)
+    if not match:
+        return None
+    year, month, day = int(match[1]), int(match[2] or 1), int(match[3] or 1)
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _codings(concept: Any) -> list[dict[str, Any]]:
+    if not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
+        return []
+    return [c for c in concept["coding"] if isinstance(c, dict)]
+
+
+def _status_code(concept: Any) -> str | None:
+    codes = [c.get("code") for c in _codings(concept)]
+    return next((c for c in codes if isinstance(c, str)), None)
+
+
+def _code_label(coding: dict[str, Any]) -> str:
+    system = {uri: name for name, uri in SYSTEMS.items()}.get(coding.get("system", ""), "code")
+    names = {"snomed": "SNOMED CT", "icd10cm": "ICD-10-CM", "loinc": "LOINC", "rxnorm": "RxNorm"}
+    return f"{names.get(system, system)} {coding.get('code')}"
+
+
+class Vocabulary:
+    """Lookup tables built once from rules/: which code means which concept, analyte or drug."""
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self.knowledge = knowledge
+        self.concepts: dict[tuple[str, str], set[str]] = {}
+        self.prefixes: list[tuple[str, str, str]] = []
+        for name, valueset in knowledge.valuesets.items():
+            for code in valueset.codes:
+                if code.prefix:
+                    self.prefixes.append((code.system_uri, code.code, name))
+                else:
+                    self.concepts.setdefault((code.system_uri, code.code), set()).add(name)
+        labs = knowledge.labs
+        self.analytes = {c.code: (name, c) for name, a in labs.analytes.items() for c in a.codes}
+        self.scored = {c.code: name for name, o in labs.scored_observations.items()
+                       for c in o.codes}
+        self.coded = {c.code: name for name, o in labs.coded_observations.items()
+                      for c in o.codes}
+        meds = knowledge.medications
+        self.by_rxcui = {i.rxcui: name for name, i in meds.ingredients.items() if i.rxcui}
+        self.products = {pid: p.ingredients for pid, p in meds.products.items()}
+        self.name_patterns = [
+            (re.compile(rf"\b{re.escape(n)}\b", re.IGNORECASE), name)
+            for name, i in meds.ingredients.items() for n in (i.names or [name])
+        ]
+
+    def concepts_of(self, codings: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Concepts the codings belong to, each with the coding that matched."""
+        found: dict[str, dict[str, Any]] = {}
+        for coding in codings:
+            system, code = coding.get("system"), coding.get("code")
+            if not isinstance(system, str) or not isinstance(code, str):
+                continue
+            for name in self.concepts.get((system, code), ()):
+                found.setdefault(name, coding)
+            for p_system, prefix, name in self.prefixes:
+                if system == p_system and code.startswith(prefix):
+                    found.setdefault(name, coding)
+        return found
+
+    def ingredients_of(self, concept: Any) -> set[str]:
+        """Ingredients of a medication CodeableConcept: RxNorm IN, then SCD/SBD, then names."""
+        found: set[str] = set()
+        texts: list[str] = []
+        for coding in _codings(concept):
+            code = coding.get("code")
+            if coding.get("system") == SYSTEMS["rxnorm"] and isinstance(code, str):
+                if code in self.by_rxcui:
+                    found.add(self.by_rxcui[code])
+                found.update(self.products.get(code, ()))
+            if isinstance(coding.get("display"), str):
+                texts.append(coding["display"])
+        if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+            texts.append(concept["text"])
+        if not found:
+            for pattern, name in self.name_patterns:
+                if any(pattern.search(text) for text in texts):
+                    found.add(name)
+        return found
+
+
+def _valid(resource: Resource, facts: Facts) -> bool:
+    """Validate one selected resource with its R4B model; an invalid one is counted, skipped."""
+    model = MODELS[resource["resourceType"]]
+    try:
+        model.model_validate(resource)
+    except (ValidationError, ValueError, TypeError):
+        facts.invalid_resources += 1
+        return False
+    return True
+
+
+def _observation_date(obs: Resource) -> date | None:
+    period = obs.get("effectivePeriod") if isinstance(obs.get("effectivePeriod"), dict) else {}
+    return (parse_date(obs.get("effectiveDateTime")) or parse_date(obs.get("effectiveInstant"))
+            or parse_date(period.get("start")) or parse_date(obs.get("issued")))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True)
+class LabResult:
+    analyte: str
+    when: date
+    value: float
+    reported: str
+    ref_low: float | None
+    ref_high: float | None
+    code: str
+    corrected: bool
+
+
+def _reference_limits(obs: Resource, analyte: Analyte) -> tuple[float | None, float | None]:
+    """The result's own reference range, converted; None where absent or not convertible."""
+    ranges = obs.get("referenceRange")
+    if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], dict):
+        return None, None
+    limits: list[float | None] = []
+    for end in ("low", "high"):
+        quantity = ranges[0].get(end)
+        number = _number(quantity.get("value")) if isinstance(quantity, dict) else None
+        limits.append(None if number is None else
+                      to_canonical(number, quantity_unit(quantity), analyte.unit_factors))
+    return limits[0], limits[1]
+
+
+def _lab_result(obs: Resource, name: str, analyte: Analyte, code: str,
+                corrected: bool, when: date) -> LabResult | None:
+    quantity = obs.get("valueQuantity")
+    if not isinstance(quantity, dict):
+        return None
+    number = _number(quantity.get("value"))
+    unit = quantity_unit(quantity)
+    value = None if number is None else to_canonical(number, unit, analyte.unit_factors)
+    if value is None:
+        return None
+    low, high = _reference_limits(obs, analyte)
+    return LabResult(name, when, value, f"{_fmt(number)} {unit}", low, high, code, corrected)
+
+
+class FactBuilder:
+    """Builds the facts of one request. Stateless apart from the shared `Vocabulary`."""
+
+    def __init__(self, vocabulary: Vocabulary, lookback_days: int) -> None:
+        self.vocabulary = vocabulary
+        self.knowledge = vocabulary.knowledge
+        self.lookback_days = lookback_days
+
+    def build(self, resources: dict[str, list[Resource]], today: date,
+              draft_orders: list[Resource] | None = None) -> Facts:
+        facts = Facts()
+        since = today - timedelta(days=self.lookback_days)
+        sex = self._sex(resources.get("Patient", []))
+        complaint = self._problems(resources, since, sex, facts)
+        self._labs(resources.get("Observation", []), since, sex, facts)
+        self._medications(resources, facts)
+        self._family(resources.get("FamilyMemberHistory", []), facts)
+        if draft_orders:
+            self._drafts(draft_orders, facts)
+        if complaint is not None:
+            # The gate goes last: every rule joins on it, so rules see the whole record.
+            facts.add({"kind": "complaint"}, complaint)
+        return facts
+
+    @staticmethod
+    def _sex(patients: list[Resource]) -> str | None:
+        gender = patients[0].get("gender") if patients else None
+        return gender if gender in ("male", "female") else None
+
+    # -- conditions and coded observations -> problem facts ------------------------------
+    def _problems(self, resources: dict[str, list[Resource]], since: date, sex: str | None,
+                  facts: Facts) -> Evidence | None:
+        """Adds one `problem` fact per concept; returns the twitch complaint's evidence."""
+        seen: dict[str, Evidence] = {}
+        for resource, concepts, when, status in self._problem_candidates(resources, since, sex):
+            if not _valid(resource, facts):
+                continue
+            for concept, coding in concepts.items():
+                label = self.knowledge.valuesets[concept].label
+                evidence = Evidence("problem", label, when, status=status,
+                                    code=_code_label(coding))
+                previous = seen.get(concept)
+                if previous is None or (when or date.min) > (previous.when or date.min):
+                    seen[concept] = evidence
+        for concept, evidence in seen.items():
+            facts.add({"kind": "problem", "concept": concept}, evidence)
+        complaint = seen.get("twitch")
+        return None if complaint is None else Evidence(
+            "complaint", "Muscle twitching", complaint.when, status=complaint.status,
+            code=complaint.code)
+
+    def _problem_candidates(self, resources: dict[str, list[Resource]], since: date,
+                            sex: str | None) -> Iterator[ProblemCandidate]:
+        for condition in resources.get("Condition", []):
+            if _status_code(condition.get("verificationStatus")) in EXCLUDED_VERIFICATION:
+                continue
+            clinical = _status_code(condition.get("clinicalStatus"))
+            if clinical not in ACTIVE_CONDITION and not (
+                    clinical is None and "abatementDateTime" not in condition):
+                continue
+            concepts = self.vocabulary.concepts_of(_codings(condition.get("code")))
+            if concepts:
+                when = parse_date(condition.get("onsetDateTime")) or parse_date(
+                    condition.get("recordedDate"))
+                yield condition, concepts, when, clinical or "active"
+        for obs in resources.get("Observation", []):
+            if obs.get("status") not in FINAL_OBSERVATION:
+                continue
+            when = _observation_date(obs)
+            if when is None or when < since:
+                continue
+            concepts = self.vocabulary.concepts_of(
+                _codings(obs.get("code")) + _codings(obs.get("valueCodeableConcept")))
+            concepts.update(self._observation_concepts(obs, sex))
+            if concepts:
+                yield obs, concepts, when, obs["status"]
+
+    def _observation_concepts(self, obs: Resource, sex: str | None) -> dict[str, dict[str, Any]]:
+        """Lifestyle concepts recorded as an answer or a score (smoking status, AUDIT-C...)."""
+        labs = self.knowledge.labs
+        found: dict[str, dict[str, Any]] = {}
+        for coding in _codings(obs.get("code")):
+            code = coding.get("code")
+            if code in self.vocabulary.coded:
+                spec = labs.coded_observations[self.vocabulary.coded[code]]
+                answers = {c.get("code") for c in _codings(obs.get("valueCodeableConcept"))}
+                if answers & {v.code for v in spec.positive_values}:
+                    found[spec.concept] = coding
+            elif code in self.vocabulary.scored:
+                spec = labs.scored_observations[self.vocabulary.scored[code]]
+                if _score_positive(obs, spec.positive, spec.units, sex):
+                    found[spec.concept] = coding
+        return found
+
+    # -- laboratory results -> lab / lab-missing facts ----------------------------------
+    def _labs(self, observations: list[Resource], since: date, sex: str | None,
+              facts: Facts) -> None:
+        candidates: dict[str, list[tuple[date, Resource, str, bool]]] = {}
+        for obs in observations:
+            if obs.get("status") not in FINAL_OBSERVATION:
+                continue
+            when = _observation_date(obs)
+            if when is None or when < since:
+                continue
+            for coding in _codings(obs.get("code")):
+                if coding.get("system") == SYSTEMS["loinc"] and coding.get("code") in \
+                        self.vocabulary.analytes:
+                    name, code = self.vocabulary.analytes[coding["code"]]
+                    candidates.setdefault(name, []).append((when, obs, code.code,
+                                                            code.corrected))
+                    break
+        latest = {name: self._latest(name, found, facts) for name, found in candidates.items()}
+        results = {name: r for name, r in latest.items() if r is not None}
+        for name, result in results.items():
+            analyte = self.knowledge.labs.analytes[name]
+            if analyte.finding or analyte.high:
+                self._add_lab(result, analyte, results.get("albumin"), sex, facts)
+        self._missing(set(results), facts)
+
+    def _latest(self, name: str, found: list[tuple[date, Resource, str, bool]],
+                facts: Facts) -> LabResult | None:
+        """The most recent valid, convertible result: it alone decides."""
+        analyte = self.knowledge.labs.analytes[name]
+        for when, obs, code, corrected in sorted(found, key=lambda c: c[0], reverse=True):
+            if not _valid(obs, facts):
+                continue
+            result = _lab_result(obs, name, analyte, code, corrected, when)
+            if result is not None:
+                return result
+            facts.unjudged_results += 1
+        return None
+
+    def _add_lab(self, result: LabResult, analyte: Analyte, albumin: LabResult | None,
+                 sex: str | None, facts: Facts) -> None:
+        value, notes = result.value, []
+        correction = analyte.albumin_correction
+        window = self.knowledge.labs.analytes["albumin"].correction_window_days or 0
+        if correction and not result.corrected and albumin is not None and \
+                abs((albumin.when - result.when).days) <= window:
+            value = result.value + correction.factor * (
+                correction.reference_albumin - albumin.value)
+            notes.append(f"corrected for albumin {_fmt(albumin.value)} g/dL "
+                         f"({albumin.when.isoformat()}) to {_fmt(value)} {analyte.unit}")
+        low, critical, high, basis = judge(analyte, value, result, sex)
+        if low or critical or high:
+            notes.append(basis)
+        reported = result.reported
+        canonical = f"{_fmt(result.value)} {analyte.unit}"
+        evidence = Evidence(
+            "lab", analyte.label, result.when, value=value, unit=analyte.unit,
+            reported=reported if reported.lower() != canonical.lower() else None,
+            judged="; ".join(notes) or None, code=f"LOINC {result.code}", status="final")
+        fact = {"kind": "lab", "analyte": result.analyte, "low": low, "critical": critical,
+                "high": high}
+        if analyte.finding:
+            fact["finding"] = analyte.finding
+        facts.add(fact, evidence)
+
+    def _missing(self, present: set[str], facts: Facts) -> None:
+        analytes = self.knowledge.labs.analytes
+        covered = present | {analytes[p].workup_counts_for for p in present
+                             if analytes[p].workup_counts_for}
+        facts.missing_labs = {name for name in analytes if name not in covered}
+        for name, analyte in analytes.items():
+            if analyte.workup and name not in covered:
+                facts.add({"kind": "lab-missing", "analyte": name},
+                          Evidence("missing", analyte.label))
+
+    # -- medications -> drug / depletes facts -------------------------------------------
+    def _medications(self, resources: dict[str, list[Resource]], facts: Facts) -> None:
+        medications = {m.get("id"): m for m in resources.get("Medication", [])}
+        seen: set[str] = set()
+        for kind, statuses in (("MedicationRequest", ACTIVE_REQUEST),
+                               ("MedicationStatement", ACTIVE_STATEMENT)):
+            for resource in resources.get(kind, []):
+                if resource.get("status") not in statuses:
+                    continue
+                concept = self._medication_concept(resource, medications)
+                ingredients = self.vocabulary.ingredients_of(concept) - seen
+                if not ingredients or not _valid(resource, facts):
+                    continue
+                seen |= ingredients
+                label = _medication_label(concept)
+                for ingredient in sorted(ingredients):
+                    self._add_drug("drug", "depletes", ingredient, label,
+                                   resource["status"], facts)
+
+    @staticmethod
+    def _medication_concept(resource: Resource, medications: dict[Any, Resource]) -> Any:
+        """The drug's CodeableConcept, following a `medicationReference` when it resolves."""
+        if "medicationCodeableConcept" in resource:
+            return resource["medicationCodeableConcept"]
+        reference = resource.get("medicationReference")
+        if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
+            ref = reference["reference"]
+            contained = {f"#{c.get('id')}": c for c in resource.get("contained", [])
+                         if isinstance(c, dict)}
+            target = contained.get(ref) or medications.get(ref.rsplit("/", 1)[-1])
+            if target:
+                return target.get("code")
+        return None
+
+    def _add_drug(self, kind: str, depletes_kind: str, ingredient: str, label: str,
+                  status: str, facts: Facts) -> None:
+        meds = self.knowledge.medications
+        spec = meds.ingredients[ingredient]
+        finding = meds.classes[spec.drug_class].finding
+        evidence = Evidence("medication" if kind == "drug" else "order",
+                            label or ingredient, status=status,
+                            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})")
+        facts.add({"kind": kind, "class": spec.drug_class, "finding": finding,
+                   "ingredient": ingredient}, evidence)
+        for analyte in spec.lowers:
+            facts.add({"kind": depletes_kind, "analyte": analyte, "finding": finding,
+                       "ingredient": ingredient}, evidence)
+
+    def _drafts(self, orders: list[Resource], facts: Facts) -> None:
+        """Drugs being ordered. Read leniently: the sandbox's drafts are not valid FHIR."""
+        for order in orders:
+            concept = order.get("medicationCodeableConcept")
+            for ingredient in sorted(self.vocabulary.ingredients_of(concept)):
+                self._add_drug("draft", "draft-depletes", ingredient,
+                               _medication_label(concept), str(order.get("status", "draft")),
+                               facts)
+
+    # -- family history -> family facts ---------------------------------------------------
+    def _family(self, histories: list[Resource], facts: Facts) -> None:
+        seen: set[str] = set()
+        for history in histories:
+            if history.get("status") == "entered-in-error":
+                continue
+            conditions = history.get("condition")
+            codings = [c for cond in conditions if isinstance(cond, dict)
+                       for c in _codings(cond.get("code"))] if isinstance(conditions, list) else []
+            concepts = {k: v for k, v in self.vocabulary.concepts_of(codings).items()
+                        if k not in seen}
+            if not concepts or not _valid(history, facts):
+                continue
+            relation = _codings(history.get("relationship"))
+            who = relation[0].get("display") or relation[0].get("code") if relation else None
+            for concept, coding in concepts.items():
+                seen.add(concept)
+                label = f"{self.knowledge.valuesets[concept].label} in the family"
+                facts.add({"kind": "family", "concept": concept},
+                          Evidence("family", label, parse_date(history.get("date")),
+                                   status=who, code=_code_label(coding)))
+
+
+def judge(analyte: Analyte, value: float, result: LabResult, sex: str | None
+          ) -> tuple[bool, bool, bool, str]:
+    """Low / critical / high for one result, and the limit that decided, in words.
+
+    The result's own reference range decides "low" and "high" where it is given in a
+    convertible unit (labs differ); else the default threshold from rules/. Critical limits
+    always come from rules/ (they are clinical action limits, not population ranges).
+    """
+    use_range = analyte.use_reference_range
+    basis = ""
+    low = high = False
+    if use_range and result.ref_low is not None:
+        low = value < result.ref_low
+        basis = f"below the lab's lower limit {_fmt(result.ref_low)} {analyte.unit}"
+    elif analyte.low is not None:
+        low = analyte.low.holds(value, sex)
+        basis = _threshold_words(analyte.low, sex, analyte.unit)
+    if use_range and result.ref_high is not None:
+        high = value > result.ref_high
+        if high:
+            basis = f"above the lab's upper limit {_fmt(result.ref_high)} {analyte.unit}"
+    elif analyte.high is not None:
+        high = analyte.high.holds(value, sex)
+        if high:
+            basis = _threshold_words(analyte.high, sex, analyte.unit)
+    critical = analyte.critical is not None and analyte.critical.holds(value, sex)
+    if critical and analyte.critical is not None:
+        basis = "critical: " + _threshold_words(analyte.critical, sex, analyte.unit)
+    return low or critical, critical, high, basis
+
+
+def _score_positive(obs: Resource, threshold: Threshold, units: dict[str, float] | None,
+                    sex: str | None) -> bool:
+    """Whether a scored observation (AUDIT-C, sleep hours) meets its positive cut-off."""
+    quantity = obs.get("valueQuantity")
+    number = _number(quantity.get("value")) if isinstance(quantity, dict) else _number(
+        obs.get("valueInteger"))
+    if number is None:
+        return False
+    if units and isinstance(quantity, dict):
+        number = to_canonical(number, quantity_unit(quantity),
+                              {u.lower(): f for u, f in units.items()})
+        if number is None:
+            return False
+    return threshold.holds(number, sex)
+
+
+def _threshold_words(threshold: Threshold, sex: str | None, unit: str) -> str:
+    op, limit = threshold.limit(sex)
+    words = {"below": "below", "at_or_below": "at or below", "above": "above",
+             "at_or_above": "at or above"}[op]
+    return f"{words} {_fmt(limit)} {unit} (default limit)"
+
+
+def _medication_label(concept: Any) -> str:
+    for coding in _codings(concept):
+        if isinstance(coding.get("display"), str):
+            return coding["display"]
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+        return concept["text"]
+    return ""

@@ -1,0 +1,289 @@
+"""The clinical knowledge in `rules/`, loaded and checked once at start-up.
+
+The YAML files are the reviewable source of truth (codes, thresholds, texts, sources). This
+module only gives them types, so that an authoring mistake (an unknown source key, a finding
+without a card text, a unit without a factor) stops the service at start-up instead of
+silently producing no card at run time.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SYSTEMS = {
+    "snomed": "http://snomed.info/sct",
+    "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
+    "loinc": "http://loinc.org",
+    "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
+}
+SexSpecific = float | dict[Literal["male", "female"], float]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Model):
+    label: str
+    url: str
+
+
+class Code(_Model):
+    system: str = "loinc"
+    code: str
+    display: str
+    status: Literal["V", "V2"] | None = None
+    source: str | None = None
+    prefix: bool = False
+    corrected: bool = False
+
+    @property
+    def system_uri(self) -> str:
+        return SYSTEMS[self.system]
+
+
+class ValueSet(_Model):
+    label: str
+    codes: list[Code]
+
+
+class Threshold(_Model):
+    """One limit; exactly one comparison is set. Sex-specific limits are a `{male, female}` map."""
+
+    below: SexSpecific | None = None
+    at_or_below: SexSpecific | None = None
+    above: SexSpecific | None = None
+    at_or_above: SexSpecific | None = None
+    source: str
+
+    @model_validator(mode="after")
+    def _one_comparison(self) -> Threshold:
+        set_ = [k for k in ("below", "at_or_below", "above", "at_or_above") if getattr(self, k)
+                is not None]
+        if len(set_) != 1:
+            raise ValueError(f"a threshold needs exactly one comparison, got {set_}")
+        return self
+
+    def limit(self, sex: str | None) -> tuple[str, float]:
+        """The comparison and the limit for this sex (unknown sex: the less alarming limit)."""
+        op = next(k for k in ("below", "at_or_below", "above", "at_or_above")
+                  if getattr(self, k) is not None)
+        value = getattr(self, op)
+        if isinstance(value, dict):
+            if sex in value:
+                value = value[sex]
+            else:
+                value = min(value.values()) if op.startswith(("below", "at_or_below")) \
+                    else max(value.values())
+        return op, float(value)
+
+    def holds(self, value: float, sex: str | None) -> bool:
+        op, limit = self.limit(sex)
+        return {
+            "below": value < limit, "at_or_below": value <= limit,
+            "above": value > limit, "at_or_above": value >= limit,
+        }[op]
+
+
+class AlbuminCorrection(_Model):
+    factor: float
+    reference_albumin: float
+    source: str
+
+
+class Analyte(_Model):
+    label: str
+    codes: list[Code]
+    unit: str
+    units: dict[str, float]
+    finding: str | None = None
+    low: Threshold | None = None
+    critical: Threshold | None = None
+    high: Threshold | None = None
+    use_reference_range: bool = True
+    albumin_correction: AlbuminCorrection | None = None
+    correction_window_days: int | None = None
+    workup: bool = False
+    workup_counts_for: str | None = None
+
+    @model_validator(mode="after")
+    def _canonical_unit_listed(self) -> Analyte:
+        if self.units.get(self.unit) != 1.0:
+            raise ValueError(f"canonical unit {self.unit!r} must be listed with factor 1.0")
+        return self
+
+    @cached_property
+    def unit_factors(self) -> dict[str, float]:
+        """Case-insensitive unit lookup: 'mg/dl' from a lab system means 'mg/dL'."""
+        return {unit.lower(): factor for unit, factor in self.units.items()}
+
+
+class ScoredObservation(_Model):
+    concept: str
+    label: str
+    codes: list[Code]
+    positive: Threshold
+    unit: str | None = None
+    units: dict[str, float] | None = None
+
+
+class CodedObservation(_Model):
+    concept: str
+    label: str
+    codes: list[Code]
+    positive_values: list[Code]
+
+
+class Labs(_Model):
+    lookback_note: str
+    analytes: dict[str, Analyte]
+    scored_observations: dict[str, ScoredObservation]
+    coded_observations: dict[str, CodedObservation]
+
+
+class DrugClass(_Model):
+    finding: str
+    label: str
+
+
+class Ingredient(_Model):
+    rxcui: str | None
+    drug_class: str = Field(alias="class")
+    lowers: list[str] = []
+    names: list[str] = []
+    source: str
+    mechanism_source: str | None = None
+
+
+class Product(_Model):
+    display: str
+    ingredients: list[str]
+
+
+class Medications(_Model):
+    classes: dict[str, DrugClass]
+    ingredients: dict[str, Ingredient]
+    products: dict[str, Product]
+
+
+class CardText(_Model):
+    title: str
+    summary: str
+    summary_critical: str | None = None
+    why: str
+    consider: str
+    source: str
+    links: list[str] = []
+    suggest: Literal["referral", "missing-labs"] | None = None
+    labs: list[str] = []
+    suppressed_by: Literal["red-flag"] | None = None
+    red_flag: bool = False
+
+
+class OverrideReason(_Model):
+    code: str
+    display: str
+
+
+class Referral(_Model):
+    label: str
+    description: str
+    code: dict[str, str]
+    specialty_text: str
+
+
+class LabOrder(_Model):
+    label: str
+    description: str
+    category: dict[str, str]
+
+
+class Findings(_Model):
+    topic_system: str
+    override_reasons: list[OverrideReason]
+    referral: Referral
+    lab_order: LabOrder
+    findings: dict[str, CardText]
+
+
+class RuleOutcome(_Model):
+    finding: str
+    indicator: Literal["info", "warning", "critical"]
+    cite: list[str]
+
+
+class Rule(_Model):
+    all: list[dict[str, Any]]
+    then: RuleOutcome
+
+
+class Knowledge(_Model):
+    """Everything in `rules/`, cross-checked."""
+
+    sources: dict[str, Source]
+    valuesets: dict[str, ValueSet]
+    labs: Labs
+    medications: Medications
+    findings: Findings
+    rulesets: dict[str, dict[str, Rule]]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Knowledge:
+        """Every key one file uses must exist in the file that defines it."""
+        problems: list[str] = []
+        for code, text in self.findings.findings.items():
+            problems += [f"finding {code}: unknown source {key}"
+                         for key in [text.source, *text.links] if key not in self.sources]
+            problems += [f"finding {code}: unknown analyte {a}"
+                         for a in text.labs if a not in self.labs.analytes]
+        for name, analyte in self.labs.analytes.items():
+            for threshold in (analyte.low, analyte.critical, analyte.high):
+                if threshold and threshold.source not in self.sources:
+                    problems.append(f"analyte {name}: unknown source {threshold.source}")
+            if analyte.finding and analyte.finding not in self.findings.findings:
+                problems.append(f"analyte {name}: no card text for {analyte.finding}")
+        for name, ingredient in self.medications.ingredients.items():
+            if ingredient.drug_class not in self.medications.classes:
+                problems.append(f"ingredient {name}: unknown class {ingredient.drug_class}")
+            problems += [f"ingredient {name}: unknown analyte {a}"
+                         for a in ingredient.lowers if a not in self.labs.analytes]
+        for pid, product in self.medications.products.items():
+            problems += [f"product {pid}: unknown ingredient {i}"
+                         for i in product.ingredients if i not in self.medications.ingredients]
+        for cls in self.medications.classes.values():
+            if cls.finding not in self.findings.findings:
+                problems.append(f"class {cls.label}: no card text for {cls.finding}")
+        for ruleset in self.rulesets.values():
+            for rule_name, rule in ruleset.items():
+                finding = rule.then.finding
+                if not finding.startswith("$") and finding not in self.findings.findings:
+                    problems.append(f"rule {rule_name}: no card text for {finding}")
+        observation_concepts = [o.concept for o in self.labs.scored_observations.values()] + [
+            o.concept for o in self.labs.coded_observations.values()]
+        problems += [f"observation concept {c} has no value set"
+                     for c in observation_concepts if c not in self.valuesets]
+        if problems:
+            raise ValueError("rules/ is inconsistent:\n  " + "\n  ".join(problems))
+        return self
+
+
+def _read(path: Path) -> Any:
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def load_knowledge(rules_dir: Path) -> Knowledge:
+    """Read and cross-check every file of `rules/`."""
+    return Knowledge(
+        sources=_read(rules_dir / "sources.yaml"),
+        valuesets=_read(rules_dir / "valuesets.yaml"),
+        labs=_read(rules_dir / "labs.yaml"),
+        medications=_read(rules_dir / "medications.yaml"),
+        findings=_read(rules_dir / "findings.yaml"),
+        rulesets=_read(rules_dir / "ruleset.yaml")["rulesets"],
+    )

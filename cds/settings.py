@@ -1,0 +1,55 @@
+"""Runtime configuration, read once from `TWITCH_CDS_*` environment variables (and `.env`).
+
+Every setting an operator may need to change lives here, so that the README's settings table,
+the contract and the code agree on one list.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Settings of one service process."""
+
+    model_config = SettingsConfigDict(env_prefix="TWITCH_CDS_", env_file=".env", extra="ignore")
+
+    auth: Literal["jwt", "none"] = "jwt"
+    database_url: str = "sqlite:///twitch-cds.sqlite3"
+    lookback_days: int = Field(default=365, ge=1)
+    trusted_issuers: dict[str, Any] = Field(default_factory=dict)
+    public_base_url: str | None = None
+    fhir_allowed_bases: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1", "http://localhost",
+                                 "https://127.0.0.1", "https://localhost"]
+    )
+    fhir_timeout_seconds: float = Field(default=2.0, gt=0)
+    fhir_max_pages: int = Field(default=10, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    jwt_leeway_seconds: int = Field(default=60, ge=0)
+    jwks_cache_seconds: int = Field(default=300, ge=1)
+    rules_dir: Path = PROJECT_ROOT / "rules"
+    hooks_dir: Path = PROJECT_ROOT / "hooks"
+    log_level: str = "INFO"
+
+    @field_validator("fhir_allowed_bases", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """Accept the comma-separated form the contract documents for list settings."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own `Settings` and pass them to `create_app`."""
+    return Settings()

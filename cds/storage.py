@@ -1,0 +1,106 @@
+"""Durable storage of card feedback (SQLite by default, PostgreSQL supported).
+
+Feedback is what tells knowledge authors which cards clinicians act on and which they
+override, so an acknowledged entry must never be lost and a repeated entry (clients resend)
+must be stored once: a unique key and INSERT ... ON CONFLICT DO NOTHING give both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from cds.cdshooks import FeedbackEntry
+
+metadata = MetaData()
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service_id", String(128), nullable=False),
+    Column("card_uuid", String(128), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
+    Column("accepted_suggestions", Text, nullable=True),
+    Column("override_reason_system", String(512), nullable=True),
+    Column("override_reason_code", String(512), nullable=True),
+    Column("override_comment", Text, nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("service_id", "card_uuid", "outcome", "outcome_timestamp",
+                     name="uq_feedback_entry"),
+)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite set up for concurrent writers and crash-safe commits."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _row(service_id: str, entry: FeedbackEntry, received_at: datetime) -> dict[str, Any]:
+    reason = entry.overrideReason.reason if entry.overrideReason else None
+    accepted = [s.id for s in entry.acceptedSuggestions or []]
+    return {
+        "service_id": service_id,
+        "card_uuid": entry.card,
+        "outcome": entry.outcome,
+        "outcome_timestamp": entry.outcomeTimestamp.astimezone(UTC),
+        "accepted_suggestions": json.dumps(accepted) if accepted else None,
+        "override_reason_system": reason.system if reason else None,
+        "override_reason_code": reason.code if reason else None,
+        "override_comment": entry.overrideReason.userComment if entry.overrideReason else None,
+        "received_at": received_at,
+    }
+
+
+class FeedbackStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def save(self, service_id: str, entries: Iterable[FeedbackEntry]) -> int:
+        """Store entries in one transaction; returns how many were new."""
+        now = datetime.now(UTC)
+        rows = [_row(service_id, entry, now) for entry in entries]
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(feedback).values(rows).on_conflict_do_nothing()
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount or 0
+
+    def count(self, service_id: str | None = None) -> int:
+        query = select(func.count()).select_from(feedback)
+        if service_id is not None:
+            query = query.where(feedback.c.service_id == service_id)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
