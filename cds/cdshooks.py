@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NonEmpty = Field(min_length=1, max_length=512)
 
@@ -128,6 +128,13 @@ class FeedbackEntry(_Wire):
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: datetime
+
+    @model_validator(mode="after")
+    def _accepted_names_suggestions(self) -> FeedbackEntry:
+        """cds-fb-2: accepted feedback says which suggestions were taken."""
+        if self.outcome == "accepted" and not self.acceptedSuggestions:
+            raise ValueError("accepted feedback requires acceptedSuggestions")
+        return self
 
     @field_validator("outcomeTimestamp")
     @classmethod

@@ -28,7 +28,8 @@ class PreconditionFailed(Exception):
 class PatientRecord:
     pool: ResourcePool
     fetched_keys: list[str] = field(default_factory=list)
-    unavailable_optional: dict[str, str] = field(default_factory=dict)
+    # Keys that could not be obtained but did not block the answer, with the reason.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 async def assemble(request: HookRequest, service: Service,
@@ -53,9 +54,11 @@ async def assemble(request: HookRequest, service: Service,
         if result.error is None:
             pool.add_all(result.resources, patient_id)
             record.fetched_keys.append(template.key)
-        elif not template.required:
-            record.unavailable_optional[template.key] = result.error
-        elif template.resource_type not in pool.by_type:
+        elif not template.required or template.resource_type in pool.by_type:
+            # Optional for the rules, or covered by resources the client sent under
+            # another key: answer from what is available, and say so in the log.
+            record.unavailable[template.key] = result.error
+        else:
             required_failures[template.key] = result.error
     if required_failures:
         raise PreconditionFailed(required_failures)

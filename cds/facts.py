@@ -70,12 +70,15 @@ class Facts:
     invalid_resources: int = 0
     unjudged_results: int = 0
 
-    def add(self, fact: dict[str, Any], evidence: Evidence | None = None) -> None:
-        if evidence is not None:
-            ref = f"e{len(self.evidence) + 1}"
-            self.evidence[ref] = evidence
-            fact = {**fact, "evidence": ref}
-        self.facts.append(fact)
+    def cite(self, evidence: Evidence) -> str:
+        """Register evidence once; facts refer to it by this reference."""
+        ref = f"e{len(self.evidence) + 1}"
+        self.evidence[ref] = evidence
+        return ref
+
+    def add(self, fact: dict[str, Any], evidence: Evidence | str) -> None:
+        ref = evidence if isinstance(evidence, str) else self.cite(evidence)
+        self.facts.append({**fact, "evidence": ref})
 
     def kinds(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -455,9 +458,9 @@ class FactBuilder:
         meds = self.knowledge.medications
         spec = meds.ingredients[ingredient]
         finding = meds.classes[spec.drug_class].finding
-        evidence = Evidence("medication" if kind == "drug" else "order",
-                            label or ingredient, status=status,
-                            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})")
+        evidence = facts.cite(Evidence(
+            "medication" if kind == "drug" else "order", label or ingredient, status=status,
+            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})"))
         facts.add({"kind": kind, "class": spec.drug_class, "finding": finding,
                    "ingredient": ingredient}, evidence)
         for analyte in spec.lowers:

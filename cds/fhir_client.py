@@ -91,7 +91,7 @@ class FhirFetcher:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         tasks = [asyncio.ensure_future(self._one(base, headers, t, context)) for t in templates]
-        done, pending = await asyncio.wait(tasks, timeout=self.timeout_seconds)
+        _, pending = await asyncio.wait(tasks, timeout=self.timeout_seconds)
         for task in pending:
             task.cancel()
         results = []

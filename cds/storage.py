@@ -8,11 +8,16 @@ must be stored once: a unique key and INSERT ... ON CONFLICT DO NOTHING give bot
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Engine,
@@ -27,6 +32,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -50,6 +56,29 @@ feedback = Table(
     UniqueConstraint("service_id", "card_uuid", "outcome", "outcome_timestamp",
                      name="uq_feedback_entry"),
 )
+
+jwt_seen = Table(
+    "jwt_seen",
+    metadata,
+    Column("issuer", String(512), primary_key=True),
+    Column("jti", String(256), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the latest Alembic revision; safe on an existing database."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def _insert(engine: Engine) -> Any:
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
 
 def make_engine(url: str) -> Engine:
@@ -93,8 +122,7 @@ class FeedbackStore:
         """Store entries in one transaction; returns how many were new."""
         now = datetime.now(UTC)
         rows = [_row(service_id, entry, now) for entry in entries]
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(feedback).values(rows).on_conflict_do_nothing()
+        statement = _insert(self.engine)(feedback).values(rows).on_conflict_do_nothing()
         with self.engine.begin() as connection:
             return connection.execute(statement).rowcount or 0
 
@@ -104,3 +132,27 @@ class FeedbackStore:
             query = query.where(feedback.c.service_id == service_id)
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+
+class DatabaseReplayCache:
+    """JWT `jti` replay protection shared by every worker process through the database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def check_and_store(self, jti: str, issuer: str, expires_at: int) -> bool:
+        """True when the jti is new (and now remembered until `expires_at`)."""
+        now = int(time.time())
+        statement = _insert(self.engine)(jwt_seen).values(
+            issuer=issuer, jti=jti, expires_at=expires_at).on_conflict_do_nothing()
+        with self.engine.begin() as connection:
+            connection.execute(sql_delete(jwt_seen).where(
+                jwt_seen.c.issuer == issuer, jwt_seen.c.jti == jti,
+                jwt_seen.c.expires_at < now))
+            return bool(connection.execute(statement).rowcount)
+
+    def purge_expired(self) -> int:
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                sql_delete(jwt_seen).where(jwt_seen.c.expires_at < int(time.time())))
+            return result.rowcount or 0

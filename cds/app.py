@@ -1,0 +1,112 @@
+"""The ASGI application: wiring of settings, knowledge, engine, storage and routes.
+
+`create_app(settings)` builds everything once; requests only read it. Tests build an app
+with their own `Settings`; `twitch-cds serve` and other ASGI servers use `app` (the factory
+`cds.app:create_app` with default settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from cds import routes
+from cds.auth import JwtVerifier, parse_trusted_issuers
+from cds.cards import CardBuilder
+from cds.catalog import Service, load_catalog
+from cds.engine import RulesEngine
+from cds.errors import describe_validation_errors, operation_outcome
+from cds.facts import FactBuilder, Vocabulary
+from cds.fhir_client import FhirFetcher
+from cds.knowledge import load_knowledge
+from cds.logs import configure_logging, log
+from cds.middleware import EdgeMiddleware
+from cds.pipeline import Pipeline
+from cds.settings import Settings, get_settings
+from cds.storage import DatabaseReplayCache, FeedbackStore, make_engine, migrate
+
+
+@dataclass
+class Runtime:
+    """The long-lived parts every request shares (read-only after start-up)."""
+
+    settings: Settings
+    catalog: dict[str, Service]
+    pipeline: Pipeline
+    store: FeedbackStore
+    verifier: JwtVerifier | None
+    fetcher: FhirFetcher
+
+
+def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime:
+    knowledge = load_knowledge(settings.rules_dir)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    verifier = None
+    if settings.auth == "jwt":
+        verifier = JwtVerifier(parse_trusted_issuers(settings.trusted_issuers),
+                               DatabaseReplayCache(engine),
+                               leeway_seconds=settings.jwt_leeway_seconds,
+                               jwks_ttl_seconds=settings.jwks_cache_seconds)
+    return Runtime(
+        settings=settings,
+        catalog=load_catalog(settings.hooks_dir, knowledge),
+        pipeline=Pipeline(knowledge, FactBuilder(Vocabulary(knowledge), settings.lookback_days),
+                          RulesEngine(knowledge), CardBuilder(knowledge),
+                          settings.lookback_days),
+        store=FeedbackStore(engine),
+        verifier=verifier,
+        fetcher=FhirFetcher(http_client, settings.fhir_allowed_bases,
+                            settings.fhir_timeout_seconds, settings.fhir_max_pages),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        timeout = httpx.Timeout(settings.fhir_timeout_seconds)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            app.state.runtime = build_runtime(settings, client)
+            if settings.auth == "none":
+                log.warning("authentication disabled (TWITCH_CDS_AUTH=none): "
+                            "for local development and the CDS Hooks sandbox only")
+            log.info("started", services=len(app.state.runtime.catalog), auth=settings.auth)
+            yield
+            app.state.runtime.store.engine.dispose()
+
+    app = FastAPI(title="twitch-cds", version="0.1.0", lifespan=lifespan,
+                  description="CDS Hooks service: causes and red flags of muscle twitching.")
+    app.include_router(routes.router)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                       allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> object:
+    assert isinstance(exc, RequestValidationError)
+    return operation_outcome(400, describe_validation_errors(list(exc.errors())))
+
+
+async def _http_error(_request: Request, exc: Exception) -> object:
+    assert isinstance(exc, StarletteHTTPException)
+    return operation_outcome(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+async def _unexpected(_request: Request, exc: Exception) -> object:
+    log.error("unhandled error", error=type(exc).__name__)
+    return operation_outcome(500, "internal error")

@@ -1,0 +1,24 @@
+"""`twitch-cds serve`: run the service with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="twitch-cds", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the CDS Hooks service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    uvicorn.run("cds.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, access_log=False, proxy_headers=False,
+                server_header=False, timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()

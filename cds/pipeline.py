@@ -1,0 +1,59 @@
+"""The CPU-bound part of a hook call: record -> facts -> rules -> findings -> cards.
+
+Everything here is synchronous and free of I/O, so the route runs it in a worker thread and
+the event loop stays free for other requests while one patient is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from cds.cards import CardBuilder, CardContext
+from cds.catalog import Service
+from cds.cdshooks import Card, HookRequest
+from cds.engine import RulesEngine
+from cds.facts import FactBuilder, Facts
+from cds.findings import consolidate
+from cds.knowledge import Knowledge
+from cds.prefetch import ResourcePool
+
+
+@dataclass(frozen=True)
+class Decision:
+    cards: list[Card]
+    facts: Facts
+
+
+def draft_orders(request: HookRequest, service: Service) -> list[dict[str, Any]]:
+    """The orders a hook asks about: the selected ones (order-select) or all (order-sign)."""
+    if service.draft_orders == "none" or not request.context.draftOrders:
+        return []
+    entries = request.context.draftOrders.get("entry")
+    orders = [e["resource"] for e in entries if isinstance(e, dict)
+              and isinstance(e.get("resource"), dict)] if isinstance(entries, list) else []
+    if service.draft_orders == "selected":
+        selected = set(request.context.selections or [])
+        orders = [o for o in orders if f"{o.get('resourceType')}/{o.get('id')}" in selected]
+    return orders
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The shared, read-only parts that turn a record into cards."""
+
+    knowledge: Knowledge
+    facts: FactBuilder
+    engine: RulesEngine
+    cards: CardBuilder
+    lookback_days: int
+
+    def decide(self, request: HookRequest, service: Service, pool: ResourcePool,
+               today: date) -> Decision:
+        facts = self.facts.build(pool.by_type, today, draft_orders(request, service))
+        findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts),
+                               self.knowledge)
+        context = CardContext(request.hookInstance, request.context.patientId,
+                              self.lookback_days)
+        return Decision(self.cards.build(findings, facts, context), facts)

@@ -1,0 +1,113 @@
+"""HTTP routes: discovery, hook calls, feedback (CDS Hooks 2.0 §Discovery, §Calling, §Feedback)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from cds.auth import AuthError, VerifiedClient
+from cds.catalog import Service
+from cds.cdshooks import (
+    CardsResponse,
+    DiscoveryResponse,
+    FeedbackRequest,
+    HookRequest,
+    ServiceDescription,
+)
+from cds.context import PreconditionFailed, assemble
+from cds.errors import operation_outcome
+from cds.logs import log
+
+router = APIRouter()
+EXCLUDE_NONE = {"response_model_exclude_none": True}
+
+
+def runtime(request: Request):
+    return request.app.state.runtime
+
+
+async def authenticate(request: Request) -> VerifiedClient | None:
+    """Verify the client's JWT against the exact URL it called (CDS Hooks §Trusting Clients)."""
+    rt = runtime(request)
+    if rt.verifier is None:
+        return None
+    base = rt.settings.public_base_url
+    audience = (base.rstrip("/") + request.url.path) if base else \
+        str(request.url.replace(query=""))
+    try:
+        return await rt.verifier.verify(request.headers.get("authorization"), audience)
+    except AuthError as error:
+        log.info("authentication failed", reason=error.reason)
+        raise HTTPException(401, error.reason,
+                            headers={"WWW-Authenticate": error.www_authenticate}) from None
+
+
+Client = Annotated[VerifiedClient | None, Depends(authenticate)]
+
+
+def find_service(request: Request, service_id: str) -> Service:
+    service = runtime(request).catalog.get(service_id)
+    if service is None:
+        raise HTTPException(404, f"no CDS service with id {service_id!r}"[:200])
+    return service
+
+
+@router.get("/healthz", include_in_schema=False)
+async def health() -> dict[str, str]:
+    """Liveness for orchestrators; unauthenticated and free of data."""
+    return {"status": "ok"}
+
+
+@router.get("/cds-services", response_model=DiscoveryResponse, **EXCLUDE_NONE)
+async def discovery(request: Request, _client: Client) -> DiscoveryResponse:
+    return DiscoveryResponse(services=[
+        ServiceDescription(hook=s.hook, id=s.id, title=s.title, description=s.description,
+                           prefetch={t.key: t.template for t in s.prefetch})
+        for s in runtime(request).catalog.values()
+    ])
+
+
+@router.post("/cds-services/{service_id}", response_model=CardsResponse, **EXCLUDE_NONE,
+             responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}, 415: {}})
+async def call_service(service_id: str, body: HookRequest, request: Request,
+                       client: Client) -> CardsResponse | JSONResponse:
+    rt = runtime(request)
+    service = find_service(request, service_id)
+    if body.hook != service.hook:
+        return operation_outcome(400, f"service {service.id} answers hook {service.hook!r}")
+    started = time.perf_counter()
+    try:
+        record = await assemble(body, service, rt.fetcher)
+    except PreconditionFailed as failed:
+        log.info("precondition failed", service=service.id, hook=service.hook,
+                 keys=sorted(failed.reasons))
+        return operation_outcome(412, [f"{key}: {reason}"
+                                       for key, reason in sorted(failed.reasons.items())])
+    fetched_ms = (time.perf_counter() - started) * 1000
+    decision = await run_in_threadpool(rt.pipeline.decide, body, service, record.pool,
+                                       datetime.now(UTC).date())
+    facts = decision.facts
+    log.info("hook", service=service.id, hook=service.hook,
+             tenant=client.tenant if client else None,
+             resources=record.pool.count(), skipped=record.pool.skipped,
+             other_patient=record.pool.other_patient,
+             invalid_resources=facts.invalid_resources, unjudged=facts.unjudged_results,
+             fetched=record.fetched_keys, unavailable=sorted(record.unavailable),
+             facts=facts.kinds(), cards=len(decision.cards),
+             fetch_ms=round(fetched_ms, 2),
+             total_ms=round((time.perf_counter() - started) * 1000, 2))
+    return CardsResponse(cards=decision.cards)
+
+
+@router.post("/cds-services/{service_id}/feedback", responses={400: {}, 401: {}, 404: {}})
+async def feedback(service_id: str, body: FeedbackRequest, request: Request,
+                   _client: Client) -> JSONResponse:
+    service = find_service(request, service_id)
+    stored = await run_in_threadpool(runtime(request).store.save, service.id, body.feedback)
+    log.info("feedback", service=service.id, entries=len(body.feedback), new=stored)
+    return JSONResponse({"stored": stored, "received": len(body.feedback)})

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quickstart 2: set up and run the whole test suite (lint included). Installs what the tests
+# need: the Python test extras and PostgreSQL server binaries (Debian). The suite itself runs
+# `npm ci` for the FHIR test server when needed, and starts and stops both servers.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/bootstrap.sh test
+bash scripts/install-test-deps.sh
+.venv/bin/ruff check .
+# pytest exits 5 when it collected no test: with `set -e` that fails the run, as it must.
+exec .venv/bin/python -m pytest "$@"
