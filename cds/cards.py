@@ -76,24 +76,50 @@ class CardBuilder:
 
     def build(self, findings: list[ConsolidatedFinding], facts: Facts,
               context: CardContext) -> list[Card]:
-        return [self._card(f, facts, context) for f in findings if f.evidence]
+        """Cards in the findings' order. Each missing lab is offered on one card only: the
+        work-up card (the one suggesting missing labs without a list of its own) claims its
+        tests first, then each card in order claims what it offers."""
+        present = {f.code for f in findings}
+        texts = self.texts.findings
+        claim_order = sorted(findings, key=lambda f: not (
+            texts[f.code].suggest == "missing-labs" and not texts[f.code].labs))
+        offered: set[str] = set()
+        cards = {}
+        for finding in claim_order:
+            if finding.evidence:
+                cards[finding.code] = self._card(finding, facts, context, present, offered)
+        return [cards[f.code] for f in findings if f.code in cards]
 
-    def _card(self, finding: ConsolidatedFinding, facts: Facts, context: CardContext) -> Card:
+    def _card(self, finding: ConsolidatedFinding, facts: Facts, context: CardContext,
+              present: set[str], offered: set[str]) -> Card:
         text = self.texts.findings[finding.code]
         evidence = [facts.evidence[ref] for ref in finding.evidence]
         card_id = uuid.uuid5(context.hook_instance, finding.code)
         source = self.knowledge.sources[text.source]
-        template = (text.summary_critical if finding.indicator == "critical"
-                    and text.summary_critical else text.summary)
-        summary = _shorten(template.format(evidence=self._summary_evidence(evidence)),
+        labs = [e for e in evidence if e.kind == "lab"]
+        template = text.summary
+        if finding.known:
+            template = self.texts.referral.known_summary
+        elif finding.indicator == "critical" and text.summary_critical:
+            template = text.summary_critical
+        elif labs and text.summary_with_lab:
+            template = text.summary_with_lab
+        lab = f"{labs[0].label.lower()} {short_evidence(labs[0])}" if labs else ""
+        summary = _shorten(template.format(evidence=self._summary_evidence(evidence), lab=lab),
                            SUMMARY_LIMIT)
+        mentioned = [self.texts.findings[code].title for code in text.mentions
+                     if code in present]
         detail = "\n".join([
             "**Evidence**", "",
             *(evidence_line(e, context.lookback_days) for e in evidence), "",
+            *([f"**Already on record:** {', '.join(mentioned)} (see the other cards).", ""]
+              if mentioned else []),
+            *(["**Known:** diagnosed and under neurology care, so no new referral is "
+               "suggested.", ""] if finding.known else []),
             text.why, "", f"**Consider:** {text.consider}",
         ])
         suggestions = self._suggestions(finding, text.suggest, text.labs, facts, evidence,
-                                        card_id, context)
+                                        card_id, context, offered)
         links = [Link(label=self.knowledge.sources[key].label, url=self.knowledge.sources[key].url)
                  for key in dict.fromkeys([text.source, *text.links])]
         return Card(
@@ -101,8 +127,10 @@ class CardBuilder:
             source=Source(label=source.label, url=source.url, topic=Coding(
                 system=self.texts.topic_system, code=finding.code, display=text.title)),
             suggestions=suggestions or None,
+            # One referral: at most one; lab orders (alone or beside a referral): any of them.
             selectionBehavior=(None if not suggestions else
-                               "any" if text.suggest == "missing-labs" else "at-most-one"),
+                               "at-most-one" if len(suggestions) == 1
+                               and text.suggest == "referral" else "any"),
             overrideReasons=[Coding(system=self.texts.topic_system, code=r.code,
                                     display=r.display) for r in self.texts.override_reasons],
             links=links,
@@ -119,16 +147,18 @@ class CardBuilder:
 
     def _suggestions(self, finding: ConsolidatedFinding, kind: str | None, labs: list[str],
                      facts: Facts, evidence: list[Evidence], card_id: uuid.UUID,
-                     context: CardContext) -> list[Suggestion]:
+                     context: CardContext, offered: set[str]) -> list[Suggestion]:
         suggestions: list[Suggestion] = []
-        if kind == "referral":
+        if kind == "referral" and not finding.known:
             suggestions.append(self._referral(finding, evidence, card_id, context))
         if kind == "missing-labs" and not labs:
             labs = [name for name, a in self.knowledge.labs.analytes.items()
                     if a.workup and name in facts.missing_labs]
-        suggestions += [self._lab_order(name, card_id, context)
-                        for name in labs if name in facts.missing_labs]
-        return suggestions
+        if kind == "monitoring-labs":
+            labs = list(dict.fromkeys(a for e in evidence for a in e.lowers))
+        to_order = [name for name in labs if name in facts.missing_labs and name not in offered]
+        offered.update(to_order)
+        return suggestions + [self._lab_order(name, card_id, context) for name in to_order]
 
     def _referral(self, finding: ConsolidatedFinding, evidence: list[Evidence],
                   card_id: uuid.UUID, context: CardContext) -> Suggestion:
@@ -141,8 +171,10 @@ class CardBuilder:
             "intent": "proposal",
             "priority": "urgent" if finding.indicator == "critical" else "routine",
             "category": [{"text": "Referral"}],
-            "code": {"coding": [referral.code], "text": f"Referral to {referral.specialty_text}"},
-            "performerType": {"text": referral.specialty_text},
+            "code": {"coding": [referral.code],
+                     "text": f"Referral to {referral.specialty['display']}"},
+            "performerType": {"coding": [referral.specialty],
+                              "text": referral.specialty["display"]},
             "subject": {"reference": f"Patient/{context.patient_id}"},
             "reasonCode": [{"text": f"Muscle twitching: {title}"
                                     + (f" ({reasons})" if reasons else "")}],

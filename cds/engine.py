@@ -34,6 +34,7 @@ class Finding:
     indicator: str
     evidence: tuple[str, ...]
     rule: str
+    known: bool = False
 
 
 class _CallerThreadHost(durable_engine.Host):
@@ -74,7 +75,7 @@ class RulesEngine:
                              if (ref := getattr(c, alias)["evidence"]) is not None)
             with self._lock:
                 self._collected.setdefault(c.s.sid, []).append(
-                    Finding(finding, outcome.indicator, evidence, rule_name))
+                    Finding(finding, outcome.indicator, evidence, rule_name, outcome.known))
 
         return emit
 

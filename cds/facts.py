@@ -41,6 +41,11 @@ MODELS = {
     "MedicationStatement": MedicationStatement,
     "FamilyMemberHistory": FamilyMemberHistory,
 }
+# Where a neurology referral or encounter is recorded, and which statuses do not count.
+CARE_SOURCES = (
+    ("ServiceRequest", ("performerType", "code"), {"revoked", "entered-in-error", "draft"}),
+    ("Encounter", ("serviceType", "type"), {"cancelled", "entered-in-error"}),
+)
 ProblemCandidate = tuple[Resource, dict[str, Any], "date | None", str]
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
@@ -58,6 +63,7 @@ class Evidence:
     status: str | None = None
     judged: str | None = None
     code: str | None = None
+    lowers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -268,6 +274,7 @@ class FactBuilder:
         self._labs(resources.get("Observation", []), since, sex, facts)
         self._medications(resources, facts)
         self._family(resources.get("FamilyMemberHistory", []), facts)
+        self._neurology_care(resources, facts)
         if draft_orders:
             self._drafts(draft_orders, facts)
         if complaint is not None:
@@ -296,7 +303,11 @@ class FactBuilder:
                 if previous is None or (when or date.min) > (previous.when or date.min):
                     seen[concept] = evidence
         for concept, evidence in seen.items():
-            facts.add({"kind": "problem", "concept": concept}, evidence)
+            fact = {"kind": "problem", "concept": concept}
+            diagnosis_of = self.knowledge.valuesets[concept].diagnosis_of
+            if diagnosis_of:
+                fact["diagnosis_of"] = diagnosis_of
+            facts.add(fact, evidence)
         complaint = seen.get("twitch")
         return None if complaint is None else Evidence(
             "complaint", "Muscle twitching", complaint.when, status=complaint.status,
@@ -460,7 +471,8 @@ class FactBuilder:
         finding = meds.classes[spec.drug_class].finding
         evidence = facts.cite(Evidence(
             "medication" if kind == "drug" else "order", label or ingredient, status=status,
-            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})"))
+            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})",
+            lowers=tuple(spec.lowers)))
         facts.add({"kind": kind, "class": spec.drug_class, "finding": finding,
                    "ingredient": ingredient}, evidence)
         for analyte in spec.lowers:
@@ -497,6 +509,34 @@ class FactBuilder:
                 facts.add({"kind": "family", "concept": concept},
                           Evidence("family", label, parse_date(history.get("date")),
                                    status=who, code=_code_label(coding)))
+
+
+    # -- care already in place -> neurology-care fact ---------------------------------------
+    def _neurology_care(self, resources: dict[str, list[Resource]], facts: Facts) -> None:
+        """A neurology referral or encounter on record (whichever key it arrived under)."""
+        latest: Evidence | None = None
+        for kind, fields, excluded in CARE_SOURCES:
+            for resource in resources.get(kind, []):
+                if resource.get("status") in excluded:
+                    continue
+                codings = [c for name in fields for c in _codings_of(resource.get(name))]
+                if "neurology-care" not in self.vocabulary.concepts_of(codings):
+                    continue
+                when = parse_date(resource.get("authoredOn")) or parse_date(
+                    (resource.get("period") or {}).get("start")
+                    if isinstance(resource.get("period"), dict) else None)
+                what = "Neurology referral" if kind == "ServiceRequest" else "Neurology encounter"
+                evidence = Evidence("problem", what, when, status=resource.get("status"))
+                if latest is None or (when or date.min) > (latest.when or date.min):
+                    latest = evidence
+        if latest is not None:
+            facts.add({"kind": "neurology-care"}, latest)
+
+
+def _codings_of(value: Any) -> list[dict[str, Any]]:
+    """Codings of a CodeableConcept or of a list of them."""
+    concepts = value if isinstance(value, list) else [value]
+    return [c for concept in concepts for c in _codings(concept)]
 
 
 def judge(analyte: Analyte, value: float, result: LabResult, sex: str | None

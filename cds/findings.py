@@ -21,6 +21,7 @@ class ConsolidatedFinding:
     indicator: str
     evidence: tuple[str, ...]
     rules: tuple[str, ...]
+    known: bool = False
 
 
 def consolidate(findings: list[Finding], knowledge: Knowledge) -> list[ConsolidatedFinding]:
@@ -31,12 +32,14 @@ def consolidate(findings: list[Finding], knowledge: Knowledge) -> list[Consolida
         current = merged.get(finding.code)
         if current is None:
             merged[finding.code] = ConsolidatedFinding(
-                finding.code, finding.indicator, finding.evidence, (finding.rule,))
+                finding.code, finding.indicator, finding.evidence, (finding.rule,),
+                finding.known)
         else:
             evidence = current.evidence + tuple(
                 e for e in finding.evidence if e not in current.evidence)
             merged[finding.code] = ConsolidatedFinding(
-                current.code, current.indicator, evidence, (*current.rules, finding.rule))
+                current.code, current.indicator, evidence, (*current.rules, finding.rule),
+                current.known or finding.known)
     red_flag = any(texts[code].red_flag for code in merged)
     kept = [f for f in merged.values()
             if not (texts[f.code].suppressed_by == "red-flag" and red_flag)]

@@ -50,6 +50,7 @@ class Code(_Model):
 class ValueSet(_Model):
     label: str
     codes: list[Code]
+    diagnosis_of: str | None = None
 
 
 class Threshold(_Model):
@@ -175,14 +176,16 @@ class CardText(_Model):
     title: str
     summary: str
     summary_critical: str | None = None
+    summary_with_lab: str | None = None
     why: str
     consider: str
     source: str
     links: list[str] = []
-    suggest: Literal["referral", "missing-labs"] | None = None
+    suggest: Literal["referral", "missing-labs", "monitoring-labs"] | None = None
     labs: list[str] = []
     suppressed_by: Literal["red-flag"] | None = None
     red_flag: bool = False
+    mentions: list[str] = []
 
 
 class OverrideReason(_Model):
@@ -194,7 +197,8 @@ class Referral(_Model):
     label: str
     description: str
     code: dict[str, str]
-    specialty_text: str
+    specialty: dict[str, str]
+    known_summary: str
 
 
 class LabOrder(_Model):
@@ -215,6 +219,7 @@ class RuleOutcome(_Model):
     finding: str
     indicator: Literal["info", "warning", "critical"]
     cite: list[str]
+    known: bool = False
 
 
 class Rule(_Model):
@@ -263,6 +268,9 @@ class Knowledge(_Model):
                 finding = rule.then.finding
                 if not finding.startswith("$") and finding not in self.findings.findings:
                     problems.append(f"rule {rule_name}: no card text for {finding}")
+        problems += [f"value set {name}: no card text for {vs.diagnosis_of}"
+                     for name, vs in self.valuesets.items()
+                     if vs.diagnosis_of and vs.diagnosis_of not in self.findings.findings]
         observation_concepts = [o.concept for o in self.labs.scored_observations.values()] + [
             o.concept for o in self.labs.coded_observations.values()]
         problems += [f"observation concept {c} has no value set"
