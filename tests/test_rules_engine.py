@@ -107,3 +107,13 @@ def test_unit_conversion_is_case_insensitive_and_never_assumes() -> None:
     assert to_canonical(1.5, "MG/DL", factors) == 1.5
     assert to_canonical(1.5, None, factors) is None
     assert to_canonical(1.5, "mEq/L", factors) is None
+
+
+def test_clinical_logic_document_is_generated_from_rules() -> None:
+    """docs/clinical-logic.md must be what `python -m cds.clinical_logic` prints today."""
+    from cds.clinical_logic import render
+
+    document = (PROJECT_ROOT / "docs" / "clinical-logic.md").read_text(encoding="utf-8")
+    assert document == render(load_knowledge(RULES))
+    for code in ("hypocalcemia", "red-flag-neuromyotonia", "workup-incomplete", "stimulant"):
+        assert f"`{code}`" in document
