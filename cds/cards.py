@@ -37,14 +37,24 @@ def _number(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def short_value(evidence: Evidence) -> str:
+    """A measured value and its date: '1.4 mg/dL on 2026-01-01'."""
+    when = f" on {evidence.when.isoformat()}" if evidence.when else ""
+    return f"{_number(evidence.value or 0)} {evidence.unit}{when}"
+
+
+def _in_sentence(label: str) -> str:
+    """'Muscle weakness' -> 'muscle weakness'; acronyms ('ALS', 'TSH') keep their case."""
+    return label[0].lower() + label[1:] if label[1:2].islower() else label
+
+
 def short_evidence(evidence: Evidence) -> str:
     """The few words of evidence that fit in a summary."""
-    if evidence.kind == "lab" and evidence.value is not None:
-        when = f" on {evidence.when.isoformat()}" if evidence.when else ""
-        return f"{_number(evidence.value)} {evidence.unit}{when}"
     if evidence.kind in ("medication", "order"):
         return f"{_shorten(evidence.label, LABEL_LIMIT)} ({evidence.status})"
-    return evidence.label[0].lower() + evidence.label[1:]
+    if evidence.value is not None:
+        return f"{_in_sentence(evidence.label)} {short_value(evidence)}"
+    return _in_sentence(evidence.label)
 
 
 def evidence_line(evidence: Evidence, lookback_days: int) -> str:
@@ -76,14 +86,15 @@ class CardBuilder:
 
     def build(self, findings: list[ConsolidatedFinding], facts: Facts,
               context: CardContext) -> list[Card]:
-        """Cards in the findings' order. Each missing lab is offered on one card only: the
-        work-up card (the one suggesting missing labs without a list of its own) claims its
-        tests first, then each card in order claims what it offers."""
+        """Cards in the findings' order. Each missing lab is offered on one card only: cards
+        that suggest particular tests (alcohol: magnesium; neuropathy: B12, HbA1c; a drug: what
+        it lowers) claim them first, in card order; the work-up card (missing labs without a
+        list of its own) offers the rest and names where the others are offered."""
         present = {f.code for f in findings}
         texts = self.texts.findings
-        claim_order = sorted(findings, key=lambda f: not (
+        claim_order = sorted(findings, key=lambda f: (
             texts[f.code].suggest == "missing-labs" and not texts[f.code].labs))
-        offered: set[str] = set()
+        offered: dict[str, str] = {}
         cards = {}
         for finding in claim_order:
             if finding.evidence:
@@ -91,9 +102,11 @@ class CardBuilder:
         return [cards[f.code] for f in findings if f.code in cards]
 
     def _card(self, finding: ConsolidatedFinding, facts: Facts, context: CardContext,
-              present: set[str], offered: set[str]) -> Card:
+              present: set[str], offered: dict[str, str]) -> Card:
         text = self.texts.findings[finding.code]
-        evidence = [facts.evidence[ref] for ref in finding.evidence]
+        analytes = list(self.knowledge.labs.analytes)
+        evidence = sorted((facts.evidence[ref] for ref in finding.evidence), key=lambda e: (
+            e.kind == "missing", analytes.index(e.analyte) if e.kind == "missing" else 0))
         card_id = uuid.uuid5(context.hook_instance, finding.code)
         source = self.knowledge.sources[text.source]
         labs = [e for e in evidence if e.kind == "lab"]
@@ -104,9 +117,10 @@ class CardBuilder:
             template = text.summary_critical
         elif labs and text.summary_with_lab:
             template = text.summary_with_lab
-        lab = f"{labs[0].label.lower()} {short_evidence(labs[0])}" if labs else ""
-        summary = _shorten(template.format(evidence=self._summary_evidence(evidence), lab=lab),
-                           SUMMARY_LIMIT)
+        chosen = self._summary_evidence(evidence)
+        summary = _shorten(template.format(
+            evidence=chosen, lab=short_evidence(labs[0]) if labs else "",
+            value=short_value(labs[0]) if labs else ""), SUMMARY_LIMIT)
         mentioned = [self.texts.findings[code].title for code in text.mentions
                      if code in present]
         detail = "\n".join([
@@ -120,6 +134,11 @@ class CardBuilder:
         ])
         suggestions = self._suggestions(finding, text.suggest, text.labs, facts, evidence,
                                         card_id, context, offered)
+        elsewhere = [f"{e.label} ({offered[e.analyte]} card)" for e in evidence
+                     if e.kind == "missing" and e.analyte in offered
+                     and offered[e.analyte] != text.title]
+        if elsewhere:
+            detail += f"\n\n**Order offered on another card:** {', '.join(elsewhere)}."
         links = [Link(label=self.knowledge.sources[key].label, url=self.knowledge.sources[key].url)
                  for key in dict.fromkeys([text.source, *text.links])]
         return Card(
@@ -141,13 +160,13 @@ class CardBuilder:
         """The evidence named in the summary: all missing tests, else the first non-complaint."""
         missing = [e.label for e in evidence if e.kind == "missing"]
         if missing:
-            return ", ".join(missing)
+            return ", ".join(_in_sentence(label) for label in missing)
         chosen = next((e for e in evidence if e.kind != "complaint"), evidence[0])
         return short_evidence(chosen)
 
     def _suggestions(self, finding: ConsolidatedFinding, kind: str | None, labs: list[str],
                      facts: Facts, evidence: list[Evidence], card_id: uuid.UUID,
-                     context: CardContext, offered: set[str]) -> list[Suggestion]:
+                     context: CardContext, offered: dict[str, str]) -> list[Suggestion]:
         suggestions: list[Suggestion] = []
         if kind == "referral" and not finding.known:
             suggestions.append(self._referral(finding, evidence, card_id, context))
@@ -157,7 +176,7 @@ class CardBuilder:
         if kind == "monitoring-labs":
             labs = list(dict.fromkeys(a for e in evidence for a in e.lowers))
         to_order = [name for name in labs if name in facts.missing_labs and name not in offered]
-        offered.update(to_order)
+        offered.update(dict.fromkeys(to_order, self.texts.findings[finding.code].title))
         return suggestions + [self._lab_order(name, card_id, context) for name in to_order]
 
     def _referral(self, finding: ConsolidatedFinding, evidence: list[Evidence],

@@ -46,7 +46,8 @@ CARE_SOURCES = (
     ("ServiceRequest", ("performerType", "code"), {"revoked", "entered-in-error", "draft"}),
     ("Encounter", ("serviceType", "type"), {"cancelled", "entered-in-error"}),
 )
-ProblemCandidate = tuple[Resource, dict[str, Any], "date | None", str]
+DEFAULT = " (default limit)"
+ProblemCandidate = tuple[Resource, "dict[str, Evidence]"]
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
 
@@ -64,6 +65,7 @@ class Evidence:
     judged: str | None = None
     code: str | None = None
     lowers: tuple[str, ...] = ()
+    analyte: str | None = None
 
 
 @dataclass
@@ -128,19 +130,28 @@ def _code_label(coding: dict[str, Any]) -> str:
     return f"{names.get(system, system)} {coding.get('code')}"
 
 
+@dataclass(frozen=True)
+class Match:
+    """A coding from the record and the display rules/ gives its code (never free text)."""
+
+    coding: dict[str, Any]
+    display: str
+
+
 class Vocabulary:
     """Lookup tables built once from rules/: which code means which concept, analyte or drug."""
 
     def __init__(self, knowledge: Knowledge) -> None:
         self.knowledge = knowledge
-        self.concepts: dict[tuple[str, str], set[str]] = {}
-        self.prefixes: list[tuple[str, str, str]] = []
+        self.concepts: dict[tuple[str, str], dict[str, str]] = {}
+        self.prefixes: list[tuple[str, str, str, str]] = []
         for name, valueset in knowledge.valuesets.items():
             for code in valueset.codes:
                 if code.prefix:
-                    self.prefixes.append((code.system_uri, code.code, name))
+                    self.prefixes.append((code.system_uri, code.code, name, code.display))
                 else:
-                    self.concepts.setdefault((code.system_uri, code.code), set()).add(name)
+                    self.concepts.setdefault((code.system_uri, code.code), {})[name] = \
+                        code.display
         labs = knowledge.labs
         self.analytes = {c.code: (name, c) for name, a in labs.analytes.items() for c in a.codes}
         self.scored = {c.code: name for name, o in labs.scored_observations.items()
@@ -155,18 +166,18 @@ class Vocabulary:
             for name, i in meds.ingredients.items() for n in (i.names or [name])
         ]
 
-    def concepts_of(self, codings: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def concepts_of(self, codings: Iterable[dict[str, Any]]) -> dict[str, Match]:
         """Concepts the codings belong to, each with the coding that matched."""
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, Match] = {}
         for coding in codings:
             system, code = coding.get("system"), coding.get("code")
             if not isinstance(system, str) or not isinstance(code, str):
                 continue
-            for name in self.concepts.get((system, code), ()):
-                found.setdefault(name, coding)
-            for p_system, prefix, name in self.prefixes:
+            for name, display in self.concepts.get((system, code), {}).items():
+                found.setdefault(name, Match(coding, display))
+            for p_system, prefix, name, display in self.prefixes:
                 if system == p_system and code.startswith(prefix):
-                    found.setdefault(name, coding)
+                    found.setdefault(name, Match(coding, display))
         return found
 
     def ingredients_of(self, concept: Any) -> set[str]:
@@ -292,15 +303,12 @@ class FactBuilder:
                   facts: Facts) -> Evidence | None:
         """Adds one `problem` fact per concept; returns the twitch complaint's evidence."""
         seen: dict[str, Evidence] = {}
-        for resource, concepts, when, status in self._problem_candidates(resources, since, sex):
+        for resource, found in self._problem_candidates(resources, since, sex):
             if not _valid(resource, facts):
                 continue
-            for concept, coding in concepts.items():
-                label = self.knowledge.valuesets[concept].label
-                evidence = Evidence("problem", label, when, status=status,
-                                    code=_code_label(coding))
+            for concept, evidence in found.items():
                 previous = seen.get(concept)
-                if previous is None or (when or date.min) > (previous.when or date.min):
+                if previous is None or (evidence.when or date.min) > (previous.when or date.min):
                     seen[concept] = evidence
         for concept, evidence in seen.items():
             fact = {"kind": "problem", "concept": concept}
@@ -315,6 +323,7 @@ class FactBuilder:
 
     def _problem_candidates(self, resources: dict[str, list[Resource]], since: date,
                             sex: str | None) -> Iterator[ProblemCandidate]:
+        """Resources that record a concept, each with the evidence it gives per concept."""
         for condition in resources.get("Condition", []):
             if _status_code(condition.get("verificationStatus")) in EXCLUDED_VERIFICATION:
                 continue
@@ -322,39 +331,70 @@ class FactBuilder:
             if clinical not in ACTIVE_CONDITION and not (
                     clinical is None and "abatementDateTime" not in condition):
                 continue
-            concepts = self.vocabulary.concepts_of(_codings(condition.get("code")))
-            if concepts:
-                when = parse_date(condition.get("onsetDateTime")) or parse_date(
-                    condition.get("recordedDate"))
-                yield condition, concepts, when, clinical or "active"
+            when = parse_date(condition.get("onsetDateTime")) or parse_date(
+                condition.get("recordedDate"))
+            found = self._coded(_codings(condition.get("code")), when, clinical or "active")
+            if found:
+                yield condition, found
+        latest: dict[str, tuple[date, Resource]] = {}
         for obs in resources.get("Observation", []):
             if obs.get("status") not in FINAL_OBSERVATION:
                 continue
             when = _observation_date(obs)
             if when is None or when < since:
                 continue
-            concepts = self.vocabulary.concepts_of(
-                _codings(obs.get("code")) + _codings(obs.get("valueCodeableConcept")))
-            concepts.update(self._observation_concepts(obs, sex))
-            if concepts:
-                yield obs, concepts, when, obs["status"]
+            found = self._coded(_codings(obs.get("code")) + _codings(
+                obs.get("valueCodeableConcept")), when, obs["status"])
+            if found:
+                yield obs, found
+            spec = self._recorded_answer_spec(obs)
+            if spec is not None and (spec not in latest or when >= latest[spec][0]):
+                latest[spec] = (when, obs)
+        # A smoking status, AUDIT-C or sleep duration: the latest answer alone decides, so a
+        # newer "former smoker" or a newer normal score outweighs an older positive one.
+        for spec, (when, obs) in latest.items():
+            found = self._answer(spec, obs, when, sex)
+            if found:
+                yield obs, found
 
-    def _observation_concepts(self, obs: Resource, sex: str | None) -> dict[str, dict[str, Any]]:
-        """Lifestyle concepts recorded as an answer or a score (smoking status, AUDIT-C...)."""
-        labs = self.knowledge.labs
-        found: dict[str, dict[str, Any]] = {}
+    def _coded(self, codings: list[dict[str, Any]], when: date | None,
+               status: str) -> dict[str, Evidence]:
+        return {concept: Evidence("problem", match.display, when, status=status,
+                                  code=_code_label(match.coding))
+                for concept, match in self.vocabulary.concepts_of(codings).items()}
+
+    def _recorded_answer_spec(self, obs: Resource) -> str | None:
+        """The coded or scored observation of rules/labs.yaml this Observation is, if any."""
         for coding in _codings(obs.get("code")):
             code = coding.get("code")
             if code in self.vocabulary.coded:
-                spec = labs.coded_observations[self.vocabulary.coded[code]]
-                answers = {c.get("code") for c in _codings(obs.get("valueCodeableConcept"))}
-                if answers & {v.code for v in spec.positive_values}:
-                    found[spec.concept] = coding
-            elif code in self.vocabulary.scored:
-                spec = labs.scored_observations[self.vocabulary.scored[code]]
-                if _score_positive(obs, spec.positive, spec.units, sex):
-                    found[spec.concept] = coding
-        return found
+                return self.vocabulary.coded[code]
+            if code in self.vocabulary.scored:
+                return self.vocabulary.scored[code]
+        return None
+
+    def _answer(self, spec_name: str, obs: Resource, when: date,
+                sex: str | None) -> dict[str, Evidence]:
+        """The concept a positive answer or score records, with the answer as evidence."""
+        labs = self.knowledge.labs
+        if spec_name in labs.coded_observations:
+            coded = labs.coded_observations[spec_name]
+            answers = {c.get("code") for c in _codings(obs.get("valueCodeableConcept"))}
+            positive = [v for v in coded.positive_values if v.code in answers]
+            if not positive:
+                return {}
+            return {coded.concept: Evidence(
+                "problem", f"{coded.label}: {positive[0].display}", when, status=obs["status"],
+                code=f"LOINC {coded.codes[0].code}")}
+        scored = labs.scored_observations[spec_name]
+        value = _score(obs, scored.units)
+        if value is None or not scored.positive.holds(value, sex):
+            return {}
+        return {scored.concept: Evidence(
+            "problem", scored.label, when, value=value, unit=scored.unit or "points",
+            status=obs["status"], judged="positive: " + _threshold_words(
+                scored.positive, sex, scored.unit or "points"),
+            code=f"LOINC {scored.codes[0].code}")}
 
     # -- laboratory results -> lab / lab-missing facts ----------------------------------
     def _labs(self, observations: list[Resource], since: date, sex: str | None,
@@ -413,7 +453,8 @@ class FactBuilder:
         evidence = Evidence(
             "lab", analyte.label, result.when, value=value, unit=analyte.unit,
             reported=reported if reported.lower() != canonical.lower() else None,
-            judged="; ".join(notes) or None, code=f"LOINC {result.code}", status="final")
+            judged="; ".join(notes) or None, code=f"LOINC {result.code}", status="final",
+            analyte=result.analyte)
         fact = {"kind": "lab", "analyte": result.analyte, "low": low, "critical": critical,
                 "high": high}
         if analyte.finding:
@@ -428,7 +469,7 @@ class FactBuilder:
         for name, analyte in analytes.items():
             if analyte.workup and name not in covered:
                 facts.add({"kind": "lab-missing", "analyte": name},
-                          Evidence("missing", analyte.label))
+                          Evidence("missing", analyte.label, analyte=name))
 
     # -- medications -> drug / depletes facts -------------------------------------------
     def _medications(self, resources: dict[str, list[Resource]], facts: Facts) -> None:
@@ -503,12 +544,12 @@ class FactBuilder:
                 continue
             relation = _codings(history.get("relationship"))
             who = relation[0].get("display") or relation[0].get("code") if relation else None
-            for concept, coding in concepts.items():
+            for concept, match in concepts.items():
                 seen.add(concept)
-                label = f"{self.knowledge.valuesets[concept].label} in the family"
                 facts.add({"kind": "family", "concept": concept},
-                          Evidence("family", label, parse_date(history.get("date")),
-                                   status=who, code=_code_label(coding)))
+                          Evidence("family", f"{match.display} in the family",
+                                   parse_date(history.get("date")), status=who,
+                                   code=_code_label(match.coding)))
 
 
     # -- care already in place -> neurology-care fact ---------------------------------------
@@ -555,7 +596,7 @@ def judge(analyte: Analyte, value: float, result: LabResult, sex: str | None
         basis = f"below the lab's lower limit {_fmt(result.ref_low)} {analyte.unit}"
     elif analyte.low is not None:
         low = analyte.low.holds(value, sex)
-        basis = _threshold_words(analyte.low, sex, analyte.unit)
+        basis = _threshold_words(analyte.low, sex, analyte.unit) + DEFAULT
     if use_range and result.ref_high is not None:
         high = value > result.ref_high
         if high:
@@ -563,34 +604,28 @@ def judge(analyte: Analyte, value: float, result: LabResult, sex: str | None
     elif analyte.high is not None:
         high = analyte.high.holds(value, sex)
         if high:
-            basis = _threshold_words(analyte.high, sex, analyte.unit)
+            basis = _threshold_words(analyte.high, sex, analyte.unit) + DEFAULT
     critical = analyte.critical is not None and analyte.critical.holds(value, sex)
     if critical and analyte.critical is not None:
-        basis = "critical: " + _threshold_words(analyte.critical, sex, analyte.unit)
+        basis = "critical: " + _threshold_words(analyte.critical, sex, analyte.unit) + DEFAULT
     return low or critical, critical, high, basis
 
 
-def _score_positive(obs: Resource, threshold: Threshold, units: dict[str, float] | None,
-                    sex: str | None) -> bool:
-    """Whether a scored observation (AUDIT-C, sleep hours) meets its positive cut-off."""
+def _score(obs: Resource, units: dict[str, float] | None) -> float | None:
+    """A score or duration in the spec's unit; None when missing or not convertible."""
     quantity = obs.get("valueQuantity")
     number = _number(quantity.get("value")) if isinstance(quantity, dict) else _number(
         obs.get("valueInteger"))
-    if number is None:
-        return False
-    if units and isinstance(quantity, dict):
-        number = to_canonical(number, quantity_unit(quantity),
-                              {u.lower(): f for u, f in units.items()})
-        if number is None:
-            return False
-    return threshold.holds(number, sex)
+    if number is None or not units or not isinstance(quantity, dict):
+        return number
+    return to_canonical(number, quantity_unit(quantity), {u.lower(): f for u, f in units.items()})
 
 
 def _threshold_words(threshold: Threshold, sex: str | None, unit: str) -> str:
     op, limit = threshold.limit(sex)
     words = {"below": "below", "at_or_below": "at or below", "above": "above",
              "at_or_above": "at or above"}[op]
-    return f"{words} {_fmt(limit)} {unit} (default limit)"
+    return f"{words} {_fmt(limit)} {unit}"
 
 
 def _medication_label(concept: Any) -> str:

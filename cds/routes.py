@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -23,11 +23,15 @@ from cds.context import PreconditionFailed, assemble
 from cds.errors import operation_outcome
 from cds.logs import log
 
+if TYPE_CHECKING:  # cds.app imports this module to mount the router
+    from cds.app import Runtime
+
 router = APIRouter()
 EXCLUDE_NONE = {"response_model_exclude_none": True}
 
 
-def runtime(request: Request):
+def runtime(request: Request) -> Runtime:
+    """The shared parts built at start-up (see `cds.app.build_runtime`)."""
     return request.app.state.runtime
 
 
