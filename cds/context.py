@@ -1,8 +1,10 @@
 """Context assembly: the patient's record from prefetch, else from the EHR's FHIR server.
 
 Decides when the answer must be 412: a required template was neither prefetched nor
-fetchable, and no resource of its type arrived under another key. Optional templates
+fetchable, and no resource of its type arrived complete under another key. Optional templates
 (`required: false` in hooks/) only narrow what the rules can see, and the log says so.
+A prefetched search Bundle with a `next` link is only its first page (CDS Hooks: "results may
+be paginated"): its template is fetched in full, since the newest result may be on a later page.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cds.catalog import Service
+from cds.catalog import PrefetchTemplate, Service
 from cds.cdshooks import HookRequest
 from cds.fhir_client import FetchResult, FhirFetcher
 from cds.prefetch import ResourcePool, unsatisfied
@@ -38,12 +40,15 @@ async def assemble(request: HookRequest, service: Service,
     prefetch = request.prefetch or {}
     pool = ResourcePool()
     pool.add_all(prefetch.values(), patient_id)
-    missing = unsatisfied(prefetch, service.prefetch)
+    unfilled = unsatisfied(prefetch, service.prefetch)
+    missing = [t for t in service.prefetch
+               if t in unfilled or has_next_page(prefetch.get(t.key))]
     record = PatientRecord(pool)
     if not missing:
         return record
     if request.fhirServer is None:
-        results = [FetchResult(t.key, [], "not prefetched and no fhirServer given")
+        results = [FetchResult(t.key, [], ("only a first page prefetched" if t not in unfilled
+                                           else "not prefetched") + " and no fhirServer given")
                    for t in missing]
     else:
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
@@ -54,7 +59,7 @@ async def assemble(request: HookRequest, service: Service,
         if result.error is None:
             pool.add_all(result.resources, patient_id)
             record.fetched_keys.append(template.key)
-        elif not template.required or template.resource_type in pool.by_type:
+        elif not template.required or _covered_elsewhere(prefetch, template, patient_id):
             # Optional for the rules, or covered by resources the client sent under
             # another key: answer from what is available, and say so in the log.
             record.unavailable[template.key] = result.error
@@ -63,3 +68,25 @@ async def assemble(request: HookRequest, service: Service,
     if required_failures:
         raise PreconditionFailed(required_failures)
     return record
+
+
+def has_next_page(value: Any) -> bool:
+    """A Bundle announcing a `next` page holds only part of the client's search."""
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        return False
+    links = value.get("link")
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("relation") == "next" for link in links)
+
+
+def _covered_elsewhere(prefetch: dict[str, Any], template: PrefetchTemplate,
+                       patient_id: str) -> bool:
+    """Whether another key brought complete resources of the template's type.
+
+    The template's own key does not count: it failed, or holds only a first page, and a first
+    page alone can show an old normal result while the newest, abnormal one is on page 3.
+    """
+    others = ResourcePool()
+    others.add_all((value for key, value in prefetch.items()
+                    if key != template.key and not has_next_page(value)), patient_id)
+    return template.resource_type in others.by_type

@@ -40,17 +40,22 @@ def is_allowed(base: str, allowed: list[str]) -> bool:
     """Whether `base` lies under one of the allowed base URLs (scheme, host, port, path).
 
     A string-prefix test would let `http://127.0.0.1.evil.example` pass for
-    `http://127.0.0.1`, so the URL is compared part by part.
+    `http://127.0.0.1`, so the URL is compared part by part; paths by whole segments, so that
+    `https://ehr.example/fhir` does not allow `https://ehr.example/fhir-other`, and not at all
+    when the path has an (encoded) `..` that a server could resolve above the allowed prefix.
     """
     try:
         url = httpx.URL(base)
     except (httpx.InvalidURL, TypeError):
         return False
+    if any(segment in (".", "..") for segment in url.path.split("/")):
+        return False
     for entry in allowed:
         rule = httpx.URL(entry)
+        prefix = rule.path.rstrip("/")
         if (url.scheme == rule.scheme and url.host == rule.host
                 and (rule.port is None or url.port == rule.port)
-                and url.path.startswith(rule.path.rstrip("/") or "/")):
+                and (url.path.rstrip("/") == prefix or url.path.startswith(prefix + "/"))):
             return True
     return False
 
@@ -113,8 +118,10 @@ class FhirFetcher:
                 body = await self._get(url, headers)
                 if body.get("resourceType") != "Bundle":
                     return FetchResult(template.key, [body])
-                resources += [e["resource"] for e in body.get("entry", [])
-                              if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+                entries = body.get("entry")
+                for entry in entries if isinstance(entries, list) else []:
+                    if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+                        resources.append(entry["resource"])
                 url = _next_link(body, base)
             else:
                 if url is not None:
@@ -145,7 +152,8 @@ class FhirFetcher:
 
 def _next_link(bundle: dict[str, Any], base: str) -> str | None:
     """The Bundle's `next` page, only when it stays on the same server (token included)."""
-    for link in bundle.get("link", []) or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
             if not isinstance(url, str):
