@@ -7,6 +7,8 @@ yields the same uuids and feedback on them stays attributable.
 
 from __future__ import annotations
 
+import html
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -57,23 +59,35 @@ def short_evidence(evidence: Evidence) -> str:
     return _in_sentence(evidence.label)
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()#|!~])")
+
+
+def md(text: object) -> str:
+    """Record text (drug names, relations, codes) made inert in GitHub-flavoured markdown.
+
+    The sandbox renders card markdown with raw HTML enabled, and EHR data is untrusted.
+    """
+    escaped = html.escape(" ".join(str(text).split()), quote=False)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", escaped)
+
+
 def evidence_line(evidence: Evidence, lookback_days: int) -> str:
     """One markdown bullet stating the evidence in full."""
     if evidence.kind == "missing":
-        return f"- **{evidence.label}**: no result in the last {lookback_days} days"
-    parts = [f"**{evidence.label}**"]
+        return f"- **{md(evidence.label)}**: no result in the last {lookback_days} days"
+    parts = [f"**{md(evidence.label)}**"]
     if evidence.value is not None:
-        parts.append(f"{_number(evidence.value)} {evidence.unit}")
+        parts.append(f"{_number(evidence.value)} {md(evidence.unit)}")
         if evidence.reported:
-            parts.append(f"(reported as {evidence.reported})")
+            parts.append(f"(reported as {md(evidence.reported)})")
     details = [d for d in (evidence.status, evidence.when and f"dated {evidence.when}") if d]
     if details:
-        parts.append(f"({', '.join(str(d) for d in details)})")
+        parts.append(f"({', '.join(md(d) for d in details)})")
     line = "- " + " ".join(parts)
     if evidence.judged:
-        line += f": {evidence.judged}"
+        line += f": {md(evidence.judged)}"
     if evidence.code:
-        line += f" · {evidence.code}"
+        line += f" · {md(evidence.code)}"
     return line
 
 

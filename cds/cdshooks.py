@@ -38,6 +38,15 @@ class HookContext(_Wire):
     # Parsed leniently on purpose: the sandbox's draft orders are not valid FHIR.
     draftOrders: dict[str, Any] | None = None
 
+    @field_validator("patientId")
+    @classmethod
+    def _not_a_dot_segment(cls, value: str) -> str:
+        """'.' and '..' match the FHIR id syntax, but in `Patient/{{context.patientId}}` they
+        are URL dot segments: the fetch would go to the FHIR base or to all Patients."""
+        if value in (".", ".."):
+            raise ValueError("patientId must be a FHIR resource id")
+        return value
+
 
 class HookRequest(_Wire):
     hook: str = NonEmpty
@@ -135,6 +144,14 @@ class FeedbackEntry(_Wire):
         if self.outcome == "accepted" and not self.acceptedSuggestions:
             raise ValueError("accepted feedback requires acceptedSuggestions")
         return self
+
+    @field_validator("outcomeTimestamp", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        """RFC 3339 is text: a bare number (which pydantic reads as Unix time) is refused."""
+        if not isinstance(value, str):
+            raise ValueError("outcomeTimestamp must be an RFC 3339 date-time string")
+        return value
 
     @field_validator("outcomeTimestamp")
     @classmethod

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
+
+from cds.logs import server_log_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,9 +18,17 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
+    # uvicorn's own lines (before the app configures logging, and in the supervisor of the
+    # workers) are JSON like the service's: one format on stdout. The level of the root
+    # logger follows the service setting; the app's settings validate it again at start.
+    level = os.environ.get("TWITCH_CDS_LOG_LEVEL", "INFO").upper()
     uvicorn.run("cds.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, access_log=False, proxy_headers=False,
-                server_header=False, timeout_graceful_shutdown=10)
+                server_header=False, timeout_graceful_shutdown=10,
+                log_config=server_log_config(level if level in _LEVELS else "INFO"))
+
+
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ asserted fact costs the rules engine time.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -201,12 +202,18 @@ class Vocabulary:
         return found
 
 
+def _text(value: Any) -> str | None:
+    """`value` if it is a string, else None: JSON from the EHR may hold a list or object where
+    FHIR has a code, status or id, and those must not reach a set or dict look-up."""
+    return value if isinstance(value, str) else None
+
+
 def _valid(resource: Resource, facts: Facts) -> bool:
     """Validate one selected resource with its R4B model; an invalid one is counted, skipped."""
     model = MODELS[resource["resourceType"]]
     try:
         model.model_validate(resource)
-    except (ValidationError, ValueError, TypeError):
+    except (ValidationError, ValueError, TypeError, RecursionError):
         facts.invalid_resources += 1
         return False
     return True
@@ -221,7 +228,11 @@ def _observation_date(obs: Resource) -> date | None:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _fmt(value: float) -> str:
@@ -338,7 +349,7 @@ class FactBuilder:
                 yield condition, found
         latest: dict[str, tuple[date, Resource]] = {}
         for obs in resources.get("Observation", []):
-            if obs.get("status") not in FINAL_OBSERVATION:
+            if _text(obs.get("status")) not in FINAL_OBSERVATION:
                 continue
             when = _observation_date(obs)
             if when is None or when < since:
@@ -366,7 +377,7 @@ class FactBuilder:
     def _recorded_answer_spec(self, obs: Resource) -> str | None:
         """The coded or scored observation of rules/labs.yaml this Observation is, if any."""
         for coding in _codings(obs.get("code")):
-            code = coding.get("code")
+            code = _text(coding.get("code"))
             if code in self.vocabulary.coded:
                 return self.vocabulary.coded[code]
             if code in self.vocabulary.scored:
@@ -379,7 +390,7 @@ class FactBuilder:
         labs = self.knowledge.labs
         if spec_name in labs.coded_observations:
             coded = labs.coded_observations[spec_name]
-            answers = {c.get("code") for c in _codings(obs.get("valueCodeableConcept"))}
+            answers = {_text(c.get("code")) for c in _codings(obs.get("valueCodeableConcept"))}
             positive = [v for v in coded.positive_values if v.code in answers]
             if not positive:
                 return {}
@@ -401,13 +412,13 @@ class FactBuilder:
               facts: Facts) -> None:
         candidates: dict[str, list[tuple[date, Resource, str, bool]]] = {}
         for obs in observations:
-            if obs.get("status") not in FINAL_OBSERVATION:
+            if _text(obs.get("status")) not in FINAL_OBSERVATION:
                 continue
             when = _observation_date(obs)
             if when is None or when < since:
                 continue
             for coding in _codings(obs.get("code")):
-                if coding.get("system") == SYSTEMS["loinc"] and coding.get("code") in \
+                if coding.get("system") == SYSTEMS["loinc"] and _text(coding.get("code")) in \
                         self.vocabulary.analytes:
                     name, code = self.vocabulary.analytes[coding["code"]]
                     candidates.setdefault(name, []).append((when, obs, code.code,
@@ -473,12 +484,13 @@ class FactBuilder:
 
     # -- medications -> drug / depletes facts -------------------------------------------
     def _medications(self, resources: dict[str, list[Resource]], facts: Facts) -> None:
-        medications = {m.get("id"): m for m in resources.get("Medication", [])}
+        medications = {m["id"]: m for m in resources.get("Medication", [])
+                       if isinstance(m.get("id"), str)}
         seen: set[str] = set()
         for kind, statuses in (("MedicationRequest", ACTIVE_REQUEST),
                                ("MedicationStatement", ACTIVE_STATEMENT)):
             for resource in resources.get(kind, []):
-                if resource.get("status") not in statuses:
+                if _text(resource.get("status")) not in statuses:
                     continue
                 concept = self._medication_concept(resource, medications)
                 ingredients = self.vocabulary.ingredients_of(concept) - seen
@@ -498,8 +510,9 @@ class FactBuilder:
         reference = resource.get("medicationReference")
         if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
             ref = reference["reference"]
-            contained = {f"#{c.get('id')}": c for c in resource.get("contained", [])
-                         if isinstance(c, dict)}
+            inline = resource.get("contained")
+            contained = {f"#{c.get('id')}": c for c in inline
+                         if isinstance(c, dict)} if isinstance(inline, list) else {}
             target = contained.get(ref) or medications.get(ref.rsplit("/", 1)[-1])
             if target:
                 return target.get("code")

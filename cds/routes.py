@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -28,6 +29,25 @@ if TYPE_CHECKING:  # cds.app imports this module to mount the router
 
 router = APIRouter()
 EXCLUDE_NONE = {"response_model_exclude_none": True}
+_OUTCOME_SCHEMA = {"type": "object", "required": ["resourceType", "issue"], "properties": {
+    "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+    "issue": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["severity", "code"], "properties": {
+            "severity": {"type": "string"}, "code": {"type": "string"},
+            "diagnostics": {"type": "string"}}}}}}
+
+
+def outcomes(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the OperationOutcome errors a route can answer.
+
+    "4XX" keeps FastAPI from documenting its default 422, which this service never sends.
+    """
+    content = {"application/fhir+json": {"schema": _OUTCOME_SCHEMA}}
+    documented: dict[int | str, dict[str, Any]] = {
+        status: {"description": HTTPStatus(status).phrase, "content": content}
+        for status in statuses}
+    documented["4XX"] = {"description": "Other client errors", "content": content}
+    return documented
 
 
 def runtime(request: Request) -> Runtime:
@@ -67,7 +87,8 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/cds-services", response_model=DiscoveryResponse, **EXCLUDE_NONE)
+@router.get("/cds-services", response_model=DiscoveryResponse, **EXCLUDE_NONE,
+            responses=outcomes(401))
 async def discovery(request: Request, _client: Client) -> DiscoveryResponse:
     return DiscoveryResponse(services=[
         ServiceDescription(hook=s.hook, id=s.id, title=s.title, description=s.description,
@@ -77,7 +98,7 @@ async def discovery(request: Request, _client: Client) -> DiscoveryResponse:
 
 
 @router.post("/cds-services/{service_id}", response_model=CardsResponse, **EXCLUDE_NONE,
-             responses={400: {}, 401: {}, 404: {}, 412: {}, 413: {}, 415: {}})
+             responses=outcomes(400, 401, 404, 412, 413, 415))
 async def call_service(service_id: str, body: HookRequest, request: Request,
                        client: Client) -> CardsResponse | JSONResponse:
     rt = runtime(request)
@@ -108,7 +129,8 @@ async def call_service(service_id: str, body: HookRequest, request: Request,
     return CardsResponse(cards=decision.cards)
 
 
-@router.post("/cds-services/{service_id}/feedback", responses={400: {}, 401: {}, 404: {}})
+@router.post("/cds-services/{service_id}/feedback",
+             responses=outcomes(400, 401, 404, 413, 415))
 async def feedback(service_id: str, body: FeedbackRequest, request: Request,
                    _client: Client) -> JSONResponse:
     service = find_service(request, service_id)
