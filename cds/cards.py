@@ -74,7 +74,10 @@ def md(text: object) -> str:
 def evidence_line(evidence: Evidence, lookback_days: int) -> str:
     """One markdown bullet stating the evidence in full."""
     if evidence.kind == "missing":
-        return f"- **{md(evidence.label)}**: no result in the last {lookback_days} days"
+        usable = "no usable" if evidence.judged else "no"
+        note = f" ({md(evidence.judged)})" if evidence.judged else ""
+        return (f"- **{md(evidence.label)}**: {usable} result in the last {lookback_days} "
+                f"days{note}")
     parts = [f"**{md(evidence.label)}**"]
     if evidence.value is not None:
         parts.append(f"{_number(evidence.value)} {md(evidence.unit)}")

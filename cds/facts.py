@@ -430,7 +430,7 @@ class FactBuilder:
             analyte = self.knowledge.labs.analytes[name]
             if analyte.finding or analyte.high:
                 self._add_lab(result, analyte, results.get("albumin"), sex, facts)
-        self._missing(set(results), facts)
+        self._missing(set(results), set(candidates) - set(results), facts)
 
     def _latest(self, name: str, found: list[tuple[date, Resource, str, bool]],
                 facts: Facts) -> LabResult | None:
@@ -472,15 +472,19 @@ class FactBuilder:
             fact["finding"] = analyte.finding
         facts.add(fact, evidence)
 
-    def _missing(self, present: set[str], facts: Facts) -> None:
+    def _missing(self, present: set[str], unjudged: set[str], facts: Facts) -> None:
+        """Work-up analytes with no usable result; `unjudged` ones had results that could not
+        be judged (no or an unknown unit), which the card says rather than "no result"."""
         analytes = self.knowledge.labs.analytes
         covered = present | {analytes[p].workup_counts_for for p in present
                              if analytes[p].workup_counts_for}
         facts.missing_labs = {name for name in analytes if name not in covered}
         for name, analyte in analytes.items():
             if analyte.workup and name not in covered:
+                note = "results without a convertible unit, not judged" if name in unjudged \
+                    else None
                 facts.add({"kind": "lab-missing", "analyte": name},
-                          Evidence("missing", analyte.label, analyte=name))
+                          Evidence("missing", analyte.label, analyte=name, judged=note))
 
     # -- medications -> drug / depletes facts -------------------------------------------
     def _medications(self, resources: dict[str, list[Resource]], facts: Facts) -> None:

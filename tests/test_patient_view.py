@@ -324,3 +324,9 @@ def test_resources_under_other_keys_are_pooled(client: TestClient) -> None:
         {"resource": lab(MAGNESIUM_MASS, 1.4, "mg/dL")}]}
     response = client.post(f"/cds-services/{SERVICE_PV}", json=request)
     assert "hypomagnesemia" in cards_by_code(response.json())
+
+
+def test_result_without_unit_is_named_as_unusable_in_the_workup(client: TestClient) -> None:
+    card = codes(client, twitch(), lab(MAGNESIUM_MASS, 1.2, None))["workup-incomplete"]
+    assert "**Magnesium**: no usable result" in card["detail"]
+    assert "not judged" in card["detail"]
