@@ -37,9 +37,9 @@ from tests.support.jwt_tokens import (
     public_jwk,
     self_signed_certificate,
 )
+from tests.support.paths import SANDBOX
 
 BASE = "http://testserver"  # what TestClient sends as scheme and Host
-SANDBOX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sandbox"
 FEEDBACK = {"feedback": [{"card": "0b0e7a1e-4b8d-4c1c-9d1e-4f5a6b7c8d9e", "outcome": "overridden",
                           "outcomeTimestamp": "2026-11-26T10:00:00Z"}]}
 

@@ -14,9 +14,7 @@ import json
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from cds.auth import (
     VerifiedClient,
     parse_trusted_issuers,
 )
+from tests.support.jwt_tokens import JwksServer
 
 ISSUER = "https://ehr.example.org"
 AUDIENCE = "https://cds.example.org/cds-services/twitch-patient-view"
@@ -127,44 +126,6 @@ def static_verifier(
         InMemoryReplayCache(),
         http_client=httpx.AsyncClient(transport=httpx.MockTransport(no_network)),
     )
-
-
-class JwksServer:
-    """A local HTTP server publishing JWKS documents by path and counting requests."""
-
-    def __init__(self) -> None:
-        self.documents: dict[str, Any] = {}  # JSON-able value, or raw bytes served as-is
-        self.hits: Counter[str] = Counter()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.hits[self.path] += 1
-                document = server.documents.get(self.path)
-                body = document if isinstance(document, bytes) else json.dumps(document).encode()
-                self.send_response(200 if document is not None else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Keep test output quiet."""
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ fetched for real.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +16,7 @@ from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
 from tests.support.cards import cards_by_code
 from tests.support.fhir import SNOMED, condition, hook_request, lab, medication, transaction, twitch
 from tests.support.fhir_server import FhirTestServer
-
-SANDBOX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sandbox"
+from tests.support.paths import SANDBOX
 
 
 def sandbox_request(name: str, fhir: FhirTestServer) -> dict[str, Any]:

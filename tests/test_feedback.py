@@ -10,8 +10,7 @@ from sqlalchemy import create_engine, select
 
 from cds.storage import feedback
 from tests.conftest import SERVICE_PV
-
-SANDBOX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sandbox"
+from tests.support.paths import SANDBOX
 
 
 def rows(database_url: str) -> list[dict]:

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,10 +41,10 @@ from tests.support.fhir import (
     twitch,
 )
 from tests.support.fhir_server import FhirTestServer, node_available, run_fhir_server
+from tests.support.paths import SYNTHEA
 
 pytestmark = pytest.mark.skipif(not node_available(), reason="node/npm not installed")
 
-SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "synthea"
 MAGNESIUM = "19123-9"
 TOKEN = "fetch-test-secret-7c1d9e"
 WRONG_TOKEN = "fetch-test-wrong-4b2a61"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,8 +10,8 @@ from fastapi.testclient import TestClient
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN
 from tests.support.cards import assert_no_empty_values
 from tests.support.fhir import hook_request, twitch
+from tests.support.paths import SANDBOX
 
-SANDBOX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sandbox"
 CONTRACT_KEYS = {"patient", "conditions", "observations", "medicationRequests",
                  "medicationStatements", "familyHistory"}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,8 +34,8 @@ from tests.support.fhir import (
     prefetch,
     twitch,
 )
+from tests.support.paths import SANDBOX
 
-SANDBOX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sandbox"
 MAGNESIUM, POTASSIUM, CALCIUM = "19123-9", "2823-3", "17861-6"
 HOOKS = {SERVICE_OS: "order-select", SERVICE_SIGN: "order-sign"}
 

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,8 +37,8 @@ from cds.settings import Settings
 from tests.conftest import SERVICE_PV
 from tests.support.cards import cards_by_code
 from tests.support.fhir import ICD10, LOINC, bundle, days_ago
+from tests.support.paths import SYNTHEA
 
-SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "synthea"
 KEYS = {"Condition": "conditions", "Observation": "observations",
         "MedicationRequest": "medicationRequests", "MedicationStatement": "medicationStatements",
         "FamilyMemberHistory": "familyHistory"}

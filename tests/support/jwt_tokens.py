@@ -156,7 +156,7 @@ class JwksServer:
     """A local HTTP(S) server publishing JWKS documents by path and counting every request."""
 
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
-        self.documents: dict[str, Any] = {}
+        self.documents: dict[str, Any] = {}  # JSON-able value, or raw bytes served as-is
         self.hits: Counter[str] = Counter()
         server = self
 
@@ -164,7 +164,7 @@ class JwksServer:
             def do_GET(self) -> None:
                 server.hits[self.path] += 1
                 document = server.documents.get(self.path)
-                body = json.dumps(document).encode()
+                body = document if isinstance(document, bytes) else json.dumps(document).encode()
                 self.send_response(200 if document is not None else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
