@@ -8,8 +8,9 @@ Every line on stdout is one JSON object: the service's own events (structlog) an
 of the libraries underneath (uvicorn, Alembic, ...) go through one handler and one renderer.
 Two things the libraries would otherwise leak are cut here, whatever the log level:
 
-- SQLAlchemy logs statements *with their parameters* at INFO (feedback comments, JWT ids) and
-  httpx/httpcore log request URLs (`?patient=<id>`): both are held at WARNING.
+- httpx logs every request URL at INFO, and FHIR search URLs carry the patient id
+  (`?patient=<id>`); SQLAlchemy, when its loggers are lowered, logs statements *with their
+  parameters* (feedback comments, JWT ids): these loggers are held at WARNING.
 - Exception messages may quote request data (a pydantic error shows the input value, a
   KeyError the key): an exception is logged as its type and stack frames, never its message.
 """

@@ -213,9 +213,11 @@ class FeedbackStore:
         """Store entries in one transaction; returns how many were new."""
         now = datetime.now(UTC)
         rows = [_row(service_id, entry, now) for entry in entries]
-        statement = _insert(self.engine)(feedback).values(rows).on_conflict_do_nothing()
+        # RETURNING, not rowcount: SQLAlchemy 2.1 with psycopg reports rowcount -1 here.
+        statement = (_insert(self.engine)(feedback).values(rows).on_conflict_do_nothing()
+                     .returning(feedback.c.id))
         with self.engine.begin() as connection:
-            return connection.execute(statement).rowcount or 0
+            return len(connection.execute(statement).all())
 
     def count(self, service_id: str | None = None) -> int:
         query = select(func.count()).select_from(feedback)
@@ -234,13 +236,16 @@ class DatabaseReplayCache:
     def check_and_store(self, jti: str, issuer: str, expires_at: int) -> bool:
         """True when the jti is new (and now remembered until `expires_at`)."""
         now = int(time.time())
-        statement = _insert(self.engine)(jwt_seen).values(
+        # RETURNING, not rowcount: with psycopg, SQLAlchemy 2.1 reports rowcount -1 for this
+        # INSERT, which `bool()` took for "new": every replayed jti was accepted.
+        statement = (_insert(self.engine)(jwt_seen).values(
             issuer=issuer, jti=jti, expires_at=expires_at).on_conflict_do_nothing()
+            .returning(jwt_seen.c.jti))
         with self.engine.begin() as connection:
             connection.execute(sql_delete(jwt_seen).where(
                 jwt_seen.c.issuer == issuer, jwt_seen.c.jti == jti,
                 jwt_seen.c.expires_at < now))
-            return bool(connection.execute(statement).rowcount)
+            return connection.execute(statement).first() is not None
 
     def purge_expired(self) -> int:
         with self.engine.begin() as connection:
