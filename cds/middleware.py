@@ -103,5 +103,8 @@ class EdgeMiddleware:
 
 
 def _route(scope: Scope) -> str:
-    """The path with the service id kept and nothing else: no query string (may hold PHI)."""
-    return str(scope.get("path", ""))[:200]
+    """The matched route's template (`/cds-services/{service_id}`), never the raw path: a
+    path may carry an identifier. Requests that match no route are logged as "unmatched"."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"

@@ -77,7 +77,8 @@ Client = Annotated[VerifiedClient | None, Depends(authenticate)]
 def find_service(request: Request, service_id: str) -> Service:
     service = runtime(request).catalog.get(service_id)
     if service is None:
-        raise HTTPException(404, f"no CDS service with id {service_id!r}"[:200])
+        # The id is not echoed: a misconfigured client may put an identifier in the path.
+        raise HTTPException(404, "no CDS service with this id; see GET /cds-services")
     return service
 
 

@@ -3,7 +3,9 @@ a real FHIR server and a real PostgreSQL server started by the suite itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,7 +77,8 @@ class LiveServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cds.cli", "serve", "--port", str(self.port),
              "--workers", str(workers)],
-            env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
+            env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: stop() reaches every worker
         self._wait()
 
     def _wait(self) -> None:
@@ -92,11 +95,10 @@ class LiveServer:
         raise RuntimeError("server did not start")
 
     def stop(self, kill: bool = False) -> None:
+        """Terminate (or SIGKILL) uvicorn and all its worker processes."""
         if self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
             self.process.wait(timeout=20)
         self._log.close()
 

