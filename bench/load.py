@@ -452,6 +452,11 @@ async def _httpx_load(url: str, body: bytes, requests: int, concurrency: int,
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
+    return summarize(latencies, errors, seconds)
+
+
+def summarize(latencies: list[float], errors: int, seconds: float) -> dict[str, float]:
+    """Throughput and latency percentiles of one load run."""
     latencies.sort()
     return {"requests": len(latencies), "errors": errors, "seconds": seconds,
             "rps": len(latencies) / seconds, "p50_ms": percentile(latencies, 0.50) * 1000,
@@ -535,11 +540,7 @@ async def _raw_load(url: str, body: bytes, requests: int, concurrency: int,
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
-    latencies.sort()
-    return {"requests": len(latencies), "errors": errors, "seconds": seconds,
-            "rps": len(latencies) / seconds, "p50_ms": percentile(latencies, 0.50) * 1000,
-            "p95_ms": percentile(latencies, 0.95) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "max_ms": latencies[-1] * 1000}
+    return summarize(latencies, errors, seconds)
 
 
 def run_raw(url: str, body: bytes, requests: int, concurrency: int,

@@ -150,3 +150,11 @@ def postgres_server() -> Iterator[PostgresTestServer]:
 def postgres_url(postgres_server: PostgresTestServer) -> Iterator[str]:
     with temporary_database(postgres_server) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: an SQLite file, or a new database on the suite's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cds-test.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))

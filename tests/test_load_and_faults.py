@@ -20,7 +20,6 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,13 +38,6 @@ MAX_RSS_GROWTH = 0.10
 JSON = {"Content-Type": "application/json"}
 
 StartServer = Callable[..., LiveServer]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

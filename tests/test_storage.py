@@ -39,14 +39,6 @@ from tests.conftest import SERVICE_OS, SERVICE_PV
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database: an SQLite file, or a new database on the suite's PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'storage.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 def db(db_url: str) -> Iterator[Engine]:
     """A migrated engine on the fresh database."""

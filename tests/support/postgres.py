@@ -8,17 +8,7 @@ port, trust auth, ``fsync=on``, and removed again on :meth:`PostgresTestServer.s
 The server binaries come from the Debian ``postgresql`` package; run
 ``scripts/install-test-deps.sh`` to install them.
 
-Example pytest fixtures (for ``tests/conftest.py``)::
-
-    @pytest.fixture(scope="session")
-    def postgres_server() -> Iterator[PostgresTestServer]:
-        with running_postgres() as server:
-            yield server
-
-    @pytest.fixture
-    def postgres_url(postgres_server: PostgresTestServer) -> Iterator[str]:
-        with temporary_database(postgres_server) as url:
-            yield url
+The pytest fixtures wrapping it are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
