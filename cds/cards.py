@@ -206,14 +206,13 @@ class CardBuilder:
             "status": "draft",
             "intent": "proposal",
             "priority": "urgent" if finding.indicator == "critical" else "routine",
-            "category": [{"text": "Referral"}],
+            "category": [{"text": referral.category_text}],
             "code": {"coding": [referral.code],
                      "text": f"Referral to {referral.specialty['display']}"},
             "performerType": {"coding": [referral.specialty],
                               "text": referral.specialty["display"]},
             "subject": {"reference": f"Patient/{context.patient_id}"},
-            "reasonCode": [{"text": f"Muscle twitching: {title}"
-                                    + (f" ({reasons})" if reasons else "")}],
+            "reasonCode": [{"text": referral.reason.format(title=title, evidence=reasons)}],
         }
         return Suggestion(
             label=referral.label, uuid=str(uuid.uuid5(card_id, "referral")), isRecommended=True,
@@ -232,7 +231,7 @@ class CardBuilder:
             "code": {"coding": [{"system": code.system_uri, "code": code.code,
                                  "display": code.display}], "text": analyte.label},
             "subject": {"reference": f"Patient/{context.patient_id}"},
-            "reasonCode": [{"text": "Muscle twitching work-up"}],
+            "reasonCode": [{"text": order.reason}],
         }
         fields = {"test": analyte.label, "code": code.code}
         return Suggestion(

@@ -329,7 +329,8 @@ class FactBuilder:
             facts.add(fact, evidence)
         complaint = seen.get("twitch")
         return None if complaint is None else Evidence(
-            "complaint", "Muscle twitching", complaint.when, status=complaint.status,
+            "complaint", self.knowledge.valuesets["twitch"].label, complaint.when,
+            status=complaint.status,
             code=complaint.code)
 
     def _problem_candidates(self, resources: dict[str, list[Resource]], since: date,

@@ -198,6 +198,8 @@ class Referral(_Model):
     description: str
     code: dict[str, str]
     specialty: dict[str, str]
+    category_text: str
+    reason: str
     known_summary: str
 
 
@@ -205,6 +207,7 @@ class LabOrder(_Model):
     label: str
     description: str
     category: dict[str, str]
+    reason: str
 
 
 class Findings(_Model):
