@@ -1,6 +1,6 @@
 """The durable-rules engine, wrapped once behind `RulesEngine.evaluate(ruleset, facts)`.
 
-Why the wrapper looks the way it does (measured; see shared/engineering-notes.md):
+Why the wrapper looks the way it does (measured; see docs/engineering-notes.md):
 - durable-rules keeps a fixed table of 1,024 sessions: every evaluation runs in its own
   session id and deletes it afterwards, also on error, so nothing is left behind.
 - A fact that no rule handles makes the whole batch fail (and corrupted the heap after

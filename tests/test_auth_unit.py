@@ -35,12 +35,13 @@ from cds.auth import (
     parse_trusted_issuers,
 )
 from tests.support.jwt_tokens import JwksServer
+from tests.support.paths import SANDBOX
 
 ISSUER = "https://ehr.example.org"
 AUDIENCE = "https://cds.example.org/cds-services/twitch-patient-view"
 EC_KID = "ec-1"
 RSA_KID = "rsa-1"
-FIXTURES = Path("/work/shared/fixtures/sandbox")
+FIXTURES = SANDBOX
 DROP = object()  # claim/header value meaning "leave this out"
 
 

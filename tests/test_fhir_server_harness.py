@@ -17,18 +17,17 @@ import httpx
 import pytest
 
 from tests.support.fhir_server import FhirTestServer, node_available, run_fhir_server
+from tests.support.paths import SYNTHEA
 
 pytestmark = pytest.mark.skipif(not node_available(), reason="node/npm not installed")
 
-SYNTHEA_DIR = Path("/work/shared/fixtures/synthea")
+SYNTHEA_DIR = SYNTHEA
 LUPE = SYNTHEA_DIR / "Lupe_Little_f8a42e66-8c03-4ee6-85e3-3817c2942de1.json"
 TWANDA = SYNTHEA_DIR / "Twanda_Rippin_28529cd4-05d7-4df6-aa7c-7fb4d7af2e0f.json"
 TOKEN = "harness-secret"
 
 
 def read_bundle(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        pytest.skip(f"fixture missing: {path}")
     bundle: dict[str, Any] = json.loads(path.read_text())
     return bundle
 

@@ -1,4 +1,4 @@
-"""Realistic end-to-end cases: the Synthea R4 patients of shared/fixtures/synthea.
+"""Realistic end-to-end cases: the Synthea R4 patients of tests/fixtures/synthea.
 
 Each test sends a patient's whole bundle as patient-view prefetch (resources grouped by type
 under the service's keys; every other type, Encounter, Claim..., under a key of its own, which

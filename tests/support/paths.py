@@ -1,7 +1,7 @@
-"""Where the shared, read-only fixtures live: `shared/` beside the repository checkout."""
+"""Where the test fixtures live: inside the repository, so a clone with nothing beside it runs."""
 
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SANDBOX = SHARED / "fixtures" / "sandbox"
-SYNTHEA = SHARED / "fixtures" / "synthea"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SANDBOX = FIXTURES / "sandbox"
+SYNTHEA = FIXTURES / "synthea"
