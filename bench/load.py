@@ -238,7 +238,7 @@ class Run:
 
 
 def run_wrk(url: str, body_path: Path, script_path: Path, concurrency: int,
-            seconds: float) -> Run:
+            seconds: int) -> Run:
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
                "-s", str(script_path), url]
     done = subprocess.run(command, env={**os.environ, "BENCH_BODY": str(body_path)},
@@ -289,13 +289,13 @@ class Plan:
     cases: tuple[str, ...]
     workers: tuple[int, ...]
     concurrency: tuple[int, ...]
-    seconds: float
-    warmup: float
+    seconds: int  # wrk takes whole seconds
+    warmup: int
     rounds: int
 
 
 FULL = Plan(CASE_NAMES, (1, 2), (1, 16), seconds=5, warmup=2, rounds=2)
-SMOKE = Plan(("small", "medium"), (1,), (1, 16), seconds=0.5, warmup=0.2, rounds=1)
+SMOKE = Plan(("small", "medium"), (1,), (1, 16), seconds=1, warmup=0, rounds=1)
 
 
 def measure(plan: Plan, bodies: dict[str, bytes], directory: Path,
@@ -317,7 +317,7 @@ def measure(plan: Plan, bodies: dict[str, bytes], directory: Path,
                     found = {name: Measurement(name, case, resource_count(json.loads(
                         bodies[case])), len(bodies[case]) / 1024, workers, concurrency)
                         for name in SERVERS}
-                    for server in servers.values():
+                    for server in servers.values() if plan.warmup else ():
                         run_wrk(f"{server.base_url}/cds-services/{SERVICE}", body_path,
                                 script_path, concurrency, plan.warmup)
                     for round_number in range(plan.rounds):
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true",
                         help="a few seconds: small and medium, one worker (the test suite)")
-    parser.add_argument("--seconds", type=float, help="time per server and round")
+    parser.add_argument("--seconds", type=int, help="time per server and round")
     parser.add_argument("--rounds", type=int, help="alternations of floor and twitch-cds")
     parser.add_argument("--cases", nargs="+", choices=CASE_NAMES)
     parser.add_argument("--workers", nargs="+", type=int)
