@@ -14,7 +14,7 @@
 #   here.
 set -euo pipefail
 
-PACKAGES=(postgresql)
+PACKAGES=(postgresql wrk)  # wrk: the load generator of bench/load.py and its smoke test
 
 # The drop-in is read by postgresql-common's pg_createcluster, which the
 # postgresql-<ver> postinst runs when it is first installed.
