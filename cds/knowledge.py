@@ -217,10 +217,11 @@ class RedFlagTexts(_Model):
     diagnosed_consider: str
     suspected_summary: str
     suspected_consider: str
+    diagnosed_critical_summary: str
     known_summary: str
     known_critical_summary: str
     known_consider: str
-    known_critical_consider: str
+    critical_consider: str
 
 
 class DuplicateTexts(_Model):
