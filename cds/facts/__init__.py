@@ -1,0 +1,58 @@
+"""From a patient's FHIR resources to the few aggregated facts the rules reason over.
+
+One module per fact family (problems, labs, medications, care), each reading the pooled
+resources and adding its facts and evidence; `record` holds what they share, `vocabulary`
+the code tables built from rules/. No family imports another.
+
+Selection happens on plain dicts first (resource type, status, code membership, recency),
+because validating every resource of a large record with fhir.resources costs more than
+everything else together. Only the resources that can become a fact are validated with the
+R4B models, one at a time, so one invalid resource is skipped (and counted) while the rest
+still count. Facts are aggregated - one per analyte, concept or ingredient - because each
+asserted fact costs the rules engine time.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from cds.facts.care import read_neurology_care
+from cds.facts.labs import LabResult, judge, read_labs
+from cds.facts.medications import read_drafts, read_medications
+from cds.facts.problems import read_family, read_problems
+from cds.facts.record import MODELS, Evidence, Facts, Resource, Resources, Window, parse_date
+from cds.facts.vocabulary import Match, Vocabulary
+
+__all__ = ["MODELS", "Evidence", "FactBuilder", "Facts", "LabResult", "Match", "Vocabulary",
+           "judge", "parse_date"]
+
+
+class FactBuilder:
+    """Builds the facts of one request. Stateless apart from the shared `Vocabulary`."""
+
+    def __init__(self, vocabulary: Vocabulary, lookback_days: int) -> None:
+        self.vocabulary = vocabulary
+        self.knowledge = vocabulary.knowledge
+        self.lookback_days = lookback_days
+
+    def build(self, resources: Resources, today: date,
+              draft_orders: list[Resource] | None = None) -> Facts:
+        facts = Facts()
+        window = Window(today, today - timedelta(days=self.lookback_days),
+                        _sex(resources.get("Patient", [])))
+        complaint = read_problems(self.vocabulary, resources, window, facts)
+        read_labs(self.vocabulary, resources.get("Observation", []), window, facts)
+        read_medications(self.vocabulary, resources, facts)
+        read_family(self.vocabulary, resources.get("FamilyMemberHistory", []), facts)
+        read_neurology_care(self.vocabulary, resources, facts)
+        if draft_orders:
+            read_drafts(self.vocabulary, draft_orders, facts)
+        if complaint is not None:
+            # The gate goes last: every rule joins on it, so rules see the whole record.
+            facts.add({"kind": "complaint"}, complaint)
+        return facts
+
+
+def _sex(patients: list[Resource]) -> str | None:
+    gender = patients[0].get("gender") if patients else None
+    return gender if gender in ("male", "female") else None

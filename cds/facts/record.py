@@ -1,0 +1,175 @@
+"""What every fact family shares: the facts container, evidence, and one way to read the
+record's dates, codings, numbers and statuses.
+
+EHR JSON is untrusted: where FHIR has a string, an object or a list may arrive, so every
+reader here returns None (or nothing) rather than raising on an unexpected shape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal
+
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.familymemberhistory import FamilyMemberHistory
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from pydantic import ValidationError
+
+from cds.knowledge import SYSTEMS, Threshold
+
+Resource = dict[str, Any]
+Resources = dict[str, list[Resource]]
+EvidenceKind = Literal["complaint", "problem", "family", "lab", "missing", "medication", "order"]
+
+FINAL_OBSERVATION = {"final", "amended", "corrected"}
+MODELS = {
+    "Condition": Condition,
+    "Observation": Observation,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
+    "FamilyMemberHistory": FamilyMemberHistory,
+}
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a card shows as the reason for its finding."""
+
+    kind: EvidenceKind
+    label: str
+    when: date | None = None
+    value: float | None = None
+    unit: str | None = None
+    reported: str | None = None
+    status: str | None = None
+    judged: str | None = None
+    code: str | None = None
+    lowers: tuple[str, ...] = ()
+    analyte: str | None = None
+
+
+@dataclass
+class Facts:
+    """The input of the rules engine plus what the cards step needs to explain it."""
+
+    facts: list[dict[str, Any]] = field(default_factory=list)
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    missing_labs: set[str] = field(default_factory=set)
+    invalid_resources: int = 0
+    unjudged_results: int = 0
+
+    def cite(self, evidence: Evidence) -> str:
+        """Register evidence once; facts refer to it by this reference."""
+        ref = f"e{len(self.evidence) + 1}"
+        self.evidence[ref] = evidence
+        return ref
+
+    def add(self, fact: dict[str, Any], evidence: Evidence | str) -> None:
+        ref = evidence if isinstance(evidence, str) else self.cite(evidence)
+        self.facts.append({**fact, "evidence": ref})
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for fact in self.facts:
+            counts[fact["kind"]] = counts.get(fact["kind"], 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
+class Window:
+    """The request's time frame and the patient attributes every family may need."""
+
+    today: date
+    since: date
+    sex: str | None
+
+
+def parse_date(value: Any) -> date | None:
+    """The start of a FHIR date/dateTime/instant of any precision ('2026', '2026-03', ...).
+
+    The start of the period is used so that an imprecise date is never taken as more recent
+    than it may be: stale data must not pass for current.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _DATE.match(value)
+    if not match:
+        return None
+    year, month, day = int(match[1]), int(match[2] or 1), int(match[3] or 1)
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def text(value: Any) -> str | None:
+    """`value` if it is a string, else None: JSON from the EHR may hold a list or object where
+    FHIR has a code, status or id, and those must not reach a set or dict look-up."""
+    return value if isinstance(value, str) else None
+
+
+def codings(concept: Any) -> list[dict[str, Any]]:
+    if not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
+        return []
+    return [c for c in concept["coding"] if isinstance(c, dict)]
+
+
+def codings_of(value: Any) -> list[dict[str, Any]]:
+    """Codings of a CodeableConcept or of a list of them."""
+    concepts = value if isinstance(value, list) else [value]
+    return [c for concept in concepts for c in codings(concept)]
+
+
+def status_code(concept: Any) -> str | None:
+    codes = [c.get("code") for c in codings(concept)]
+    return next((c for c in codes if isinstance(c, str)), None)
+
+
+def code_label(coding: dict[str, Any]) -> str:
+    system = {uri: name for name, uri in SYSTEMS.items()}.get(coding.get("system", ""), "code")
+    names = {"snomed": "SNOMED CT", "icd10cm": "ICD-10-CM", "loinc": "LOINC", "rxnorm": "RxNorm"}
+    return f"{names.get(system, system)} {coding.get('code')}"
+
+
+def valid(resource: Resource, facts: Facts) -> bool:
+    """Validate one selected resource with its R4B model; an invalid one is counted, skipped."""
+    model = MODELS[resource["resourceType"]]
+    try:
+        model.model_validate(resource)
+    except (ValidationError, ValueError, TypeError, RecursionError):
+        facts.invalid_resources += 1
+        return False
+    return True
+
+
+def observation_date(obs: Resource) -> date | None:
+    period = obs.get("effectivePeriod") if isinstance(obs.get("effectivePeriod"), dict) else {}
+    return (parse_date(obs.get("effectiveDateTime")) or parse_date(obs.get("effectiveInstant"))
+            or parse_date(period.get("start")) or parse_date(obs.get("issued")))
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        return None
+    return result if math.isfinite(result) else None
+
+
+def fmt(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def threshold_words(threshold: Threshold, sex: str | None, unit: str) -> str:
+    op, limit = threshold.limit(sex)
+    words = {"below": "below", "at_or_below": "at or below", "above": "above",
+             "at_or_above": "at or above"}[op]
+    return f"{words} {fmt(limit)} {unit}"
