@@ -144,6 +144,14 @@ def test_confirmed_diagnosis_without_care_says_diagnosed_not_consider_mnd(
     assert card["suggestions"][0]["label"] == "Refer to neurology"
 
 
+def test_diagnosed_mnd_with_weakness_does_not_ask_to_name_a_suspected_diagnosis(
+        client: TestClient) -> None:
+    card = cards(client, twitch(), condition("G12.21"), condition("M62.81"),
+                 *normal_workup())[MND]
+    assert "consider motor neurone disease" not in card["summary"]
+    assert "name the suspected diagnosis" not in card["detail"]
+
+
 # --- one referral per response -----------------------------------------------------------------
 
 def test_several_red_flags_share_one_referral_naming_them_all(client: TestClient) -> None:
