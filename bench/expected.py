@@ -11,6 +11,10 @@ Why a full snapshot, and why it stays honest while card texts change:
   snapshot is regenerated deliberately with `python bench/load.py --update-expected` and
   the change is reviewed in the diff of bench/expected-cards.json next to the change that
   caused it. A performance commit should leave that file untouched.
+- When card content and performance change at the same time (a merge), the snapshot is
+  generated from the code without the performance change (for example a `git archive` of the
+  other branch with this bench/ copied in, run from that directory), and the optimised code
+  must then serve exactly that file.
 """
 
 from __future__ import annotations
