@@ -22,7 +22,16 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 
-from cds.demo import DemoPatient, hook_context, load_patients, resolve_dates, sandbox_link
+from cds.demo import (
+    DemoError,
+    DemoPatient,
+    hook_context,
+    load_patients,
+    loopback,
+    resolve_dates,
+    sandbox_link,
+)
+from cds.settings import PROJECT_ROOT
 from tests.support.demo import RunningDemo, port_is_open
 from tests.support.fhir_server import FhirTestServer, node_available
 
@@ -115,6 +124,16 @@ def test_corticosteroid_patient_names_its_drug_only_by_medication_reference() ->
     assert {r["medicationReference"]["reference"] for r in requests} <= medications
 
 
+def test_readme_says_what_every_demo_patient_shows() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Try it in the CDS Hooks sandbox", 1)[1].split("\n## ", 1)[0]
+    for patient in PATIENTS:
+        row = next(line for line in section.splitlines()
+                   if line.startswith(f"| `{patient.patient_id}` |"))
+        for codes in patient.cards.values():
+            assert all(f"`{code}`" in row for code in codes), patient.patient_id
+
+
 def test_sandbox_link_uses_the_sandbox_query_parameters() -> None:
     """Names as cds-hooks/sandbox's MainView reads them; order hooks open their Rx screen."""
     link = sandbox_link("http://127.0.0.1:8000/cds-services", "http://127.0.0.1:8081", "p-1",
@@ -191,6 +210,14 @@ def test_fhir_server_serves_what_the_sandbox_reads(
 
 
 # -- the command ----------------------------------------------------------------------------
+
+
+def test_demo_binds_only_to_loopback() -> None:
+    """Its FHIR server is open to anyone who reaches it: never on a network address."""
+    assert loopback("127.0.0.1") == "127.0.0.1" and loopback("localhost") == "localhost"
+    for host in ("0.0.0.0", "192.168.1.10", "example.org"):
+        with pytest.raises(DemoError):
+            loopback(host)
 
 
 def _printed_links(output: str) -> list[dict[str, list[str]]]:
