@@ -230,7 +230,7 @@ class CardBuilder:
             consider = flag.critical_consider if critical else flag.known_consider
         elif "suspected" in finding.tags:
             summary, consider = flag.suspected_summary, flag.suspected_consider
-        elif "diagnosed" in finding.tags and (critical or not signs):
+        elif "diagnosed" in finding.tags:
             summary = flag.diagnosed_critical_summary if critical and signs \
                 else flag.diagnosed_summary
             consider = flag.critical_consider if critical else flag.diagnosed_consider
