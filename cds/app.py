@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from cds import routes
+from cds import operations, routes
 from cds.auth import JwtVerifier, parse_trusted_issuers
 from cds.cards import CardBuilder
 from cds.catalog import Service, load_catalog
@@ -83,17 +83,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("started", services=len(app.state.runtime.catalog), auth=settings.auth)
             yield
             app.state.runtime.store.engine.dispose()
+            log.info("stopped")
 
     app = FastAPI(title="twitch-cds", version="0.1.0", lifespan=lifespan,
                   description="CDS Hooks service: causes and red flags of muscle twitching.")
     app.include_router(routes.router)
+    app.include_router(operations.router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type"], max_age=600)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
+                       routes=[*routes.router.routes, *operations.router.routes])
     return app
 
 
