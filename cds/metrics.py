@@ -32,6 +32,7 @@ from cds.cdshooks import Card
 
 if TYPE_CHECKING:  # cds.fhir_client counts its calls here
     from cds.fhir_client import FetchResult
+    from cds.storage import StoredFeedback
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -90,7 +91,7 @@ def count_fhir_fallback(results: Iterable[FetchResult]) -> None:
             FHIR_FAILURES.labels(result.key).inc()
 
 
-def count_feedback(service: str, outcomes: Iterable[tuple[str, str]]) -> None:
-    """Newly stored feedback entries, as (card topic, outcome) pairs."""
-    for topic, outcome in outcomes:
-        FEEDBACK.labels(service, topic, outcome).inc()
+def count_feedback(service: str, stored: Iterable[StoredFeedback]) -> None:
+    """Newly stored feedback entries, by their card's topic and outcome."""
+    for entry in stored:
+        FEEDBACK.labels(service, entry.topic, entry.outcome).inc()

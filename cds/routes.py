@@ -117,6 +117,7 @@ async def call_service(service_id: str, body: HookRequest, request: Request,
                                        datetime.now(UTC).date())
     facts = decision.facts
     metrics.count_cards(service.id, decision.cards)
+    rt.issued.record(service.id, decision.cards)
     log.info("hook", service=service.id, hook=service.hook,
              tenant=client.tenant if client else None,
              resources=record.pool.count(), skipped=record.pool.skipped,
@@ -134,6 +135,7 @@ async def call_service(service_id: str, body: HookRequest, request: Request,
 async def feedback(service_id: str, body: FeedbackRequest, request: Request,
                    _client: Client) -> JSONResponse:
     service = find_service(request, service_id)
-    stored = await run_in_threadpool(runtime(request).store.save, service.id, body.feedback)
-    log.info("feedback", service=service.id, entries=len(body.feedback), new=stored)
-    return JSONResponse({"stored": stored, "received": len(body.feedback)})
+    stored = await run_in_threadpool(runtime(request).store.store, service.id, body.feedback)
+    metrics.count_feedback(service.id, stored)
+    log.info("feedback", service=service.id, entries=len(body.feedback), new=len(stored))
+    return JSONResponse({"stored": len(stored), "received": len(body.feedback)})
