@@ -1,13 +1,16 @@
 """`twitch-cds`: the command line of the service, for operators and knowledge authors.
 
-Each command's work lives in the module named for it; this file only declares the
-commands and their options.
+Each command's work lives in the module named for it; this file only declares the commands
+and their options. Those modules are imported when their command runs: `serve` must set up
+the metrics directory before anything imports prometheus-client (see cds.serving).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+
+from cds import demo
 
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -33,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=int(env_default("WORKERS", "1")),
                        help="worker processes (TWITCH_CDS_WORKERS; default 1)")
     serve.set_defaults(run=_serve)
+    demo.add_parser(commands)
+    commands.choices["demo"].set_defaults(run=demo.main)
     return parser
 
 

@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # cds.fhir_client counts its calls here
     from cds.storage import StoredFeedback
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus-client chooses where values live when it is imported (just above): expose
+# from the same place, even if the variable is set later in this process.
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 
 REQUESTS = Counter("twitch_cds_http_requests", "HTTP requests answered",
                    ["method", "route", "service", "status"])
@@ -54,7 +57,7 @@ FEEDBACK = Counter("twitch_cds_feedback_entries",
 
 def exposition() -> tuple[bytes, str]:
     """The current metrics in Prometheus text format, and its content type."""
-    if os.environ.get(MULTIPROC_ENV):
+    if MULTIPROCESS:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -66,7 +66,7 @@ def read_labs(vocabulary: Vocabulary, observations: list[Resource], window: Wind
     results = {name: r for name, r in latest.items() if r is not None}
     for name, result in results.items():
         analyte = knowledge.labs.analytes[name]
-        if analyte.finding or analyte.high:
+        if analyte.finding or analyte.high or analyte.low or analyte.flags:
             _add_lab(knowledge, result, analyte, results.get("albumin"), window.sex, facts)
     _missing(knowledge, set(results), set(candidates) - set(results), facts)
 
@@ -158,6 +158,9 @@ def _add_lab(knowledge: Knowledge, result: LabResult, analyte: Analyte,
     low, critical, high, basis = judge(analyte, value, result, sex)
     if low or critical or high:
         notes.append(basis)
+    flags = {name: limit.holds(value, sex) for name, limit in analyte.flags.items()}
+    notes += [f"{name}: {threshold_words(analyte.flags[name], sex, analyte.unit)}"
+              for name, holds in flags.items() if holds]
     reported = result.reported
     canonical = f"{fmt(result.value)} {analyte.unit}"
     evidence = Evidence(
@@ -166,7 +169,7 @@ def _add_lab(knowledge: Knowledge, result: LabResult, analyte: Analyte,
         judged="; ".join(notes) or None, code=f"LOINC {result.code}", status="final",
         analyte=result.analyte)
     fact = {"kind": "lab", "analyte": result.analyte, "low": low, "critical": critical,
-            "high": high}
+            "high": high, **flags}
     if analyte.finding:
         fact["finding"] = analyte.finding
     facts.add(fact, evidence)
