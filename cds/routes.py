@@ -23,7 +23,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from structlog.contextvars import bind_contextvars
 
+from cds import metrics
 from cds.auth import AuthError, VerifiedClient
 from cds.catalog import Service
 from cds.cdshooks import (
@@ -127,11 +129,13 @@ async def authenticate(request: Request) -> VerifiedClient | None:
     audience = (base.rstrip("/") + request.url.path) if base else \
         str(request.url.replace(query=""))
     try:
-        return await rt.verifier.verify(request.headers.get("authorization"), audience)
+        client = await rt.verifier.verify(request.headers.get("authorization"), audience)
     except AuthError as error:
         log.info("authentication failed", reason=error.reason)
         raise HTTPException(401, error.reason,
                             headers={"WWW-Authenticate": error.www_authenticate}) from None
+    bind_contextvars(issuer=client.issuer)  # every later line of the request names the client
+    return client
 
 
 Client = Annotated[VerifiedClient | None, Depends(authenticate)]
@@ -143,12 +147,6 @@ def find_service(request: Request, service_id: str) -> Service:
         # The id is not echoed: a misconfigured client may put an identifier in the path.
         raise HTTPException(404, "no CDS service with this id; see GET /cds-services")
     return service
-
-
-@router.get("/healthz", include_in_schema=False)
-async def health() -> dict[str, str]:
-    """Liveness for orchestrators; unauthenticated and free of data."""
-    return {"status": "ok"}
 
 
 @router.get("/cds-services", response_model=DiscoveryResponse, **EXCLUDE_NONE,
@@ -180,6 +178,8 @@ async def call_service(service_id: str, body: HookRequest, request: Request,
     fetched_ms = (time.perf_counter() - started) * 1000
     decision = rt.pipeline.decide(body, service, record.pool, datetime.now(UTC).date())
     facts = decision.facts
+    metrics.count_cards(service.id, decision.cards)
+    rt.issued.record(service.id, decision.cards)
     log.info("hook", service=service.id, hook=service.hook,
              tenant=client.tenant if client else None,
              resources=record.pool.count(), skipped=record.pool.skipped,
@@ -203,6 +203,7 @@ def cards_response(cards: list[Card]) -> Response:
 async def feedback(service_id: str, body: FeedbackRequest, request: Request,
                    _client: Client) -> JSONResponse:
     service = find_service(request, service_id)
-    stored = await run_in_threadpool(runtime(request).store.save, service.id, body.feedback)
-    log.info("feedback", service=service.id, entries=len(body.feedback), new=stored)
-    return JSONResponse({"stored": stored, "received": len(body.feedback)})
+    stored = await run_in_threadpool(runtime(request).store.store, service.id, body.feedback)
+    metrics.count_feedback(service.id, stored)
+    log.info("feedback", service=service.id, entries=len(body.feedback), new=len(stored))
+    return JSONResponse({"stored": len(stored), "received": len(body.feedback)})
