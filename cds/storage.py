@@ -268,9 +268,12 @@ class FeedbackStore:
         """Remember issued cards (a repeated hook call yields the same uuids: kept once)."""
         rows = [vars(card) for card in cards]
         if rows:
+            # executemany of one statement: compiled once and cached, and no bound-parameter
+            # limit (PostgreSQL's 65,535) however many cards accumulated, unlike one
+            # multi-row VALUES, which is compiled anew for every row count.
             with self.engine.begin() as connection:
-                connection.execute(_insert(self.engine)(card_issued).values(rows)
-                                   .on_conflict_do_nothing())
+                connection.execute(_insert(self.engine)(card_issued).on_conflict_do_nothing(),
+                                   rows)
 
     def count(self, service_id: str | None = None) -> int:
         query = select(func.count()).select_from(feedback)
