@@ -8,6 +8,7 @@ with their own `Settings`; `twitch-cds serve` and other ASGI servers use `app` (
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -86,6 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout = httpx.Timeout(settings.fhir_timeout_seconds)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             app.state.runtime = build_runtime(settings, client)
+            # What start-up built (models, rules, knowledge) lives as long as the process: out
+            # of the collector's generations, each collection no longer walks it, which a large
+            # request body (hundreds of thousands of objects) otherwise triggers again and again.
+            gc.freeze()
             if settings.auth == "none":
                 log.warning("authentication disabled (TWITCH_CDS_AUTH=none): "
                             "for local development and the CDS Hooks sandbox only")

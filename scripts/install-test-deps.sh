@@ -20,6 +20,8 @@ PACKAGES=(postgresql chromium)
 # setrlimit here), from a base image made with debootstrap; ~25 s to install, and the
 # first smoke run then takes ~3 min (README, "Container image").
 PACKAGES+=(podman runc netavark aardvark-dns iptables debootstrap)
+# wrk: the load generator of bench/load.py and of its smoke test (tests/test_bench.py).
+PACKAGES+=(wrk)
 
 # The drop-in is read by postgresql-common's pg_createcluster, which the
 # postgresql-<ver> postinst runs when it is first installed.
