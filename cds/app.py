@@ -28,7 +28,7 @@ from cds.errors import describe_validation_errors, operation_outcome
 from cds.facts import FactBuilder, Vocabulary
 from cds.fhir_client import FhirFetcher
 from cds.issued_cards import IssuedCards
-from cds.knowledge import load_knowledge
+from cds.knowledge import Knowledge, load_knowledge
 from cds.logs import configure_logging, log
 from cds.middleware import EdgeMiddleware
 from cds.pipeline import Pipeline
@@ -49,6 +49,12 @@ class Runtime:
     issued: IssuedCards
 
 
+def build_pipeline(knowledge: Knowledge, settings: Settings) -> Pipeline:
+    """Record -> cards; also what `twitch-cds evaluate` runs, without a server."""
+    return Pipeline(knowledge, FactBuilder(Vocabulary(knowledge), settings.lookback_days),
+                    RulesEngine(knowledge), CardBuilder(knowledge), settings.lookback_days)
+
+
 def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime:
     knowledge = load_knowledge(settings.rules_dir)
     engine = make_engine(settings.database_url)
@@ -63,9 +69,7 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
     return Runtime(
         settings=settings,
         catalog=load_catalog(settings.hooks_dir, knowledge),
-        pipeline=Pipeline(knowledge, FactBuilder(Vocabulary(knowledge), settings.lookback_days),
-                          RulesEngine(knowledge), CardBuilder(knowledge),
-                          settings.lookback_days),
+        pipeline=build_pipeline(knowledge, settings),
         store=store,
         verifier=verifier,
         fetcher=FhirFetcher(http_client, settings.fhir_allowed_bases,

@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from structlog.contextvars import bind_contextvars
 
-from cds import metrics
+from cds import catalog, metrics
 from cds.auth import AuthError, VerifiedClient
 from cds.catalog import Service
 from cds.cdshooks import (
@@ -34,7 +34,6 @@ from cds.cdshooks import (
     DiscoveryResponse,
     FeedbackRequest,
     HookRequest,
-    ServiceDescription,
 )
 from cds.context import PreconditionFailed, assemble
 from cds.errors import operation_outcome
@@ -152,11 +151,7 @@ def find_service(request: Request, service_id: str) -> Service:
 @router.get("/cds-services", response_model=DiscoveryResponse, **EXCLUDE_NONE,
             responses=outcomes(401))
 async def discovery(request: Request, _client: Client) -> DiscoveryResponse:
-    return DiscoveryResponse(services=[
-        ServiceDescription(hook=s.hook, id=s.id, title=s.title, description=s.description,
-                           prefetch={t.key: t.template for t in s.prefetch})
-        for s in runtime(request).catalog.values()
-    ])
+    return catalog.discovery(runtime(request).catalog)
 
 
 @router.post("/cds-services/{service_id}", response_model=CardsResponse, **EXCLUDE_NONE,
