@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cds.units import unit_factors
+from cds.units import unit_factors, unit_key
 
 SYSTEMS = {
     "snomed": "http://snomed.info/sct",
@@ -63,6 +63,10 @@ class Threshold(_Model):
     above: SexSpecific | None = None
     at_or_above: SexSpecific | None = None
     source: str
+    # The same limit as the source states it in another unit ("<= 20 ng/mL (50 nmol/L)"): a
+    # result in that unit is compared with it directly, so a value exactly at the cut-off
+    # stays on the side the cut-off defines (50 nmol/L converts to 20.03 ng/mL).
+    equivalents: dict[str, float] = {}
 
     @model_validator(mode="after")
     def _one_comparison(self) -> Threshold:
@@ -84,6 +88,11 @@ class Threshold(_Model):
                 value = min(value.values()) if op.startswith(("below", "at_or_below")) \
                     else max(value.values())
         return op, float(value)
+
+    def limit_in(self, unit: str | None) -> float | None:
+        """The limit as stated in `unit`, if the source states it in that unit."""
+        stated = {unit_key(u): limit for u, limit in self.equivalents.items()}
+        return stated.get(unit_key(unit)) if unit else None
 
     def holds(self, value: float, sex: str | None) -> bool:
         op, limit = self.limit(sex)
@@ -159,6 +168,7 @@ class CodedObservation(_Model):
 class Labs(_Model):
     lookback_note: str
     analytes: dict[str, Analyte]
+    panels: list[Code] = []
     scored_observations: dict[str, ScoredObservation]
     coded_observations: dict[str, CodedObservation]
 

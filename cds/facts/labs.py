@@ -66,6 +66,7 @@ class LabResult:
     when: When
     value: float | None
     comparator: str | None
+    measured: tuple[float, str] | None
     reported: str | None
     ref_low: float | None
     ref_high: float | None
@@ -159,7 +160,7 @@ def _decide(vocabulary: Vocabulary, name: str, found: list[Reading], window: Win
         result = _lab_result(vocabulary, name, analyte, reading, window, facts)
         if result is None:
             continue
-        judgement = judge(vocabulary, analyte, result, result.value, window.sex)
+        judgement = judge(vocabulary, analyte, result, window.sex)
         if result.status == PRELIMINARY and not judgement.critical:
             continue
         usable.append((result, judgement, reading))
@@ -197,7 +198,8 @@ def _lab_result(vocabulary: Vocabulary, name: str, analyte: Analyte, reading: Re
         f"{comparator or ''}{fmt(measured)}{' ' + unit if unit else ''}"
     ref_low, ref_high = _reference_limits(vocabulary, part, analyte, window)
     status = str(reading.obs["status"])
-    return LabResult(name, reading.when, value, comparator, reported, ref_low, ref_high,
+    raw = None if measured is None or unit is None else (measured, unit)
+    return LabResult(name, reading.when, value, comparator, raw, reported, ref_low, ref_high,
                      reading.code.code, reading.code.corrected, status, flag)
 
 
@@ -293,8 +295,8 @@ def _years(quantity: Any) -> float | None:
     return None if value is None or factor is None else value * factor
 
 
-def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, value: float | None,
-          sex: str | None) -> Judgement:
+def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, sex: str | None,
+          corrected: float | None = None) -> Judgement:
     """Low / critical / high for one result, the limit that decided, and caveats.
 
     The result's own reference range decides "low" and "high" where it is given in a
@@ -302,8 +304,11 @@ def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, value: fl
     always come from rules/ (they are clinical action limits, not population ranges). A value
     given as "<5" or ">150" counts only where every value it allows is on one side. Where the
     number cannot decide, the laboratory's flag does; where both speak and disagree, the
-    judgement says so.
+    judgement says so. A limit the source also states in the result's own unit is compared
+    with the value as reported; an albumin-`corrected` value is judged in the canonical unit.
     """
+    value = result.value if corrected is None else corrected
+    raw = result.measured if corrected is None else None
     flag = vocabulary.lab_flags.get(result.flag or "")
     flag_words = f"the laboratory flags it {flag.label} ({result.flag})" if flag else ""
     if value is None:
@@ -312,6 +317,14 @@ def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, value: fl
         high = bool(flag and flag.direction == "high")
         return Judgement(low, critical, high, f"{flag_words}; value not judged" if flag else "")
     interval = _interval(value, result.comparator)
+
+    def _threshold(threshold: Threshold) -> bool | None:
+        op, limit = threshold.limit(sex)
+        stated = threshold.limit_in(raw[1]) if raw else None
+        if raw is not None and stated is not None:
+            return _holds(op, stated, _interval(raw[0], result.comparator))
+        return _holds(op, limit, interval)
+
     unit = analyte.unit
     basis, notes = "", []
     low: bool | None = False
@@ -320,17 +333,17 @@ def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, value: fl
         low = _holds("below", result.ref_low, interval)
         basis = f"below the lab's lower limit {fmt(result.ref_low)} {unit}"
     elif analyte.low is not None:
-        low = _threshold(analyte.low, sex, interval)
+        low = _threshold(analyte.low)
         basis = _words(analyte.low, sex, unit) + DEFAULT
     if analyte.use_reference_range and result.ref_high is not None:
         high = _holds("above", result.ref_high, interval)
         high_basis = f"above the lab's upper limit {fmt(result.ref_high)} {unit}"
     else:
-        high = _threshold(analyte.high, sex, interval) if analyte.high else False
+        high = _threshold(analyte.high) if analyte.high else False
         high_basis = _words(analyte.high, sex, unit) + DEFAULT if analyte.high else ""
     if high:
         basis = high_basis
-    critical = _threshold(analyte.critical, sex, interval) if analyte.critical else False
+    critical = _threshold(analyte.critical) if analyte.critical else False
     if critical:
         basis = "critical: " + _words(analyte.critical, sex, unit) + DEFAULT
     if None in (low, high, critical):
@@ -361,11 +374,6 @@ def _interval(value: float, comparator: str | None) -> Interval:
     return {"<": (-inf, False, value, False), "<=": (-inf, False, value, True),
             ">": (value, False, inf, False), ">=": (value, True, inf, False)}.get(
         comparator or "", (value, True, value, True))
-
-
-def _threshold(threshold: Threshold, sex: str | None, interval: Interval) -> bool | None:
-    op, limit = threshold.limit(sex)
-    return _holds(op, limit, interval)
 
 
 def _holds(op: str, limit: float, interval: Interval) -> bool | None:
@@ -404,7 +412,7 @@ def _add_lab(vocabulary: Vocabulary, decided: Decided, albumin: Decided | None,
         value = value + correction.factor * (correction.reference_albumin - albumin_value)
         notes.append(f"measured {measured}, corrected for albumin {fmt(albumin_value)} g/dL "
                      f"({albumin.result.when.day.isoformat()}) to {fmt(value)} {analyte.unit}")
-        judgement = judge(vocabulary, analyte, result, value, window.sex)
+        judgement = judge(vocabulary, analyte, result, window.sex, corrected=value)
     if outranking is not None and outranking.result.when.day == result.when.day:
         other = knowledge.labs.analytes[analyte.outranked_by or ""]
         shown = outranking.result.reported or other.label
