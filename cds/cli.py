@@ -7,6 +7,7 @@ import os
 
 import uvicorn
 
+from cds import demo
 from cds.logs import server_log_config
 
 
@@ -17,7 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    demo.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        raise SystemExit(demo.main(args))
     # uvicorn's own lines (before the app configures logging, and in the supervisor of the
     # workers) are JSON like the service's: one format on stdout. The level of the root
     # logger follows the service setting; the app's settings validate it again at start.

@@ -1,7 +1,8 @@
-"""The clinical logic as a table a clinical reviewer can check without reading Python.
+"""The clinical logic as tables a clinical reviewer can check without reading Python.
 
 Generated from rules/ (`python -m cds.clinical_logic > docs/clinical-logic.md`); a test fails
-when the committed document is out of date, so the table is always what the service does.
+when the committed document is out of date, so the tables are always what the service does:
+every threshold with its unit and source, and every rule's exact conditions.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from typing import Any
 from cds.knowledge import Analyte, Knowledge, Rule, Threshold, load_knowledge
 from cds.settings import Settings
 
-HEADER = ("| finding | data used | threshold / condition | indicator | source |\n"
-          "|---|---|---|---|---|")
 WORDS = {"below": "<", "at_or_below": "≤", "above": ">", "at_or_above": "≥"}
+TAG_WORDS = {
+    "diagnosed": "diagnosis on record",
+    "suspected": "suspected diagnosis: referral, never known",
+    "known": "known: under neurology care, suggestion is to contact the team",
+    "duplicate": "names a possible duplicate order",
+}
 
 
 def _limit(threshold: Threshold, unit: str) -> str:
@@ -27,14 +32,30 @@ def _limit(threshold: Threshold, unit: str) -> str:
     return f"{WORDS[op]} {value:g} {unit}"
 
 
-def _codes(codes: list[Any], limit: int = 6) -> str:
+def _codes(codes: list[Any], limit: int = 8) -> str:
     shown = [f"{c.system.upper() if c.system != 'icd10cm' else 'ICD-10-CM'} {c.code}"
              + ("*" if c.prefix else "") for c in codes[:limit]]
     more = f" +{len(codes) - limit} more" if len(codes) > limit else ""
     return ", ".join(shown) + more
 
 
-class _Table:
+def _tests(pattern: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """A fact pattern as its equality tests and its `$or` alternatives."""
+    tests: dict[str, Any] = {}
+    alternatives: list[Any] = []
+    for item in pattern.get("$and", [pattern]):
+        if "$or" in item:
+            alternatives += item["$or"]
+        elif "$and" in item:
+            inner, more = _tests(item)
+            tests.update(inner)
+            alternatives += more
+        else:
+            tests.update(item)
+    return tests, alternatives
+
+
+class _Document:
     def __init__(self, knowledge: Knowledge) -> None:
         self.k = knowledge
 
@@ -58,117 +79,196 @@ class _Table:
                          f"SNOMED {answers}")
         return text
 
-    def _concepts_in(self, pattern: Any) -> list[str]:
-        """Concept names a fact pattern tests for, however deeply `$and`/`$or` nest them."""
-        if isinstance(pattern, dict):
-            found = [pattern["concept"]] if isinstance(pattern.get("concept"), str) else []
-            for value in pattern.values():
-                found += self._concepts_in(value)
-            return found
-        if isinstance(pattern, list):
-            return [c for item in pattern for c in self._concepts_in(item)]
-        return []
-
-    def _describe(self, pattern: Any) -> str:
-        text = str(pattern)
-        concepts = self._concepts_in(pattern)
-        parts = [self.concept(c) for c in dict.fromkeys(concepts)]
-        if "'analyte': 'creatine-kinase'" in text:
-            parts.append(self._lab_words("creatine-kinase", "high"))
-        if "'analyte': 'tsh'" in text:
-            parts.append(self._lab_words("tsh", "high"))
-        if "'kind': 'neurology-care'" in text:
-            parts.append("a neurology referral or encounter on record")
-        if "'kind': 'lab-missing'" in text:
+    # -- one fact pattern in words ------------------------------------------------------
+    def describe(self, pattern: dict[str, Any]) -> str:
+        tests, alternatives = _tests(pattern)
+        if alternatives:
+            return " or ".join(self.describe({**tests, **alt}) for alt in alternatives)
+        kind = tests.get("kind")
+        if kind == "complaint":
+            return "twitch complaint"
+        if kind == "problem":
+            return self._problem(tests)
+        if kind == "family":
+            return f"{self.concept(tests['concept'])} in FamilyMemberHistory"
+        if kind == "lab":
+            return self._lab(tests)
+        if kind == "neurology-care":
+            return ("neurology care (a neurology ServiceRequest or Encounter) within the "
+                    "lookback, or a referral or episode still active")
+        if kind == "lab-missing":
             missing = [a.label for a in self.k.labs.analytes.values() if a.workup]
-            parts.append(f"no result in the lookback for any of: {', '.join(missing)}")
-        described = " or ".join(parts)
-        if "'kind': 'family'" in text:
-            described += ", as own diagnosis or in FamilyMemberHistory"
-        return described
+            return f"no result in the lookback for any of: {', '.join(missing)}"
+        drugs = {"drug": "an active drug of a class in Drug classes",
+                 "draft": "a drug of a class in Drug classes being ordered",
+                 "depletes": "an active drug that lowers an electrolyte (Drug classes)",
+                 "draft-depletes": "a drug being ordered that lowers an electrolyte"}
+        if kind in drugs:
+            joined = isinstance(tests.get("ingredient"), dict)
+            return "an active drug of the same ingredient" if joined else drugs[kind]
+        return str(tests)
 
-    def _lab_words(self, name: str, which: str) -> str:
-        analyte = self.k.labs.analytes[name]
-        threshold = getattr(analyte, which)
-        return f"{analyte.label} {_limit(threshold, analyte.unit)}"
+    def _problem(self, tests: dict[str, Any]) -> str:
+        if "concept" in tests:
+            text = self.concept(tests["concept"])
+        else:
+            flagged = [vs.label for vs in self.k.valuesets.values() if vs.diagnosis_of]
+            text = f"a diagnosis of the red flag ({', '.join(flagged)})"
+        if tests.get("suspected") is True:
+            text += ", recorded as provisional, differential or unconfirmed"
+        return text
 
-    def rows(self) -> Iterator[str]:
+    def _lab(self, tests: dict[str, Any]) -> str:
+        which = "critical" if tests.get("critical") is True else "low"
+        if not isinstance(tests.get("analyte"), str):
+            labels = [a.label for a in self.k.labs.analytes.values()
+                      if a.finding and getattr(a, which) is not None]
+            of = "the electrolyte the drug lowers" if "analyte" in tests \
+                else f"any of {', '.join(labels)}"
+            return f"latest result of {of}, at its {which} cut-off (see Thresholds)"
+        analyte = self.k.labs.analytes[tests["analyte"]]
+        for which in ("critical", "low", "high", *analyte.flags):
+            if tests.get(which) is True:
+                return f"latest {analyte.label} {self._threshold_words(analyte, which)}"
+        return f"latest {analyte.label}"
+
+    def _threshold_words(self, analyte: Analyte, which: str) -> str:
+        threshold = analyte.flags.get(which) or getattr(analyte, which)
+        words = f"{_limit(threshold, analyte.unit)} ({self.source(threshold.source)})"
+        if which in ("low", "high") and analyte.use_reference_range:
+            side = "below" if which == "low" else "above"
+            words = f"{side} the result's own reference range, else {words}"
+        return words
+
+    def conditions(self, rule: Rule) -> str:
+        parts = []
+        for entry in rule.all:
+            ((alias, pattern),) = entry.items()
+            described = self.describe(pattern)
+            parts.append(f"and no {described}" if alias.endswith("$not") else described)
+        return " + ".join(parts).replace(" + and no ", " and no ")
+
+    # -- tables -------------------------------------------------------------------------
+    def threshold_rows(self) -> Iterator[str]:
+        for analyte in self.k.labs.analytes.values():
+            limits = {"low": analyte.low, "critical": analyte.critical, "high": analyte.high,
+                      **analyte.flags}
+            codes = ", ".join(c.code for c in analyte.codes)
+            for which, threshold in limits.items():
+                if threshold is None:
+                    continue
+                note = " (else the result's own range)" if which in ("low", "high") \
+                    and analyte.use_reference_range else ""
+                yield (f"| {analyte.label} | {codes} | {which}{note} | "
+                       f"{_limit(threshold, analyte.unit)} | {self.source(threshold.source)} |")
+            if analyte.albumin_correction:
+                corr = analyte.albumin_correction
+                yield (f"| {analyte.label} | {codes} | albumin-corrected | Ca + {corr.factor} x "
+                       f"({corr.reference_albumin} - albumin g/dL), albumin within "
+                       f"{self.k.labs.analytes['albumin'].correction_window_days} days | "
+                       f"{self.source(corr.source)} |")
+        for scored in self.k.labs.scored_observations.values():
+            yield (f"| {scored.label} | {scored.codes[0].code} | positive | "
+                   f"{_limit(scored.positive, scored.unit or 'points')} | "
+                   f"{self.source(scored.positive.source)} |")
+
+    def rule_rows(self, red_flags: bool) -> Iterator[str]:
+        texts = self.k.findings.findings
         for ruleset, rules in self.k.rulesets.items():
             for name, rule in rules.items():
-                yield from self._rule_rows(ruleset, name, rule)
+                then = rule.then
+                finding = then.finding
+                is_red = (not finding.startswith("$") and texts[finding].red_flag) or (
+                    finding == "$diagnosis.diagnosis_of")
+                if is_red != red_flags:
+                    continue
+                if finding == "$diagnosis.diagnosis_of":
+                    shown = "the diagnosis's red flag"
+                elif finding.startswith("$lab"):
+                    shown = "the analyte's card"
+                elif finding.startswith("$"):
+                    shown = "the drug's class card"
+                else:
+                    shown = f"`{finding}`"
+                scope = "" if ruleset == "chart" else " (order hooks)"
+                tags = "; ".join(TAG_WORDS[t] for t in then.tags)
+                yield (f"| {shown}{scope} | `{name}` | {self.conditions(rule)} | "
+                       f"{then.indicator}{f' ({tags})' if tags else ''} |")
 
-    def _rule_rows(self, ruleset: str, name: str, rule: Rule) -> Iterator[str]:
-        then = rule.then
-        patterns = {alias: p for entry in rule.all for alias, p in entry.items()}
-        gate = "twitch complaint + " if "complaint" in patterns else ""
-        scope = "" if ruleset == "chart" else " (order hooks: the drug being ordered)"
-        if name in ("low-lab-value", "critical-lab-value"):
-            which = "low" if name == "low-lab-value" else "critical"
-            for analyte_name, analyte in self.k.labs.analytes.items():
-                threshold = getattr(analyte, which)
-                if analyte.finding and threshold is not None:
-                    yield self._lab_row(analyte_name, analyte, threshold, which, then.indicator)
-            return
-        if name.startswith("known"):
-            yield (f"| any red flag (`{name}`) | {gate}diagnosis of that red flag + "
-                   f"{self._describe(patterns['care'])} | no new referral suggested; the card "
-                   f"says it is known | unchanged | {self.source('nice-ng127')} |")
-            return
-        if then.finding.startswith("$"):
-            yield from self._drug_rows(patterns, gate, scope, then.indicator)
-            return
-        data = " + ".join(self._describe(p) for alias, p in patterns.items()
-                          if alias != "complaint")
-        text = self.k.findings.findings[then.finding]
-        condition = ("no red flag found" if not data else
-                     "one card listing every missing test" if "lab-missing" in str(patterns)
-                     else "active Condition, or final Observation in the lookback")
-        yield (f"| `{then.finding}` | {gate.rstrip(' +')}{' + ' + data if data else ''} | "
-               f"{condition} (rule `{name}`) | {then.indicator} | {self.source(text.source)} |")
-
-    def _drug_rows(self, patterns: dict[str, Any], gate: str, scope: str,
-                   indicator: str) -> Iterator[str]:
-        """One row per drug class; for the join rules only the drugs that lower Mg/K/Ca."""
-        joins_lab = "lab" in patterns
+    def drug_rows(self) -> Iterator[str]:
         meds = self.k.medications
-        for class_name, cls in meds.classes.items():
-            ingredients = [n for n, i in meds.ingredients.items()
-                           if i.drug_class == class_name and (i.lowers or not joins_lab)]
-            if not ingredients:
-                continue
-            condition = ("being ordered" if scope else "active") + (
-                "; the Mg/K/Ca it lowers is low" if joins_lab else "")
-            yield (f"| `{cls.finding}`{scope} | {gate}{cls.label}: {', '.join(ingredients)} "
-                   f"(RxNorm ingredient, SCD/SBD product or name) | {condition} | "
-                   f"{indicator} | {self.source(self.k.findings.findings[cls.finding].source)} |")
+        for cls in meds.classes.values():
+            ingredients = [f"{n}" + (f" (lowers {', '.join(i.lowers)})" if i.lowers else "")
+                           for n, i in meds.ingredients.items()
+                           if meds.classes[i.drug_class] is cls]
+            sources = sorted({i.mechanism_source for i in meds.ingredients.values()
+                              if meds.classes[i.drug_class] is cls and i.mechanism_source}
+                             | {self.k.findings.findings[cls.finding].source})
+            yield (f"| `{cls.finding}` | {cls.label}: {', '.join(ingredients)} | "
+                   f"{', '.join(self.source(s) for s in sources)} |")
 
-    def _lab_row(self, name: str, analyte: Analyte, threshold: Threshold, which: str,
-                 indicator: str) -> str:
-        codes = ", ".join(f"LOINC {c.code}" for c in analyte.codes)
-        basis = _limit(threshold, analyte.unit)
-        if which == "low" and analyte.use_reference_range:
-            basis = f"below the result's own reference range, else {basis}"
-        if analyte.albumin_correction:
-            corr = analyte.albumin_correction
-            basis += (f"; corrected Ca = Ca + {corr.factor} x ({corr.reference_albumin} - "
-                      "albumin g/dL) when albumin is known")
-        return (f"| `{analyte.finding}` | twitch complaint + latest {analyte.label} in the "
-                f"lookback ({codes}) | {basis} | {indicator} | {self.source(threshold.source)} |")
+    def card_rows(self) -> Iterator[str]:
+        for code, text in self.k.findings.findings.items():
+            links = ", ".join(self.source(k) for k in text.links)
+            yield (f"| `{code}` | {', '.join(text.claims)} | {self.source(text.source)} | "
+                   f"{links} |")
 
 
 def render(knowledge: Knowledge) -> str:
-    table = _Table(knowledge)
+    doc = _Document(knowledge)
     lines = [
         "# Clinical logic of twitch-cds",
         "",
         "Generated from `rules/` by `python -m cds.clinical_logic`; do not edit by hand.",
-        "Every chart card needs a documented twitch complaint "
-        f"({table.concept('twitch')}). One card per finding; the most severe rule wins.",
-        "Lab results count when final/amended/corrected and within the lookback; the latest",
-        "result per analyte decides. Codes marked * match every sub-code.",
         "",
-        HEADER,
-        *table.rows(),
+        f"Every chart card needs a documented twitch complaint ({doc.concept('twitch')}).",
+        "A Condition counts when it is active (active, recurrence, relapse) and not refuted or",
+        "entered in error; one without `clinicalStatus` counts only when its onset or recorded",
+        "date is within the lookback. Observations count when final, amended or corrected and",
+        "within the lookback; the latest result per analyte decides. Codes marked * match",
+        "every sub-code. A rule fires when all its conditions hold together.",
+        "",
+        "## Thresholds",
+        "",
+        "| analyte | LOINC | cut-off | value | source |",
+        "|---|---|---|---|---|",
+        *doc.threshold_rows(),
+        "",
+        "## Red flags",
+        "",
+        "Every red-flag card carries the response's one neurology suggestion (a ServiceRequest,",
+        "the same uuid on every red-flag card, naming every red flag; urgent when any red flag",
+        "is critical). When every red flag is already diagnosed and under neurology care, the",
+        "suggestion is to contact that team. A diagnosis recorded as provisional, differential",
+        "or unconfirmed is raised as suspected and is never known. Several rules of one finding",
+        "make one card with the most severe indicator.",
+        "",
+        "| finding | rule | conditions | indicator |",
+        "|---|---|---|---|",
+        *doc.rule_rows(red_flags=True),
+        "",
+        "## Other findings",
+        "",
+        "The lifestyle review is not shown beside any warning or critical card.",
+        "",
+        "| finding | rule | conditions | indicator |",
+        "|---|---|---|---|",
+        *doc.rule_rows(red_flags=False),
+        "",
+        "## Drug classes",
+        "",
+        "| card | ingredients (RxNorm ingredient, SCD/SBD product or name) | drug references |",
+        "|---|---|---|",
+        *doc.drug_rows(),
+        "",
+        "## Card sources",
+        "",
+        "Each card's source supports the card's first claim kind (`rules/sources.yaml`); a lab",
+        "card cites the source of the cut-off that judged it, a drug card the drug's reference.",
+        "",
+        "| card | claims | source | further links |",
+        "|---|---|---|---|",
+        *doc.card_rows(),
         "",
     ]
     return "\n".join(lines)

@@ -28,13 +28,15 @@ CATCH_ALL = {"all": [{"m": {"$ex": {"kind": 1}}}]}
 
 @dataclass(frozen=True)
 class Finding:
-    """One rule firing: which finding, how severe, and the evidence references it cites."""
+    """One rule firing: which finding, how severe, the evidence references it cites, the
+    rule's tags (rules/ruleset.yaml) and which cited evidence is the diagnosis."""
 
     code: str
     indicator: str
     evidence: tuple[str, ...]
     rule: str
-    known: bool = False
+    tags: frozenset[str] = frozenset()
+    diagnosis: str | None = None
 
 
 class _CallerThreadHost(durable_engine.Host):
@@ -73,9 +75,11 @@ class RulesEngine:
                 finding = getattr(c, alias)[attribute]
             evidence = tuple(ref for alias in outcome.cite
                              if (ref := getattr(c, alias)["evidence"]) is not None)
+            diagnosis = getattr(c, outcome.diagnosis)["evidence"] if outcome.diagnosis else None
             with self._lock:
-                self._collected.setdefault(c.s.sid, []).append(
-                    Finding(finding, outcome.indicator, evidence, rule_name, outcome.known))
+                self._collected.setdefault(c.s.sid, []).append(Finding(
+                    finding, outcome.indicator, evidence, rule_name, frozenset(outcome.tags),
+                    diagnosis))
 
         return emit
 

@@ -2,7 +2,9 @@
 
 Several rules may conclude the same finding (a drug card from "drug in class" and from "drug
 lowers a low electrolyte"); the card keeps the most severe indicator and all cited evidence,
-the most severe rule's evidence first. Suppression is declared in rules/findings.yaml.
+the most severe rule's evidence first, and the union of the rules' tags. A diagnosis that is
+only suspected is never known or diagnosed: `suspected` removes those tags. Suppression is
+declared in rules/findings.yaml (`suppressed_by: serious`: not beside a warning or critical).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from cds.engine import Finding
 from cds.knowledge import Knowledge
 
 SEVERITY = {"critical": 2, "warning": 1, "info": 0}
+OVERRULED_BY_SUSPECTED = frozenset({"known", "diagnosed"})
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,25 @@ class ConsolidatedFinding:
     indicator: str
     evidence: tuple[str, ...]
     rules: tuple[str, ...]
-    known: bool = False
+    tags: frozenset[str] = frozenset()
+    diagnoses: tuple[str, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        """Diagnosed and under neurology care."""
+        return "known" in self.tags
+
+
+def _merge(current: ConsolidatedFinding | None, finding: Finding) -> ConsolidatedFinding:
+    diagnoses = (finding.diagnosis,) if finding.diagnosis else ()
+    if current is None:
+        return ConsolidatedFinding(finding.code, finding.indicator, finding.evidence,
+                                   (finding.rule,), finding.tags, diagnoses)
+    return ConsolidatedFinding(
+        current.code, current.indicator,
+        current.evidence + tuple(e for e in finding.evidence if e not in current.evidence),
+        (*current.rules, finding.rule), current.tags | finding.tags,
+        current.diagnoses + tuple(d for d in diagnoses if d not in current.diagnoses))
 
 
 def consolidate(findings: list[Finding], knowledge: Knowledge) -> list[ConsolidatedFinding]:
@@ -29,20 +50,13 @@ def consolidate(findings: list[Finding], knowledge: Knowledge) -> list[Consolida
     texts = knowledge.findings.findings
     merged: dict[str, ConsolidatedFinding] = {}
     for finding in sorted(findings, key=lambda f: -SEVERITY[f.indicator]):
-        current = merged.get(finding.code)
-        if current is None:
-            merged[finding.code] = ConsolidatedFinding(
-                finding.code, finding.indicator, finding.evidence, (finding.rule,),
-                finding.known)
-        else:
-            evidence = current.evidence + tuple(
-                e for e in finding.evidence if e not in current.evidence)
-            merged[finding.code] = ConsolidatedFinding(
-                current.code, current.indicator, evidence, (*current.rules, finding.rule),
-                current.known or finding.known)
-    red_flag = any(texts[code].red_flag for code in merged)
+        merged[finding.code] = _merge(merged.get(finding.code), finding)
+    merged = {code: f if "suspected" not in f.tags else ConsolidatedFinding(
+        f.code, f.indicator, f.evidence, f.rules, f.tags - OVERRULED_BY_SUSPECTED, f.diagnoses)
+        for code, f in merged.items()}
+    serious = any(SEVERITY[f.indicator] > 0 for f in merged.values())
     kept = [f for f in merged.values()
-            if not (texts[f.code].suppressed_by == "red-flag" and red_flag)]
+            if not (texts[f.code].suppressed_by == "serious" and serious)]
     order = list(texts)
     return sorted(kept, key=lambda f: (-SEVERITY[f.indicator], not texts[f.code].red_flag,
                                        order.index(f.code)))

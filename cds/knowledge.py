@@ -24,6 +24,9 @@ SYSTEMS = {
     "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
 }
 SexSpecific = float | dict[Literal["male", "female"], float]
+# The kinds of claim a source can support (rules/sources.yaml explains each).
+ClaimKind = Literal["referral", "red-flag-features", "benign-twitching", "cause-of-twitching",
+                    "drug-effect", "lab-cutoff", "score-cutoff", "calculation"]
 
 
 class _Model(BaseModel):
@@ -33,6 +36,7 @@ class _Model(BaseModel):
 class Source(_Model):
     label: str
     url: str
+    supports: list[ClaimKind]
 
 
 class Code(_Model):
@@ -136,6 +140,7 @@ class Analyte(_Model):
     impossible: ImpossibleValue = ImpossibleValue(below=0)
     # Analytes that outrank this one when measured the same day (ionized over total calcium).
     outranked_by: str | None = None
+    flags: dict[str, Threshold] = {}
 
     @model_validator(mode="after")
     def _canonical_unit_listed(self) -> Analyte:
@@ -242,16 +247,19 @@ class RecordReading(_Model):
 
 class CardText(_Model):
     title: str
+    claims: list[ClaimKind]
     summary: str
     summary_critical: str | None = None
     summary_with_lab: str | None = None
     why: str
     consider: str
+    consider_critical: str | None = None
+    consider_with_lab: str | None = None
     source: str
     links: list[str] = []
     suggest: Literal["referral", "missing-labs", "monitoring-labs"] | None = None
     labs: list[str] = []
-    suppressed_by: Literal["red-flag"] | None = None
+    suppressed_by: Literal["serious"] | None = None
     red_flag: bool = False
     mentions: list[str] = []
 
@@ -264,11 +272,29 @@ class OverrideReason(_Model):
 class Referral(_Model):
     label: str
     description: str
+    contact_label: str
+    contact_description: str
     code: dict[str, str]
     specialty: dict[str, str]
     category_text: str
     reason: str
+
+
+class RedFlagTexts(_Model):
+    diagnosed_summary: str
+    diagnosed_consider: str
+    suspected_summary: str
+    suspected_consider: str
+    diagnosed_critical_summary: str
     known_summary: str
+    known_critical_summary: str
+    known_consider: str
+    critical_consider: str
+
+
+class DuplicateTexts(_Model):
+    summary: str
+    consider: str
 
 
 class LabOrder(_Model):
@@ -282,15 +308,22 @@ class Findings(_Model):
     topic_system: str
     override_reasons: list[OverrideReason]
     referral: Referral
+    red_flag_texts: RedFlagTexts
+    duplicate: DuplicateTexts
+    relationships: dict[str, str]
     lab_order: LabOrder
     findings: dict[str, CardText]
+
+
+Tag = Literal["diagnosed", "suspected", "known", "duplicate"]
 
 
 class RuleOutcome(_Model):
     finding: str
     indicator: Literal["info", "warning", "critical"]
     cite: list[str]
-    known: bool = False
+    tags: list[Tag] = []
+    diagnosis: str | None = None
 
 
 class Rule(_Model):
@@ -312,16 +345,11 @@ class Knowledge(_Model):
     @model_validator(mode="after")
     def _references_resolve(self) -> Knowledge:
         """Every key one file uses must exist in the file that defines it."""
-        problems: list[str] = []
+        problems = self._claims_have_sources()
         for code, text in self.findings.findings.items():
-            problems += [f"finding {code}: unknown source {key}"
-                         for key in [text.source, *text.links] if key not in self.sources]
             problems += [f"finding {code}: unknown analyte {a}"
                          for a in text.labs if a not in self.labs.analytes]
         for name, analyte in self.labs.analytes.items():
-            for threshold in (analyte.low, analyte.critical, analyte.high):
-                if threshold and threshold.source not in self.sources:
-                    problems.append(f"analyte {name}: unknown source {threshold.source}")
             if analyte.finding and analyte.finding not in self.findings.findings:
                 problems.append(f"analyte {name}: no card text for {analyte.finding}")
         for name, ingredient in self.medications.ingredients.items():
@@ -356,6 +384,47 @@ class Knowledge(_Model):
         if problems:
             raise ValueError("rules/ is inconsistent:\n  " + "\n  ".join(problems))
         return self
+
+    def _unsupported(self, where: str, key: str, kinds: list[ClaimKind]) -> list[str]:
+        """Problems when source `key` is unknown or supports none of `kinds`."""
+        source = self.sources.get(key)
+        if source is None:
+            return [f"{where}: unknown source {key}"]
+        if not set(kinds) & set(source.supports):
+            return [f"{where}: source {key} supports {source.supports}, not {kinds}"]
+        return []
+
+    def _claims_have_sources(self) -> list[str]:
+        """Every cited source supports the kind of claim it is cited for: a card's source its
+        first claim, its links one of its claims, a cut-off `lab-cutoff` (or `score-cutoff`),
+        a drug mechanism `drug-effect`, the albumin formula `calculation`."""
+        problems: list[str] = []
+        texts = self.findings.findings
+        for code, text in texts.items():
+            problems += self._unsupported(f"finding {code}", text.source, text.claims[:1])
+            for key in text.links:
+                problems += self._unsupported(f"finding {code} link", key, text.claims)
+        for name, analyte in self.labs.analytes.items():
+            thresholds = {"low": analyte.low, "critical": analyte.critical,
+                          "high": analyte.high, **analyte.flags}
+            for which, threshold in thresholds.items():
+                if threshold is not None:
+                    problems += self._unsupported(f"analyte {name} {which}", threshold.source,
+                                                  ["lab-cutoff"])
+            if analyte.finding and analyte.low is not None:
+                problems += self._unsupported(f"analyte {name} low (card source)",
+                                              analyte.low.source, texts[analyte.finding].claims[:1])
+            if analyte.albumin_correction:
+                problems += self._unsupported(f"analyte {name} albumin correction",
+                                              analyte.albumin_correction.source, ["calculation"])
+        for name, scored in self.labs.scored_observations.items():
+            problems += self._unsupported(f"observation {name}", scored.positive.source,
+                                          ["score-cutoff"])
+        for name, ingredient in self.medications.ingredients.items():
+            if ingredient.mechanism_source:
+                problems += self._unsupported(f"ingredient {name} mechanism",
+                                              ingredient.mechanism_source, ["drug-effect"])
+        return problems
 
 
 def _read(path: Path) -> Any:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite needs (currently: the PostgreSQL
-# server binaries used by tests/support/postgres.py).
+# Install the Debian packages the test suite needs: the PostgreSQL server binaries used by
+# tests/support/postgres.py, and Chromium (/usr/bin/chromium) for tests/test_browser.py, which
+# drives it with npm's playwright-core (no browser download: Debian's build is used).
 #
 # Why this shape:
 # - Idempotent and fast: `dpkg -s` is checked first, so a second run touches
@@ -14,7 +15,7 @@
 #   here.
 set -euo pipefail
 
-PACKAGES=(postgresql)
+PACKAGES=(postgresql chromium)
 
 # The drop-in is read by postgresql-common's pg_createcluster, which the
 # postgresql-<ver> postinst runs when it is first installed.

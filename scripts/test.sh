@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart 2: set up and run the whole test suite (lint included). Installs what the tests
-# need: the Python test extras and PostgreSQL server binaries (Debian). The suite itself runs
-# `npm ci` for the FHIR test server when needed, and starts and stops both servers.
+# need: the Python test extras, PostgreSQL server binaries and Chromium (Debian). The suite itself
+# runs `npm ci` for the FHIR test server and the browser driver when needed, and starts and stops
+# the servers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh test

@@ -38,7 +38,7 @@ from tests.support.fhir import (
 
 CALCIUM, IONIZED_CALCIUM, MAGNESIUM, POTASSIUM = "17861-6", "1994-3", "19123-9", "2823-3"
 VITAMIN_D, SODIUM, SODIUM_BLOOD, B12 = "62292-8", "2951-2", "2947-0", "2132-9"
-CK, TSH, HBA1C = "2157-6", "3016-3", "4548-4"
+CK, TSH, FREE_T4, HBA1C = "2157-6", "3016-3", "3024-7", "4548-4"
 SMOKING, AUDIT_C, SLEEP = "72166-2", "75626-2", "93832-4"
 WORKUP_LOINC = {CALCIUM, MAGNESIUM, POTASSIUM, VITAMIN_D}
 
@@ -188,7 +188,9 @@ def test_electrolyte_depleting_drug_alone_is_info(client: TestClient, code: str 
     card = codes(client, twitch(), medication(code, display), *normal_workup())[
         "electrolyte-depleting-drug"]
     assert card["indicator"] == "info"
-    assert display in card["summary"] and "active" in card["detail"]
+    # The drug as prescribers write it; its status in the detail, never in the summary.
+    assert display.lower() in card["summary"].lower() and "active" in card["detail"]
+    assert "(active)" not in card["summary"]
 
 
 def test_omeprazole_with_low_magnesium_is_a_warning_naming_the_value(client: TestClient) -> None:
@@ -196,7 +198,7 @@ def test_omeprazole_with_low_magnesium_is_a_warning_naming_the_value(client: Tes
                   lab(MAGNESIUM, 1.4, "mg/dL"))
     card = cards["electrolyte-depleting-drug"]
     assert card["indicator"] == "warning"
-    assert "omeprazole" in card["summary"] and "magnesium 1.4 mg/dL" in card["summary"]
+    assert "Omeprazole" in card["summary"] and "magnesium 1.4 mg/dL" in card["summary"]
     assert "1.4 mg/dL" in card["detail"]
 
 
@@ -204,7 +206,7 @@ def test_furosemide_with_low_potassium_is_a_warning_naming_the_value(client: Tes
     card = codes(client, twitch(), medication("4603", "furosemide 40 MG Oral Tablet"),
                  lab(POTASSIUM, 3.1, "mmol/L"))["electrolyte-depleting-drug"]
     assert card["indicator"] == "warning"
-    assert "furosemide" in card["summary"] and "potassium 3.1 mmol/L" in card["summary"]
+    assert "Furosemide" in card["summary"] and "potassium 3.1 mmol/L" in card["summary"]
 
 
 def test_bisphosphonate_with_low_calcium_is_a_warning(client: TestClient) -> None:
@@ -243,7 +245,7 @@ def test_stopped_depleting_drug_gives_no_drug_card_but_the_lab_card_stays(
 def test_two_depleting_drugs_give_one_card_citing_both(client: TestClient) -> None:
     card = codes(client, twitch(), medication("4603", "furosemide 40 MG"),
                  medication(text="Hydrochlorothiazide 25 MG"))["electrolyte-depleting-drug"]
-    assert "furosemide 40 MG" in card["detail"] and "Hydrochlorothiazide 25 MG" in card["detail"]
+    assert "Furosemide 40 mg" in card["detail"] and "Hydrochlorothiazide 25 mg" in card["detail"]
 
 
 # --- cholinergic drugs -------------------------------------------------------------------------
@@ -399,9 +401,14 @@ def test_refuted_or_resolved_alcohol_condition_gives_no_card(client: TestClient)
 def test_alcohol_with_magnesium_missing_offers_one_magnesium_order(client: TestClient) -> None:
     cards = codes(client, twitch(), condition("F10.10"), lab(CALCIUM, 9.4, "mg/dL"),
                   lab(POTASSIUM, 4.2, "mmol/L"), lab(VITAMIN_D, 35, "ng/mL"))
-    offered = [code for card in cards.values() for code in lab_orders(card)]
-    # Offered exactly once in the response (the work-up card claims the work-up tests first).
-    assert offered.count(MAGNESIUM) == 1
+    # Offered on the alcohol card and on the work-up card, as one suggestion (same uuid), so
+    # that dismissing either card leaves the order available (issue 9).
+    offers = {suggestion["uuid"] for card in cards.values()
+              for suggestion in card.get("suggestions", []) if MAGNESIUM in lab_orders(
+                  {"suggestions": [suggestion]})}
+    assert MAGNESIUM in lab_orders(cards["alcohol"])
+    assert MAGNESIUM in lab_orders(cards["workup-incomplete"])
+    assert len(offers) == 1
 
 
 def test_alcohol_with_magnesium_present_offers_no_magnesium_order(client: TestClient) -> None:
@@ -536,47 +543,55 @@ def test_creatine_kinase_in_ukat_per_litre_and_in_error(client: TestClient) -> N
 
 
 # --- red flag: hypothyroid myopathy ------------------------------------------------------------
+# Overt hypothyroidism (TSH above 10 mIU/L, a low free T4, or a hypothyroidism diagnosis with a
+# TSH above range now) plus a muscle sign (weakness or raised CK); never the cramp complaint.
+# Updated for issue 9: a diagnosis alone, a cramp, and a mildly raised TSH no longer count.
 
 @pytest.mark.parametrize("muscle", [
     condition("M62.81"),                                   # weakness
-    condition("55300003", SNOMED),                         # cramps
     lab(CK, 450, "U/L"),                                   # raised CK (female limit 192)
 ])
-@pytest.mark.parametrize("thyroid", [condition("E03.9"), condition("40930008", SNOMED),
-                                     lab(TSH, 11.2, "mIU/L")])
-def test_hypothyroid_myopathy_needs_thyroid_and_muscle(client: TestClient,
-                                                       thyroid: dict[str, Any],
-                                                       muscle: dict[str, Any]) -> None:
-    card = codes(client, twitch(), thyroid, muscle)["red-flag-hypothyroid-myopathy"]
+@pytest.mark.parametrize("thyroid", [
+    (lab(TSH, 11.2, "mIU/L"),),                            # overt: TSH above 10
+    (lab(FREE_T4, 0.6, "ng/dL"),),                         # low free T4
+    (condition("E03.9"), lab(TSH, 6.1, "mIU/L")),          # diagnosis with TSH above range
+    (condition("40930008", SNOMED), lab(TSH, 7.0, "mIU/L")),
+])
+def test_hypothyroid_myopathy_needs_overt_hypothyroidism_and_a_muscle_sign(
+        client: TestClient, thyroid: tuple[dict[str, Any], ...], muscle: dict[str, Any]) -> None:
+    card = codes(client, twitch(), *thyroid, muscle)["red-flag-hypothyroid-myopathy"]
     assert card["indicator"] == "warning" and len(referrals(card)) == 1
 
 
-def test_hypothyroid_myopathy_suggests_thyroid_tests_only_when_missing(
+def test_hypothyroid_myopathy_offers_free_t4_and_ck_only_when_missing(
         client: TestClient) -> None:
-    card = codes(client, twitch(), condition("E03.9"), condition("M62.81"))[
-        "red-flag-hypothyroid-myopathy"]
-    assert sorted(lab_orders(card)) == sorted([TSH, "3024-7"])
     card = codes(client, twitch(), lab(TSH, 11.2, "mIU/L"), condition("M62.81"))[
         "red-flag-hypothyroid-myopathy"]
-    assert lab_orders(card) == ["3024-7"]
+    assert sorted(lab_orders(card)) == sorted([FREE_T4, CK])
+    card = codes(client, twitch(), lab(TSH, 11.2, "mIU/L"), lab(FREE_T4, 0.7, "ng/dL"),
+                 lab(CK, 450, "U/L"))["red-flag-hypothyroid-myopathy"]
+    assert lab_orders(card) == []
 
 
 @pytest.mark.parametrize("record", [
-    (condition("E03.9"),),                                         # hypothyroidism alone
-    (lab(TSH, 11.2, "mIU/L"),),                                    # raised TSH alone
+    (condition("E03.9"), condition("M62.81")),                     # diagnosis, no TSH
+    (condition("E03.9"), lab(TSH, 2.1, "mIU/L"), condition("M62.81")),  # treated, normal TSH
+    (lab(TSH, 7.5, "mIU/L"), condition("M62.81")),                 # isolated subclinical TSH
+    (lab(TSH, 11.2, "mIU/L"),),                                    # overt TSH, no muscle sign
     (lab(TSH, 3.0, "mIU/L"), condition("M62.81")),                 # normal TSH with weakness
-    (condition("E03.9", clinical="resolved"), condition("55300003", SNOMED)),
-    (condition("E03.9"), lab(CK, 150, "U/L")),                     # CK normal
+    (condition("E03.9", clinical="resolved"), lab(TSH, 6.0, "mIU/L"), condition("M62.81")),
+    (lab(TSH, 11.2, "mIU/L"), lab(CK, 150, "U/L")),                # CK normal
+    (lab(TSH, 11.2, "mIU/L"), condition("55300003", SNOMED)),      # a cramp is no muscle sign
 ])
-def test_no_hypothyroid_myopathy_without_both_parts(client: TestClient,
-                                                    record: tuple[dict[str, Any], ...]) -> None:
+def test_no_hypothyroid_myopathy_without_overt_disease_and_a_muscle_sign(
+        client: TestClient, record: tuple[dict[str, Any], ...]) -> None:
     assert "red-flag-hypothyroid-myopathy" not in codes(client, twitch(), *record)
 
 
-def test_hypothyroidism_with_the_cramp_complaint_itself_is_hoffmann(client: TestClient) -> None:
-    # The complaint coded as cramp (R25.2) is itself the muscle symptom the rule asks for.
-    cards = codes(client, condition("R25.2"), condition("E03.9"))
-    assert "red-flag-hypothyroid-myopathy" in cards
+def test_the_cramp_complaint_never_completes_hypothyroid_myopathy(client: TestClient) -> None:
+    # The complaint coded as cramp (R25.2) is the complaint, not the muscle sign (issue 9).
+    cards = codes(client, condition("R25.2"), condition("E03.9"), lab(TSH, 14.0, "mIU/L"))
+    assert "red-flag-hypothyroid-myopathy" not in cards
 
 
 # --- red flag: neuromyotonia -------------------------------------------------------------------
@@ -627,13 +642,17 @@ def test_family_history_of_another_disease_gives_no_red_flag(client: TestClient)
     (condition("86044005", SNOMED), "red-flag-motor-neuron-disease"),
     (condition("G62.9"), "red-flag-neuropathy"),
 ])
-def test_diagnosis_under_neurology_care_has_no_referral_and_says_known(
+def test_diagnosis_under_neurology_care_says_known_and_offers_contacting_the_team(
         client: TestClient, diagnosis: dict[str, Any], finding: str) -> None:
+    # Issue 9: the suggestion never disappears; it becomes "contact the neurology team",
+    # still a neurology ServiceRequest.
     without = codes(client, twitch(), diagnosis)[finding]
     assert len(referrals(without)) == 1
+    assert without["suggestions"][0]["label"] == "Refer to neurology"
     card = codes(client, twitch(), diagnosis,
                  extra={"neurologyReferrals": bundle(neurology_referral_request())})[finding]
-    assert referrals(card) == []
+    assert len(referrals(card)) == 1
+    assert card["suggestions"][0]["label"] == "Contact the neurology team"
     assert "Known" in card["summary"] and "neurology care" in card["summary"]
     assert "Neurology referral" in card["detail"]
 
@@ -655,7 +674,7 @@ def test_neurology_encounter_counts_as_care(client: TestClient) -> None:
                  "period": {"start": days_ago(40)}}
     card = codes(client, twitch(), condition("G12.21"), extra={"encounters": bundle(encounter)})[
         "red-flag-motor-neuron-disease"]
-    assert referrals(card) == []
+    assert card["suggestions"][0]["label"] == "Contact the neurology team"
 
 
 def test_neurology_care_does_not_silence_a_sign_without_diagnosis(client: TestClient) -> None:
@@ -717,7 +736,7 @@ def test_lifestyle_review_without_red_flags(client: TestClient) -> None:
 @pytest.mark.parametrize("red_flag", [
     (condition("M62.81"),), (condition("G12.21"),), (condition("R20.2"),),
     (condition("M54.16"),), (condition("G72.9"),), (lab(CK, 900, "U/L"),),
-    (condition("E03.9"), condition("55300003", SNOMED)), (condition("G71.19"),),
+    (lab(TSH, 12.0, "mIU/L"), condition("M62.81")), (condition("G71.19"),),
     (family_history("73297009"),)])
 def test_any_red_flag_suppresses_lifestyle_review(client: TestClient,
                                                   red_flag: tuple[dict[str, Any], ...]) -> None:
@@ -799,7 +818,7 @@ def test_drug_lifestyle_workup_and_review_cards_are_info(client: TestClient) -> 
 def busy_record() -> tuple[dict[str, Any], ...]:
     """Many findings at once: labs, drugs, lifestyle and red flags."""
     return (twitch(), lab(SODIUM, 128, "mmol/L"), lab(B12, 150, "pg/mL"),
-            lab(POTASSIUM, 3.0, "mmol/L"), lab(TSH, 9.0, "mIU/L"), lab(CK, 500, "U/L"),
+            lab(POTASSIUM, 3.0, "mmol/L"), lab(TSH, 12.0, "mIU/L"), lab(CK, 500, "U/L"),
             medication("4603", "furosemide"), medication("7646", "omeprazole"),
             medication("312617", "predniSONE 5 MG Oral Tablet"), condition("F10.10"),
             condition("R20.2"), condition("M54.16"), condition("G71.19"),
@@ -823,13 +842,22 @@ def test_every_card_has_override_reasons_links_and_source(client: TestClient) ->
             assert suggestion["label"] and suggestion["actions"]
 
 
-def test_each_missing_lab_is_offered_on_one_card_only(client: TestClient) -> None:
+def test_each_missing_lab_is_one_suggestion_and_the_workup_offers_every_one(
+        client: TestClient) -> None:
+    # Issue 9: the work-up card offers every missing work-up test, so dismissing a drug card
+    # never removes the only order; a test offered on several cards is one suggestion (uuid).
     cards = codes(client, *busy_record())
-    offered = [code for card in cards.values() for code in lab_orders(card)]
-    assert len(offered) == len(set(offered)), offered
+    by_test: dict[str, set[str]] = {}
+    for card in cards.values():
+        for suggestion in card.get("suggestions", []):
+            for code in lab_orders({"suggestions": [suggestion]}):
+                by_test.setdefault(code, set()).add(suggestion["uuid"])
+    assert all(len(uuids) == 1 for uuids in by_test.values()), by_test
     # Missing here: Ca, Mg, vitamin D (work-up), free T4 (thyroid). B12, K, TSH are present.
-    assert {CALCIUM, MAGNESIUM, VITAMIN_D, "3024-7"} <= set(offered)
-    assert not {B12, POTASSIUM, TSH} & set(offered)
+    assert {CALCIUM, MAGNESIUM, VITAMIN_D, "3024-7"} <= set(by_test)
+    assert not {B12, POTASSIUM, TSH} & set(by_test)
+    assert sorted(lab_orders(cards["workup-incomplete"])) == sorted([CALCIUM, MAGNESIUM,
+                                                                    VITAMIN_D])
 
 
 def test_red_flag_cards_each_carry_one_referral(client: TestClient) -> None:
@@ -838,7 +866,14 @@ def test_red_flag_cards_each_carry_one_referral(client: TestClient) -> None:
     assert flags >= {"red-flag-neuropathy", "red-flag-radiculopathy", "red-flag-myopathy",
                      "red-flag-hypothyroid-myopathy", "red-flag-neuromyotonia",
                      "red-flag-muscular-dystrophy"}
+    # Issue 9: one referral per response, naming every red flag, the same suggestion on each.
+    offered = {s["uuid"] for code in flags for s in cards[code]["suggestions"]
+               if s["label"] == "Refer to neurology"}
+    assert len(offered) == 1
     for code in flags:
         (referral,) = referrals(cards[code])
         assert referral["resourceType"] == "ServiceRequest" and referral["status"] == "draft"
         assert referral["subject"] == {"reference": f"Patient/{PATIENT}"}
+        for flag in flags:
+            title = cards[flag]["source"]["topic"]["display"]
+            assert title in referral["reasonCode"][0]["text"]

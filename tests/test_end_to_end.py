@@ -57,7 +57,7 @@ def test_sandbox_patient_with_twitch_gets_cards_from_prefetch_and_fhir(
     # Mg 1.4 mg/dL and prednisone 20 mg come from the sandbox's own prefetch ("labs", "meds");
     # the twitch complaint comes from the FHIR server ("conditions" was not prefetched).
     assert cards["hypomagnesemia"]["indicator"] == "warning"
-    assert "prednisone 20 MG Oral Tablet" in cards["corticosteroid"]["detail"]
+    assert "Prednisone 20 mg oral tablet" in cards["corticosteroid"]["detail"]
 
 
 def test_full_prefetch_call_and_feedback_over_real_http(live_server: LiveServer) -> None:

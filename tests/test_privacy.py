@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -255,7 +256,22 @@ class Driver:
         return response
 
 
-def log_records(path: Path) -> list[dict[str, Any]]:
+def log_records(path: Path, requests: int = 0) -> list[dict[str, Any]]:
+    """The server's JSON log lines, once at least `requests` request records are in.
+
+    The access record is written after the response is sent, so the client may see the last
+    answer a moment before its record reaches the file: wait for it (bounded) instead of racing.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        records = _read_records(path)
+        if sum(r.get("event") == "request" for r in records) >= requests or \
+                time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
     records = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         try:
@@ -353,7 +369,7 @@ def test_logs_are_json_lines_that_say_what_happened_without_phi(
     # The log says what happened: one JSON record per line, a `request` record for every
     # request (id, route, status, duration), a `hook` record for every answered hook call
     # (service, hook, card count, duration), all joined by the request id.
-    records = log_records(server.log_path)
+    records = log_records(server.log_path, requests=len(driver.exchanges))
     by_id: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         assert {"event", "level", "timestamp"} <= record.keys(), record
@@ -411,7 +427,7 @@ def test_bearer_tokens_are_not_logged(start_server: StartServer,
         for part in token.split("."):
             assert part not in text
     assert not phi_in_logs([server.log_path], all_phi())
-    assert [r["status"] for r in log_records(server.log_path)
+    assert [r["status"] for r in log_records(server.log_path, requests=4)
             if r.get("event") == "request" and r["route"] == "/cds-services/{service_id}"
             ] == [200, 401, 401, 401]
 

@@ -111,7 +111,7 @@ def read_labs(vocabulary: Vocabulary, observations: list[Resource], window: Wind
     results = {name: d for name, d in decided.items() if d is not None}
     for name, chosen in results.items():
         analyte = knowledge.labs.analytes[name]
-        if analyte.finding or analyte.high:
+        if analyte.finding or analyte.high or analyte.low or analyte.flags:
             outranking = results.get(analyte.outranked_by or "")
             _add_lab(vocabulary, chosen, results.get("albumin"), outranking, window, facts)
     _missing(knowledge, set(results), set(candidates) - set(results), facts)
@@ -425,6 +425,12 @@ def _add_lab(vocabulary: Vocabulary, decided: Decided, albumin: Decided | None,
     notes += judgement.notes
     notes += [f"also on {o.when.day.isoformat()}: {o.reported or 'flagged ' + (o.flag or '')}"
               f" (which came later is not recorded)" for o in decided.beside]
+    comparator = result.comparator if value == result.value else None
+    flags = {name: value is not None and _holds(*limit.limit(window.sex),
+                                                  _interval(value, comparator)) is True
+             for name, limit in analyte.flags.items()}
+    notes += [f"{name}: {_words(analyte.flags[name], window.sex, analyte.unit)}"
+              for name, holds in flags.items() if holds]
     reported = result.reported
     canonical = f"{result.comparator or ''}{fmt(result.value)} {analyte.unit}" \
         if result.value is not None else None
@@ -434,7 +440,7 @@ def _add_lab(vocabulary: Vocabulary, decided: Decided, albumin: Decided | None,
         else None, judged="; ".join(n for n in notes if n) or None,
         code=f"LOINC {result.code}", status=result.status, analyte=result.analyte)
     fact = {"kind": "lab", "analyte": result.analyte, "low": judgement.low,
-            "critical": judgement.critical, "high": judgement.high}
+            "critical": judgement.critical, "high": judgement.high, **flags}
     if analyte.finding:
         fact["finding"] = analyte.finding
     facts.add(fact, evidence)

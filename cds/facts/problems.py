@@ -224,9 +224,11 @@ def _answer(vocabulary: Vocabulary, spec_name: str, obs: Resource, when: date,
         positive = [v for v in coded.positive_values if v.code in answers]
         if not positive:
             return {}
+        # The answer is the evidence; the question stays beside the code, so that a summary
+        # reads "smokes tobacco daily", not "Tobacco smoking status: Smokes tobacco daily".
         return {coded.concept: Evidence(
-            "problem", f"{coded.label}: {positive[0].display}", when, status=obs["status"],
-            code=f"LOINC {coded.codes[0].code}")}
+            "problem", positive[0].display, when, status=obs["status"],
+            code=f"LOINC {coded.codes[0].code} ({coded.label})")}
     scored = labs.scored_observations[spec_name]
     value = _score(obs, scored.units)
     if value is None or not scored.positive.holds(value, sex):

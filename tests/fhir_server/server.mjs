@@ -7,6 +7,9 @@
 // a default page size, form-encoded POST _search, a 400 for search parameters the engine would
 // silently ignore, an optional bearer token and an optional artificial delay (so the CDS
 // service's deadlines can be tested). Not FHIR: GET /healthz and POST /_test/reset.
+// CORS for any origin (no credentials), with preflights answered, including Private Network
+// Access: browser EHRs such as the public CDS Hooks sandbox (an https page) read this server
+// on the tester's machine (`twitch-cds demo`).
 //
 // Usage: node [--experimental-websocket] server.mjs [--port N] [--host H] [--token T] [--delay-ms N]
 // Environment fallbacks: FHIR_PORT, FHIR_HOST, FHIR_TOKEN, FHIR_DELAY_MS.
@@ -29,6 +32,16 @@ const CONTROL_PARAMS = new Set(['_', '_count', '_offset', '_sort', '_summary', '
   '_revinclude', '_elements', '_fields', '_format', '_pretty', '_type', '_cursor']);
 /** The only types @medplum/core's in-memory matcher evaluates; others match nothing. */
 const MATCHABLE_TYPES = new Set(['reference', 'string', 'uri', 'token', 'date']);
+/** On every answer: any origin may read it (no cookies are used, so no credentials either). */
+const CORS_HEADERS = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Expose-Headers': 'Location, ETag, Last-Modified, Content-Location',
+};
+const PREFLIGHT_HEADERS = {
+  ...CORS_HEADERS,
+  'Access-Control-Allow-Methods': 'GET, POST, PUT, PATCH, DELETE, OPTIONS',
+  'Access-Control-Max-Age': '600',
+};
 
 const { values: args } = parseArgs({
   options: {
@@ -73,6 +86,10 @@ async function handle(req, res) {
   const url = new URL(req.url, `http://${req.headers.host ?? `${args.host}:${server.address().port}`}`);
   const base = url.origin;
 
+  if (req.method === 'OPTIONS') {
+    answerPreflight(req, res);
+    return;
+  }
   if (req.method === 'GET' && url.pathname === '/healthz') {
     // Open even with a token, so the harness can tell "up" from "misconfigured".
     send(res, 200, { status: 'ok' }, 'application/json');
@@ -164,6 +181,24 @@ async function handle(req, res) {
     headers.Location = `${base}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
   }
   send(res, status, resource ?? outcome, FHIR_JSON, headers);
+}
+
+/**
+ * A CORS preflight: allow the method and the headers asked for (a browser EHR sends
+ * Authorization, Content-Type, Accept, Prefer...), and Private Network Access when asked, so
+ * that a public https page may reach this server on a private or local address.
+ */
+function answerPreflight(req, res) {
+  const headers = { ...PREFLIGHT_HEADERS };
+  const requested = req.headers['access-control-request-headers'];
+  if (requested) {
+    headers['Access-Control-Allow-Headers'] = requested;
+  }
+  if (req.headers['access-control-request-private-network'] === 'true') {
+    headers['Access-Control-Allow-Private-Network'] = 'true';
+  }
+  res.writeHead(204, headers);
+  res.end();
 }
 
 /**
@@ -309,6 +344,6 @@ function readBody(req) {
 }
 
 function send(res, status, body, contentType = FHIR_JSON, headers = {}) {
-  res.writeHead(status, { 'Content-Type': contentType, ...headers });
+  res.writeHead(status, { 'Content-Type': contentType, ...CORS_HEADERS, ...headers });
   res.end(JSON.stringify(body));
 }

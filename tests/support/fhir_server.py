@@ -23,7 +23,6 @@ Needs ``node`` on PATH; runs ``npm ci`` in ``tests/fhir_server`` on first use.
 from __future__ import annotations
 
 import copy
-import fcntl
 import os
 import re
 import shutil
@@ -37,7 +36,10 @@ from typing import Any
 
 import httpx
 
-SERVER_DIR = Path(__file__).resolve().parent.parent / "fhir_server"
+# The demo (`twitch-cds demo`) runs the same server: one installer, one node invocation.
+from cds.demo import FHIR_SERVER_DIR as SERVER_DIR
+from cds.demo import ensure_node_modules, node_command
+
 _LISTENING = re.compile(r"^listening (http://\S+)$", re.MULTILINE)
 
 
@@ -48,50 +50,6 @@ class FhirServerError(RuntimeError):
 def node_available() -> bool:
     """True if ``node`` and ``npm`` are on PATH (lets callers skip instead of erroring)."""
     return shutil.which("node") is not None and shutil.which("npm") is not None
-
-
-def node_command() -> list[str]:
-    """The node invocation for this machine.
-
-    The Medplum 5.x packages target Node >= 22.18, where ``WebSocket`` is a global. On older
-    Node, ``@medplum/core`` fails at import with "WebSocket is not defined" unless the
-    experimental global is switched on.
-    """
-    version = subprocess.run(
-        ["node", "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    major = int(version.lstrip("v").split(".")[0])
-    return ["node", "--experimental-websocket"] if major < 22 else ["node"]
-
-
-def ensure_node_modules(server_dir: Path = SERVER_DIR) -> None:
-    """Run ``npm ci`` only if node_modules is missing or older than package-lock.json.
-
-    npm writes ``node_modules/.package-lock.json`` last, so its mtime says when the install
-    finished. A file lock keeps parallel test processes from installing at the same time.
-    """
-    lockfile = server_dir / "package-lock.json"
-    installed = server_dir / "node_modules" / ".package-lock.json"
-
-    def up_to_date() -> bool:
-        return installed.exists() and installed.stat().st_mtime >= lockfile.stat().st_mtime
-
-    if up_to_date():
-        return
-    lock_path = Path(tempfile.gettempdir()) / "twitch-cds-fhir-server-npm.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if up_to_date():  # another process installed while we waited
-            return
-        result = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"],
-            cwd=server_dir,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            raise FhirServerError(f"npm ci failed in {server_dir}:\n{result.stderr}")
 
 
 class FhirTestServer:

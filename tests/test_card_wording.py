@@ -1,0 +1,89 @@
+"""Wording a clinician reads at a glance (issue 9 point 5): no raw FHIR status words in
+summaries, no concatenated code displays, drug names as prescribers write them, family
+relationships in words. Through HTTP, plus focused unit tests of the name formatting."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cds.app import create_app
+from cds.cards import prescriber_name
+from cds.settings import Settings
+from tests.support.cards import cards_by_code
+from tests.support.fhir import (
+    SNOMED,
+    coded_observation,
+    condition,
+    family_history,
+    hook_request,
+    lab,
+    medication,
+    twitch,
+)
+from tests.test_clinical_coverage import SMOKING, normal_workup
+
+RAW_STATUS = re.compile(r"\((draft|active|final|amended|corrected|stopped|completed|"
+                        r"intended|recurrence|relapse)\)")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    database = tmp_path_factory.mktemp("wording") / "cds.sqlite3"
+    settings = Settings(auth="none", database_url=f"sqlite:///{database}")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def cards(client: TestClient, *resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    response = client.post("/cds-services/fasciculation-pv", json=hook_request(*resources))
+    assert response.status_code == 200, response.text
+    return cards_by_code(response.json())
+
+
+@pytest.mark.parametrize(("rxnorm", "written"), [
+    ("predniSONE 20 MG Oral Tablet", "Prednisone 20 mg oral tablet"),
+    ("Hydrochlorothiazide 25 MG Oral Tablet", "Hydrochlorothiazide 25 mg oral tablet"),
+    ("1 ML furosemide 10 MG/ML Injection", "1 mL furosemide 10 mg/mL injection"),
+    ("omeprazole 20 MG Delayed Release Oral Capsule [Prilosec]",
+     "Omeprazole 20 mg delayed release oral capsule [Prilosec]"),
+    ("Lasix 40mg", "Lasix 40mg"),                         # typed by a prescriber: as written
+    ("hydrOXYzine", "Hydroxyzine"),                       # tall-man letters alone
+])
+def test_drug_names_as_prescribers_write_them(rxnorm: str, written: str) -> None:
+    assert prescriber_name(rxnorm) == written
+
+
+def test_no_summary_carries_a_raw_fhir_status(client: TestClient) -> None:
+    found = cards(client, twitch(), medication("312617", "predniSONE 5 MG Oral Tablet"),
+                  medication("4603", "furosemide 40 MG Oral Tablet"),
+                  lab("2823-3", 3.1, "mmol/L"), condition("M62.81"), condition("F41.1"))
+    assert len(found) >= 4
+    for code, card in found.items():
+        assert not RAW_STATUS.search(card["summary"]), (code, card["summary"])
+    assert "Prednisone 5 mg oral tablet" in found["corticosteroid"]["summary"]
+    # The detail still states the medication's status, as the contract asks.
+    assert "(active)" in found["corticosteroid"]["detail"]
+
+
+def test_smoking_answer_is_not_a_concatenated_display(client: TestClient) -> None:
+    card = cards(client, twitch(), coded_observation(SMOKING, "449868002"),
+                 *normal_workup())["nicotine"]
+    assert "smokes tobacco daily" in card["summary"]
+    assert "status:" not in card["summary"].lower()
+    assert "**Smokes tobacco daily**" in card["detail"]
+    assert "LOINC 72166-2" in card["detail"]
+
+
+@pytest.mark.parametrize(("code", "words"), [("MTH", "mother"), ("FTH", "father"),
+                                             ("SIS", "sister"), ("PGRMTH",
+                                                                 "paternal grandmother")])
+def test_family_relationship_in_words(client: TestClient, code: str, words: str) -> None:
+    card = cards(client, twitch(), family_history("73297009", SNOMED, relation=code),
+                 *normal_workup())["red-flag-muscular-dystrophy"]
+    assert words in card["summary"] and words in card["detail"]
+    assert code not in card["summary"] and f"({code}" not in card["detail"]
