@@ -126,21 +126,23 @@ def _readings(vocabulary: Vocabulary, obs: Resource, window: Window,
     when = observation_time(obs)
     if when is None or when.day < window.since:
         return
-    parts = [obs] + [c for c in obs.get("component") or [] if isinstance(c, dict)] \
+    parts = [obs, *(c for c in obs["component"] if isinstance(c, dict))] \
         if isinstance(obs.get("component"), list) else [obs]
-    found = False
-    for part in parts:
-        for coding in codings(part.get("code")):
-            code = text(coding.get("code"))
-            if code in vocabulary.analytes and vocabulary.is_system(coding, "loinc"):
-                name, spec, rank = vocabulary.analytes[code]
-                found = True
-                if window.in_future(when):
-                    break
-                yield name, Reading(when, obs, part, spec, rank)
-                break
+    found = [(name, Reading(when, obs, part, spec, rank)) for part in parts
+             for name, spec, rank in _analyte_of(vocabulary, part)]
     if found and window.in_future(when):
-        facts.invalid_resources += 1  # a future date is a data-entry error
+        facts.invalid_resources += 1  # a future date is a data-entry error: never the latest
+        return
+    yield from found
+
+
+def _analyte_of(vocabulary: Vocabulary, part: Resource) -> list[tuple[str, Code, int]]:
+    """The analyte (with the rules' code and its rank) the part's LOINC code names, if any."""
+    for coding in codings(part.get("code")):
+        code = text(coding.get("code"))
+        if code in vocabulary.analytes and vocabulary.is_system(coding, "loinc"):
+            return [vocabulary.analytes[code]]
+    return []
 
 
 def _decide(vocabulary: Vocabulary, name: str, found: list[Reading], window: Window,
@@ -181,11 +183,16 @@ def _lab_result(vocabulary: Vocabulary, name: str, analyte: Analyte, reading: Re
     no convertible value and no flag of the laboratory, or an impossible value."""
     part = reading.part
     measured, comparator, units = _measured(part)
-    range_units = [u for q in _range_quantities(part) for u in quantity_units(q)]
-    if all(factor == 1.0 for factor in analyte.units.values()):
-        range_units.append(analyte.unit)  # every unit it comes in is the same number
-    converted = None if measured is None else convert(measured, units + range_units,
-                                                       analyte.unit_factors)
+    if not units:
+        # No unit with the value (an HL7 v2 OBX without units): the result's own reference
+        # range states it, or the analyte comes in one number whatever the unit (K, Na).
+        units = [u for q in _range_quantities(part) for u in quantity_units(q)]
+        if not units and all(factor == 1.0 for factor in analyte.units.values()):
+            units = [analyte.unit]
+        stated = None
+    else:
+        stated = units[0]
+    converted = None if measured is None else convert(measured, units, analyte.unit_factors)
     flag = _flag(vocabulary, part)
     if converted is not None and analyte.impossible.holds(converted[0]):
         facts.invalid_resources += 1  # an impossible value: a data or transmission error
@@ -195,7 +202,7 @@ def _lab_result(vocabulary: Vocabulary, name: str, analyte: Analyte, reading: Re
         return None
     value, unit = converted if converted is not None else (None, None)
     reported = None if measured is None else \
-        f"{comparator or ''}{fmt(measured)}{' ' + unit if unit else ''}"
+        f"{comparator or ''}{fmt(measured)}{' ' + stated if stated else ''}"
     ref_low, ref_high = _reference_limits(vocabulary, part, analyte, window)
     status = str(reading.obs["status"])
     raw = None if measured is None or unit is None else (measured, unit)

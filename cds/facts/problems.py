@@ -108,9 +108,8 @@ def _candidates(vocabulary: Vocabulary, resources: Resources,
         current = _current_condition(condition, window)
         if current is None:
             continue
-        when, clinical, suspected = current
-        found = _coded(vocabulary, codings(condition.get("code")), when,
-                       clinical + (" (suspected)" if suspected else ""))
+        when, status, suspected = current
+        found = _coded(vocabulary, codings(condition.get("code")), when, status)
         if found:
             yield condition, found, suspected, (when or date.min,)
     yield from _observed(vocabulary, resources.get("Observation", []), window)
@@ -118,7 +117,7 @@ def _candidates(vocabulary: Vocabulary, resources: Resources,
 
 def _current_condition(condition: Resource, window: Window
                        ) -> tuple[date | None, str, bool] | None:
-    """Date, clinical status and suspicion of a current Condition; None if not current.
+    """Date, status as shown, and suspicion of a current Condition; None if not current.
 
     Current means clinically active. A Condition without a clinical status counts only when
     its onset or recorded date lies within the lookback: an old or undated entry without a
@@ -137,7 +136,8 @@ def _current_condition(condition: Resource, window: Window
         clinical = "active"
     elif clinical not in ACTIVE_CONDITION:
         return None
-    return onset or recorded, clinical, verification in SUSPECTED_VERIFICATION
+    suspected = verification in SUSPECTED_VERIFICATION
+    return onset or recorded, f"{clinical}, {verification}" if suspected else clinical, suspected
 
 
 def _observed(vocabulary: Vocabulary, observations: list[Resource],
@@ -153,10 +153,8 @@ def _observed(vocabulary: Vocabulary, observations: list[Resource],
         if when is None or when.day < window.since or window.in_future(when):
             continue
         spec = _recorded_answer_spec(vocabulary, obs)
-        if spec is not None:
-            if spec not in answers or when.key() >= answers[spec][0].key():
-                answers[spec] = (when, obs)
-            continue
+        if spec is not None and (spec not in answers or when.key() >= answers[spec][0].key()):
+            answers[spec] = (when, obs)
         affirmed = _affirmed(vocabulary, obs)
         found = _coded(vocabulary, codings(obs.get("code")) + codings(
             obs.get("valueCodeableConcept")), when.day, obs["status"])
