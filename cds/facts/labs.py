@@ -123,17 +123,17 @@ def _readings(vocabulary: Vocabulary, obs: Resource, window: Window,
     status = text(obs.get("status"))
     if status not in FINAL_OBSERVATION and status != PRELIMINARY:
         return
-    when = observation_time(obs)
-    if when is None or when.day < window.since:
-        return
     parts = [obs, *(c for c in obs["component"] if isinstance(c, dict))] \
         if isinstance(obs.get("component"), list) else [obs]
-    found = [(name, Reading(when, obs, part, spec, rank)) for part in parts
-             for name, spec, rank in _analyte_of(vocabulary, part)]
-    if found and window.in_future(when):
+    found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
+    when = observation_time(obs) if found else None  # dates are read only where they matter
+    if when is None or when.day < window.since:
+        return
+    if window.in_future(when):
         facts.invalid_resources += 1  # a future date is a data-entry error: never the latest
         return
-    yield from found
+    for part, (name, spec, rank) in found:
+        yield name, Reading(when, obs, part, spec, rank)
 
 
 def _analyte_of(vocabulary: Vocabulary, part: Resource) -> list[tuple[str, Code, int]]:
@@ -166,14 +166,12 @@ def _decide(vocabulary: Vocabulary, name: str, found: list[Reading], window: Win
         if result.status == PRELIMINARY and not judgement.critical:
             continue
         usable.append((result, judgement, reading))
-    while usable:
-        usable.sort(key=lambda u: (u[1].severity, u[0].when.key()), reverse=True)
-        result, judgement, reading = usable[0]
+    usable.sort(key=lambda u: (u[1].severity, u[0].when.key()), reverse=True)
+    for index, (result, judgement, reading) in enumerate(usable):
         if valid(reading.obs, facts):
-            others = {u[0].reported or u[0].flag: u[0] for u in usable[1:]}
+            others = {u[0].reported or u[0].flag: u[0] for u in usable[index + 1:]}
             others.pop(result.reported or result.flag, None)
             return Decided(result, judgement, list(others.values())[:MAX_STATED_BESIDE])
-        usable.pop(0)
     return None
 
 

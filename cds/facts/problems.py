@@ -149,17 +149,19 @@ def _observed(vocabulary: Vocabulary, observations: list[Resource],
     for obs in observations:
         if text(obs.get("status")) not in FINAL_OBSERVATION:
             continue
-        when = observation_time(obs)
+        spec = _recorded_answer_spec(vocabulary, obs)
+        matches = vocabulary.concepts_of(codings(obs.get("code")) + codings(
+            obs.get("valueCodeableConcept")))
+        when = observation_time(obs) if spec or matches else None  # read dates only if needed
         if when is None or when.day < window.since or window.in_future(when):
             continue
-        spec = _recorded_answer_spec(vocabulary, obs)
         if spec is not None and (spec not in answers or when.key() >= answers[spec][0].key()):
             answers[spec] = (when, obs)
         affirmed = _affirmed(vocabulary, obs)
-        found = _coded(vocabulary, codings(obs.get("code")) + codings(
-            obs.get("valueCodeableConcept")), when.day, obs["status"])
-        for concept, evidence in found.items():
+        for concept, match in matches.items():
             if concept not in latest or when.key() >= latest[concept][0].key():
+                evidence = Evidence("problem", match.display, when.day, status=obs["status"],
+                                    code=match.code_label)
                 latest[concept] = (when, obs, evidence if affirmed else None)
     for concept, (when, obs, evidence) in latest.items():
         if evidence is not None:

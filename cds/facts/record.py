@@ -182,30 +182,35 @@ def instant(value: Any) -> tuple[datetime, bool] | None:
     A date alone stands for the start of its day (UTC); a time without a zone (not valid FHIR,
     but sent) is read as UTC.
     """
+    parsed = _when(value)
+    return None if parsed is None else (parsed.start, parsed.precise)
+
+
+def _when(value: Any, issued: datetime | None = None) -> When | None:
     day = parse_date(value)
     if day is None:
         return None
-    if not isinstance(value, str) or not _TIME.match(value):
-        return datetime.combine(day, datetime.min.time(), UTC), False
+    midnight = datetime.combine(day, datetime.min.time(), UTC)
+    if not _TIME.match(value):
+        return When(day, midnight, False, issued)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return datetime.combine(day, datetime.min.time(), UTC), False
+        return When(day, midnight, False, issued)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC), True
+    return When(day, moment.astimezone(UTC), True, issued)
 
 
 def observation_time(obs: Resource) -> When | None:
     """When the observation was taken: effective[x] (a period by its start), else `issued`."""
     period = obs.get("effectivePeriod") if isinstance(obs.get("effectivePeriod"), dict) else {}
+    issued = _when(obs.get("issued")) if "issued" in obs else None
     for value in (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
                   period.get("start"), period.get("end"), obs.get("issued")):
-        parsed = instant(value)
-        day = parse_date(value)
-        if parsed is not None and day is not None:
-            issued = instant(obs.get("issued"))
-            return When(day, parsed[0], parsed[1], issued[0] if issued else None)
+        when = _when(value, issued.start if issued else None)
+        if when is not None:
+            return when
     return None
 
 

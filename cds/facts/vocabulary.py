@@ -52,11 +52,12 @@ class Vocabulary:
         self.systems.update(dict.fromkeys(record.icd10_who_systems, "icd10"))
         self.who_as_cm = {_icd_key(c) for c in record.icd10_who_same_as_icd10cm}
         self.concepts: dict[CodeKey, dict[str, str]] = {}
-        self.prefixes: list[tuple[CodeKey, str, str]] = []
+        self.prefixes: dict[str, list[tuple[str, str, str]]] = {}
         for name, valueset in knowledge.valuesets.items():
             for code in valueset.codes:
                 if code.prefix:
-                    self.prefixes.append((self.code_key(code), name, code.display))
+                    system, prefix = self.code_key(code)
+                    self.prefixes.setdefault(system, []).append((prefix, name, code.display))
                 else:
                     self.concepts.setdefault(self.code_key(code), {})[name] = code.display
         labs = knowledge.labs
@@ -75,9 +76,15 @@ class Vocabulary:
         meds = knowledge.medications
         self.by_rxcui = {i.rxcui: name for name, i in meds.ingredients.items() if i.rxcui}
         self.products = {pid: p.ingredients for pid, p in meds.products.items()}
-        names = [(n, [name]) for name, i in meds.ingredients.items() for n in (i.names or [name])]
-        self.name_patterns = [(re.compile(rf"\b{re.escape(n)}\b", re.IGNORECASE), ingredients)
-                              for n, ingredients in names + list(meds.synonyms.items())]
+        # Ingredient names and brand names, matched in one pass (longest name first, so
+        # "ethinyl estradiol" is not also read as "estradiol").
+        self.by_name: dict[str, list[str]] = {}
+        for name, ingredient in meds.ingredients.items():
+            for spelling in ingredient.names or [name]:
+                self.by_name.setdefault(spelling.lower(), []).append(name)
+        for brand, ingredients in meds.synonyms.items():
+            self.by_name.setdefault(brand.lower(), []).extend(ingredients)
+        self.name_pattern = _word_pattern(self.by_name)
         routes = meds.routes
         self.systemic_only = set(routes.systemic_only) if routes else set()
         self.route_codes = {self.code_key(c): False for c in routes.not_systemic.codes} | {
@@ -122,8 +129,8 @@ class Vocabulary:
                 continue
             for name, display in self.concepts.get(key, {}).items():
                 found.setdefault(name, Match(coding, display, self.code_label(coding)))
-            for (system, prefix), name, display in self.prefixes:
-                if key[0] == system and key[1].startswith(prefix):
+            for prefix, name, display in self.prefixes.get(key[0], ()):
+                if key[1].startswith(prefix):
                     found.setdefault(name, Match(coding, display, self.code_label(coding)))
         return found
 
@@ -148,10 +155,10 @@ class Vocabulary:
                 texts.append(coding["display"])
         if isinstance(concept, dict) and isinstance(concept.get("text"), str):
             texts.append(concept["text"])
-        if not found:
-            for pattern, ingredients in self.name_patterns:
-                if any(pattern.search(text) for text in texts):
-                    found.update(ingredients)
+        if not found and self.name_pattern:
+            for text in texts:
+                for match in self.name_pattern.finditer(text):
+                    found.update(self.by_name[match[0].lower()])
         return found
 
     def systemic(self, *signs: Any) -> bool | None:
