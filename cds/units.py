@@ -25,9 +25,12 @@ def unit_key(unit: str) -> str:
 
 
 def quantity_units(quantity: dict[str, Any]) -> list[str]:
-    """The units a FHIR Quantity states, most authoritative first: UCUM `code`, then `unit`."""
-    return [u.strip() for u in (quantity.get("code"), quantity.get("unit"))
-            if isinstance(u, str) and u.strip()]
+    """The unit a FHIR Quantity states: its UCUM `code` when present (a display `unit` that
+    contradicts the code is not trusted), else the display `unit`."""
+    for unit in (quantity.get("code"), quantity.get("unit")):
+        if isinstance(unit, str) and unit.strip():
+            return [unit.strip()]
+    return []
 
 
 def unit_factors(units: dict[str, float]) -> dict[str, float]:

@@ -31,8 +31,8 @@ class Match:
 
 
 def _icd_key(code: str) -> str:
-    """R25.3, r25.3 and R253 are one ICD-10 code."""
-    return code.replace(".", "").replace(" ", "").upper()
+    """R25.3 and R253 are one ICD-10 code (the dot is formatting; case and spaces are not)."""
+    return code.replace(".", "")
 
 
 def _word_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
@@ -101,10 +101,9 @@ class Vocabulary:
         system, code = coding.get("system"), coding.get("code")
         if not isinstance(system, str) or not isinstance(code, str):
             return None
-        name = self.systems.get(system.strip())
+        name = self.systems.get(system)
         if name is None:
             return None
-        code = code.strip()
         if name in ICD:
             code = _icd_key(code)
             if name == "icd10" and code in self.who_as_cm:
@@ -118,7 +117,7 @@ class Vocabulary:
 
     def is_system(self, coding: dict[str, Any], name: str) -> bool:
         system = coding.get("system")
-        return isinstance(system, str) and self.systems.get(system.strip()) == name
+        return isinstance(system, str) and self.systems.get(system) == name
 
     def concepts_of(self, found_codings: Iterable[dict[str, Any]]) -> dict[str, Match]:
         """Concepts the codings belong to, each with the coding that matched."""
