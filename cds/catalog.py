@@ -52,6 +52,7 @@ def observation_codes(knowledge: Knowledge) -> str:
     labs = knowledge.labs
     for group in (labs.analytes, labs.scored_observations, labs.coded_observations):
         codes += [f"{c.system_uri}|{c.code}" for item in group.values() for c in item.codes]
+    codes += [f"{c.system_uri}|{c.code}" for c in labs.panels]
     for valueset in knowledge.valuesets.values():
         codes += [f"{c.system_uri}|{c.code}" for c in valueset.codes
                   if c.system == "snomed" and not c.prefix]

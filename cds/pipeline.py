@@ -53,7 +53,8 @@ class Pipeline:
 
     def decide(self, request: HookRequest, service: Service, pool: ResourcePool,
                today: date) -> Decision:
-        facts = self.facts.build(pool.by_type, today, draft_orders(request, service))
+        facts = self.facts.build(pool.by_type, today, draft_orders(request, service),
+                                 pool.references)
         findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts),
                                self.knowledge)
         context = CardContext(request.hookInstance, request.context.patientId,
