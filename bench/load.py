@@ -1,243 +1,55 @@
-"""Benchmark: twitch-cds under load, against a bare FastAPI floor, in one run.
+"""Benchmark: twitch-cds against the bare-FastAPI floor, side by side in one run.
 
-Starts `twitch-cds serve --workers 2` (SQLite in a temporary directory, authentication off,
-INFO logs to a file as in production) and drives N patient-view calls at concurrency C with a
-realistic ~100-resource prefetch body (~60 KB, a twitch complaint, so cards are produced). Then
-the same load against a bare FastAPI app started the same way (uvicorn, same worker count,
-access log off) that only parses the body and answers {"cards": []}: the floor of the stack.
+    .venv/bin/python bench/load.py            # ~15 min; table on stdout, plot in docs/bench.png
 
-    .venv/bin/python bench/load.py [--requests 5000] [--concurrency 32] [--workers 2]
-                                   [--tool auto|wrk|httpx|raw]
+What it does, on loopback only:
+- starts the floor (a bare FastAPI app that parses the same JSON body and answers
+  {"cards": []}) and `twitch-cds serve` (SQLite in a temporary directory, authentication off,
+  INFO logs to a file as in production), both with the same uvicorn settings, for
+  `--workers 1` and then `--workers 2`;
+- checks that every bench case (bench/cases.py: small, medium, large, x-large) gives exactly
+  the cards of bench/expected-cards.json (bench/expected.py), and that the floor answers;
+- drives each case with `wrk` (Debian package `wrk`; one thread, so that the load generator
+  leaves the server a core) at concurrency 1 and 16, alternating floor and twitch-cds in
+  rounds of a fixed time (5 s; large 10 s, x-large 20 s) after a warm-up, so that both see
+  the same machine load; a request still running when a round ends is not counted;
+- prints requests/s, p50/p95/p99 latency, the ratio of twitch-cds to the floor, the peak RSS
+  per worker, and the targets of issue 12 as met or not; writes the plot (matplotlib, the
+  `bench` extra) and, with --json, the raw results.
 
-Uses `wrk` (Debian package `wrk`) with one thread when it is installed, so the load generator
-leaves a core to the server on a 2-core machine; else an httpx load generator (which costs
-far more CPU per request than wrk: its numbers are lower bounds). Loopback only. Prints
-req/s, latency p50/p95/p99, errors and the server workers' RSS.
-
-`bench_request()` is also the body of the load test (tests/test_load_and_faults.py), and
-`RawConnection` its client.
+Absolute numbers depend on the machine and on what else runs; the ratios are the result.
+`--smoke` runs a few seconds (small and medium, one worker): the test suite uses it to check
+that numbers come out and that the cards are the expected ones, never the speed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-SERVICE = "fasciculation-pv"
-PATIENT_ID = "bench-patient-1"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-UCUM = "http://unitsofmeasure.org"
-# The findings the bench record supports (see bench_request): low magnesium, a proton-pump
-# inhibitor that lowers it, and prednisone. No lifestyle review: it is not shown beside the
-# low-magnesium warning.
-EXPECTED_CARDS = frozenset({"hypomagnesemia", "electrolyte-depleting-drug", "corticosteroid"})
+if __package__ in (None, ""):  # run as a script: make `bench` and `cds` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# --- the request body -----------------------------------------------------------------------
+from bench import expected
+from bench.cases import CASE_NAMES, CASES, ROOT, SERVICE, body, resource_count
 
+DEFAULT_PLOT = ROOT / "docs" / "bench.png"
+SERVERS = ("floor", "twitch-cds")
+# The x-large body (~6.6 MB) is over the service's default 5 MiB limit.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
-def _day(days_ago: int) -> str:
-    return (datetime.now(UTC).date() - timedelta(days=days_ago)).isoformat()
-
-
-def _ref() -> dict[str, str]:
-    return {"reference": f"Patient/{PATIENT_ID}"}
-
-
-def _category(code: str) -> list[dict[str, Any]]:
-    return [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                         "code": code}]}]
-
-
-def _lab(n: int, loinc: str, display: str, value: float, unit: str, days_ago: int,
-         low: float, high: float) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation", "id": f"lab-{n}", "status": "final",
-        "category": _category("laboratory"),
-        "code": {"coding": [{"system": LOINC, "code": loinc, "display": display}]},
-        "subject": _ref(), "effectiveDateTime": f"{_day(days_ago)}T08:30:00Z",
-        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-        "referenceRange": [{"low": {"value": low, "unit": unit},
-                            "high": {"value": high, "unit": unit}}],
-    }
-
-
-def _vital(n: int, loinc: str, display: str, value: float, unit: str,
-           days_ago: int) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation", "id": f"vital-{n}", "status": "final",
-        "category": _category("vital-signs"),
-        "code": {"coding": [{"system": LOINC, "code": loinc, "display": display}]},
-        "subject": _ref(), "effectiveDateTime": f"{_day(days_ago)}T09:00:00Z",
-        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-    }
-
-
-def _condition(n: int, code: str, system: str, display: str, days_ago: int,
-               clinical: str = "active") -> dict[str, Any]:
-    return {
-        "resourceType": "Condition", "id": f"cond-{n}",
-        "clinicalStatus": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-            "code": clinical}]},
-        "verificationStatus": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-            "code": "confirmed"}]},
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-category",
-            "code": "problem-list-item"}]}],
-        "code": {"coding": [{"system": system, "code": code, "display": display}],
-                 "text": display},
-        "subject": _ref(), "onsetDateTime": _day(days_ago), "recordedDate": _day(days_ago),
-    }
-
-
-def _medication(n: int, rxcui: str, display: str, status: str, days_ago: int,
-                kind: str = "MedicationRequest") -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": kind, "id": f"med-{n}", "status": status,
-        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": rxcui,
-                                                  "display": display}], "text": display},
-        "subject": _ref(),
-    }
-    if kind == "MedicationRequest":
-        resource.update(intent="order", authoredOn=_day(days_ago),
-                        requester={"reference": "Practitioner/bench-doc"},
-                        dosageInstruction=[{"text": "as directed", "timing": {
-                            "repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}}])
-    else:
-        resource["effectivePeriod"] = {"start": _day(days_ago)}
-    return resource
-
-
-def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, r['id'])}",
-                       "resource": r} for r in resources]}
-
-
-def bench_resources() -> dict[str, list[dict[str, Any]]]:
-    """~100 resources of one patient: five years of labs and vitals, problems, drugs."""
-    labs: list[dict[str, Any]] = []
-    panels = [  # (LOINC, display, unit, low, high, values oldest..newest)
-        ("19123-9", "Magnesium [Mass/volume] in Serum or Plasma", "mg/dL", 1.7, 2.2,
-         [2.0, 1.9, 1.8, 1.7, 1.6, 1.4]),
-        ("17861-6", "Calcium [Mass/volume] in Serum or Plasma", "mg/dL", 8.6, 10.3,
-         [9.4, 9.2, 9.5, 9.1, 9.3, 9.2]),
-        ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", 3.5, 5.1,
-         [4.2, 4.0, 4.4, 3.9, 4.1, 4.0]),
-        ("2951-2", "Sodium [Moles/volume] in Serum or Plasma", "mmol/L", 136, 145,
-         [140, 139, 141, 138, 140, 139]),
-        ("62292-8", "25-Hydroxyvitamin D2+D3 [Mass/volume] in Serum or Plasma", "ng/mL",
-         30, 100, [32, 35, 31, 38, 34, 36]),
-        ("1751-7", "Albumin [Mass/volume] in Serum or Plasma", "g/dL", 3.5, 5.0,
-         [4.2, 4.1, 4.3, 4.0, 4.2, 4.1]),
-        ("2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma", "pg/mL",
-         200, 900, [450, 480, 430, 460, 470, 455]),
-        ("2157-6", "Creatine kinase [Enzymatic activity/volume] in Serum or Plasma", "U/L",
-         30, 200, [90, 110, 95, 100, 105, 98]),
-        ("3016-3", "Thyrotropin [Units/volume] in Serum or Plasma", "m[IU]/L", 0.4, 4.0,
-         [1.8, 2.1, 1.9, 2.0, 2.2, 1.7]),
-        ("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", 70, 99,
-         [92, 88, 95, 90, 97, 93]),
-        ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", 0.6, 1.2,
-         [0.9, 0.8, 0.9, 1.0, 0.9, 0.9]),
-        ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL", 12, 16,
-         [13.5, 13.8, 13.2, 13.6, 13.9, 13.4]),
-    ]
-    ages = [1800, 1460, 1095, 730, 365, 14]  # days ago: five years, the latest two weeks ago
-    n = 0
-    for loinc, display, unit, low, high, values in panels:
-        for value, days_ago in zip(values, ages, strict=True):
-            n += 1
-            labs.append(_lab(n, loinc, display, value, unit, days_ago, low, high))
-    vitals = [_vital(i, code, display, value, unit, days)
-              for i, (code, display, value, unit, days) in enumerate([
-                  ("8867-4", "Heart rate", 72, "/min", 14), ("8867-4", "Heart rate", 70, "/min",
-                                                             365),
-                  ("8480-6", "Systolic blood pressure", 128, "mm[Hg]", 14),
-                  ("8462-4", "Diastolic blood pressure", 82, "mm[Hg]", 14),
-                  ("29463-7", "Body weight", 71.5, "kg", 14),
-                  ("8302-2", "Body height", 168, "cm", 14),
-                  ("39156-5", "Body mass index", 25.3, "kg/m2", 14),
-                  ("8310-5", "Body temperature", 36.8, "Cel", 14),
-                  ("9279-1", "Respiratory rate", 14, "/min", 14)], start=1)]
-    conditions = [
-        _condition(1, "R25.3", ICD10, "Fasciculation", 20),
-        _condition(2, "38341003", SNOMED, "Hypertensive disorder", 2000),
-        _condition(3, "235595009", SNOMED, "Gastroesophageal reflux disease", 900),
-        _condition(4, "195967001", SNOMED, "Asthma", 3000),
-        _condition(5, "44054006", SNOMED, "Diabetes mellitus type 2", 1500, "resolved"),
-        _condition(6, "40055000", SNOMED, "Chronic sinusitis", 2500, "resolved"),
-        _condition(7, "10509002", SNOMED, "Acute bronchitis", 400, "resolved"),
-        _condition(8, "162864005", SNOMED, "Body mass index 30+ - obesity", 1200, "resolved"),
-    ]
-    medications = [
-        _medication(1, "7646", "omeprazole", "active", 800),
-        _medication(2, "312617", "predniSONE 5 MG Oral Tablet", "active", 30),
-        _medication(3, "29046", "lisinopril", "active", 1900),
-        _medication(4, "6809", "metformin", "stopped", 1400),
-        _medication(5, "745679", "albuterol 0.09 MG/ACTUAT inhalant", "active", 2900),
-        _medication(6, "308182", "amoxicillin 250 MG Oral Capsule", "completed", 400),
-        _medication(7, "161", "acetaminophen", "active", 100, "MedicationStatement"),
-        _medication(8, "5640", "ibuprofen", "completed", 600, "MedicationStatement"),
-    ]
-    family = [{
-        "resourceType": "FamilyMemberHistory", "id": "fmh-1", "status": "completed",
-        "patient": _ref(),
-        "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
-                                     "code": "FTH"}]},
-        "condition": [{"code": {"coding": [{"system": SNOMED, "code": "38341003",
-                                            "display": "Hypertensive disorder"}]}}],
-    }]
-    return {"observations": labs + vitals, "conditions": conditions,
-            "medicationRequests": [m for m in medications
-                                   if m["resourceType"] == "MedicationRequest"],
-            "medicationStatements": [m for m in medications
-                                     if m["resourceType"] == "MedicationStatement"],
-            "familyHistory": family}
-
-
-def bench_request() -> dict[str, Any]:
-    """The patient-view call of the benchmark and of the load test (~100 resources, ~60 KB)."""
-    patient = {"resourceType": "Patient", "id": PATIENT_ID, "gender": "female",
-               "birthDate": "1981-03-14", "active": True}
-    return {
-        "hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-        "context": {"patientId": PATIENT_ID, "userId": "Practitioner/bench-doc"},
-        "prefetch": {"patient": patient,
-                     **{key: _bundle(resources) for key, resources in bench_resources().items()}},
-    }
-
-
-def bench_body() -> bytes:
-    """`bench_request()` as compact JSON bytes, as sent on the wire."""
-    return json.dumps(bench_request(), separators=(",", ":")).encode()
-
-
-def card_codes(response_json: dict[str, Any]) -> set[str]:
-    return {card["source"]["topic"]["code"] for card in response_json["cards"]}
-
-
-# --- servers --------------------------------------------------------------------------------
+# --- servers ----------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -289,20 +101,18 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError("server did not start")
 
-    def rss_mb(self) -> float:
-        """RSS of the worker processes (children of the uvicorn supervisor), in MB."""
+    def workers(self) -> list[int]:
+        """Pids of the processes that serve requests: the server itself with one worker, else
+        the supervisor's worker children (not multiprocessing's resource tracker)."""
         import psutil
 
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        return sum(child.memory_info().rss for child in children) / 1e6
+        children = [child for child in psutil.Process(self.process.pid).children()
+                    if "resource_tracker" not in " ".join(child.cmdline())]
+        return [child.pid for child in children] or [self.process.pid]
 
-    def worker_cpu_seconds(self) -> list[float]:
-        """CPU time (user + system) of each worker process, largest first."""
-        import psutil
-
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        return sorted((sum(child.cpu_times()[:2]) for child in children
-                       if child.memory_info().rss > 50e6), reverse=True)  # not the tracker
+    def peak_rss_mb(self) -> float:
+        """The largest peak resident set (VmHWM) of any worker so far, in MB."""
+        return max(_peak_rss_bytes(pid) for pid in self.workers()) / 1e6
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -311,22 +121,35 @@ class Server:
         self._log.close()
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    """VmHWM from /proc (Linux); elsewhere the current RSS, a lower bound."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss)
+
+
 def start_service(workers: int, directory: Path) -> Server:
     env = {"TWITCH_CDS_AUTH": "none", "TWITCH_CDS_LOG_LEVEL": "INFO",
+           "TWITCH_CDS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
            "TWITCH_CDS_DATABASE_URL": f"sqlite:///{directory / 'bench.sqlite3'}"}
     return Server([sys.executable, "-m", "cds.cli", "serve", "--workers", str(workers)],
-                  env, directory / "service.log")
+                  env, directory / f"service-{workers}.log")
 
 
-def start_bare(workers: int, directory: Path) -> Server:
+def start_floor(workers: int, directory: Path) -> Server:
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
-    return Server([sys.executable, str(Path(__file__).resolve()), "--serve-bare",
-                   "--workers", str(workers)], env, directory / "bare.log")
+    return Server([sys.executable, str(Path(__file__).resolve()), "--serve-floor",
+                   "--workers", str(workers)], env, directory / f"floor-{workers}.log")
 
 
-def serve_bare(port: int, workers: int) -> None:
-    """Run the bare app the way `twitch-cds serve` runs the service."""
+def serve_floor(port: int, workers: int) -> None:
+    """Run the bare app with the uvicorn settings `twitch-cds serve` uses."""
     import uvicorn
 
     uvicorn.run("bench.load:make_bare_app", factory=True, host="127.0.0.1", port=port,
@@ -334,7 +157,36 @@ def serve_bare(port: int, workers: int) -> None:
                 log_level="warning")
 
 
-# --- load generators ------------------------------------------------------------------------
+# --- the cards check --------------------------------------------------------------------------
+
+
+def post(url: str, payload: bytes) -> dict[str, Any]:
+    import httpx
+
+    response = httpx.post(url, content=payload, timeout=120,
+                          headers={"Content-Type": "application/json"})
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text[:500]}")
+    return response.json()
+
+
+def served_cards(server: Server, bodies: dict[str, bytes]) -> dict[str, list[dict[str, Any]]]:
+    url = f"{server.base_url}/cds-services/{SERVICE}"
+    return {case: expected.projection(post(url, payload)) for case, payload in bodies.items()}
+
+
+def check_cards(service: Server, floor: Server, bodies: dict[str, bytes]) -> list[str]:
+    """Problems found: cards that differ from the snapshot, or a floor that does not answer."""
+    snapshot = expected.load()
+    problems = [diff for case, cards in served_cards(service, bodies).items()
+                if (diff := expected.differences(case, snapshot.get(case), cards))]
+    floor_url = f"{floor.base_url}/cds-services/{SERVICE}"
+    problems += [f"floor answered {answer} to {case}" for case, payload in bodies.items()
+                 if (answer := post(floor_url, payload)) != {"cards": []}]
+    return problems
+
+
+# --- load -------------------------------------------------------------------------------------
 
 WRK_SCRIPT = """
 local body_file = io.open(os.getenv("BENCH_BODY"), "rb")
@@ -342,9 +194,6 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = body_file:read("*a")
 body_file:close()
-local limit = tonumber(os.getenv("BENCH_REQUESTS"))
-local expect = os.getenv("BENCH_EXPECT")
-local done_path = os.getenv("BENCH_DONE")
 local threads = {}
 
 function setup(thread)
@@ -352,283 +201,357 @@ function setup(thread)
 end
 
 function init(args)
-  answered = 0
   bad = 0
 end
 
 function response(status, headers, body)
-  answered = answered + 1
-  if status ~= 200 or (expect ~= "" and not string.find(body, expect, 1, true)) then
+  if status ~= 200 then
     bad = bad + 1
-  end
-  if answered == limit then
-    -- wrk's main thread sleeps for -d regardless: tell the driver, which sends SIGINT.
-    local marker = io.open(done_path, "w")
-    marker:write("done")
-    marker:close()
-    wrk.thread:stop()
   end
 end
 
 function done(summary, latency, requests)
-  local total_answered, total_bad = 0, 0
+  local total_bad = 0
   for _, thread in ipairs(threads) do
-    total_answered = total_answered + thread:get("answered")
     total_bad = total_bad + thread:get("bad")
   end
   io.write(string.format(
-    'BENCH {"requests": %d, "answered": %d, "bad": %d, "duration_us": %d, '
-    .. '"socket_errors": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d}\\n',
-    summary.requests, total_answered, total_bad, summary.duration,
+    'BENCH {"requests": %d, "bad": %d, "duration_us": %d, "socket_errors": %d, '
+    .. '"p50_us": %d, "p95_us": %d, "p99_us": %d}\\n',
+    summary.requests, total_bad, summary.duration,
     summary.errors.connect + summary.errors.read + summary.errors.write
       + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
 end
 """
 
 
-def run_wrk(url: str, body: bytes, requests: int, concurrency: int, expect: str,
-            directory: Path) -> dict[str, float]:
-    body_path, script_path = directory / "body.json", directory / "bench.lua"
-    done_path = directory / "wrk.done"
-    done_path.unlink(missing_ok=True)
-    body_path.write_bytes(body)
-    script_path.write_text(WRK_SCRIPT)
-    env = {**os.environ, "BENCH_BODY": str(body_path), "BENCH_REQUESTS": str(requests),
-           "BENCH_EXPECT": expect, "BENCH_DONE": str(done_path)}
-    # -d is only a ceiling: the script stops its thread after `requests` answers and leaves
-    # a marker; SIGINT then makes wrk's main thread stop sleeping and print the summary.
-    process = subprocess.Popen(
-        ["wrk", "-t1", f"-c{concurrency}", "-d600s", "--timeout", "30s", "-s", str(script_path),
-         url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while process.poll() is None and not done_path.exists():
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    line = next((line for line in stdout.splitlines() if line.startswith("BENCH ")), None)
+@dataclass
+class Run:
+    """One wrk run: answered requests, time, errors and latency percentiles (ms)."""
+
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def run_wrk(url: str, body_path: Path, script_path: Path, concurrency: int,
+            seconds: int) -> Run:
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
+               "-s", str(script_path), url]
+    done = subprocess.run(command, env={**os.environ, "BENCH_BODY": str(body_path)},
+                          capture_output=True, text=True, timeout=seconds + 120, check=False)
+    line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
     if line is None:
-        raise RuntimeError(f"wrk failed ({process.returncode}): {stdout}{stderr}")
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
     raw = json.loads(line.removeprefix("BENCH "))
-    seconds = raw["duration_us"] / 1e6
-    return {"requests": raw["answered"], "errors": raw["bad"] + raw["socket_errors"],
-            "seconds": seconds, "rps": raw["answered"] / seconds,
-            "p50_ms": raw["p50_us"] / 1000, "p95_ms": raw["p95_us"] / 1000,
-            "p99_ms": raw["p99_us"] / 1000, "max_ms": raw["max_us"] / 1000}
+    return Run(raw["requests"], raw["duration_us"] / 1e6, raw["bad"] + raw["socket_errors"],
+               raw["p50_us"] / 1000, raw["p95_us"] / 1000, raw["p99_us"] / 1000)
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
+@dataclass
+class Measurement:
+    """One server, case, concurrency and worker count, over all its rounds."""
+
+    server: str
+    case: str
+    resources: int
+    body_kib: float
+    workers: int
+    concurrency: int
+    runs: list[Run] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        seconds = sum(run.seconds for run in self.runs)
+        return sum(run.requests for run in self.runs) / seconds if seconds else 0.0
+
+    def latency(self, name: str) -> float:
+        """The mean over rounds of one percentile (each round's is wrk's own)."""
+        return statistics.fmean(getattr(run, name) for run in self.runs)
+
+    @property
+    def errors(self) -> int:
+        return sum(run.errors for run in self.runs)
+
+    def summary(self) -> dict[str, Any]:
+        return {**{k: v for k, v in asdict(self).items() if k != "runs"},
+                "rps": self.rps, "p50_ms": self.latency("p50_ms"),
+                "p95_ms": self.latency("p95_ms"), "p99_ms": self.latency("p99_ms"),
+                "requests": sum(run.requests for run in self.runs), "errors": self.errors}
 
 
-async def _httpx_load(url: str, body: bytes, requests: int, concurrency: int,
-                      expect: str) -> dict[str, float]:
-    import httpx
-
-    latencies: list[float] = []
-    errors = 0
-    remaining = iter(range(requests))
-    headers = {"Content-Type": "application/json"}
-    # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive closes them:
-    # else a request may race the server's close and meet a reset.
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
-                          keepalive_expiry=2.0)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-
-        async def worker() -> None:
-            nonlocal errors
-            for _ in remaining:
-                started = time.perf_counter()
-                try:
-                    response = await client.post(url, content=body, headers=headers)
-                    ok = response.status_code == 200 and expect in response.text
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
-    return summarize(latencies, errors, seconds)
+@dataclass(frozen=True)
+class Plan:
+    cases: tuple[str, ...]
+    workers: tuple[int, ...]
+    concurrency: tuple[int, ...]
+    seconds: int  # wrk takes whole seconds
+    warmup: int
+    rounds: int
 
 
-def summarize(latencies: list[float], errors: int, seconds: float) -> dict[str, float]:
-    """Throughput and latency percentiles of one load run."""
-    latencies.sort()
-    return {"requests": len(latencies), "errors": errors, "seconds": seconds,
-            "rps": len(latencies) / seconds, "p50_ms": percentile(latencies, 0.50) * 1000,
-            "p95_ms": percentile(latencies, 0.95) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "max_ms": latencies[-1] * 1000}
+FULL = Plan(CASE_NAMES, (1, 2), (1, 16), seconds=5, warmup=2, rounds=2)
+# Larger bodies run longer: at c=16 the first answers of x-large come only after all sixteen
+# bodies are in, and a short run would measure that start rather than the steady state.
+TIME_FACTOR = {"small": 1, "medium": 1, "large": 2, "x-large": 4}
+SMOKE = Plan(("small", "medium"), (1,), (16,), seconds=1, warmup=0, rounds=1)
 
 
-def run_httpx(url: str, body: bytes, requests: int, concurrency: int,
-              expect: str) -> dict[str, float]:
-    return asyncio.run(_httpx_load(url, body, requests, concurrency, expect))
-
-
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection that POSTs the same body again and again.
-
-    A load generator's client: the request bytes are built once, and an answer is read by its
-    Content-Length. It costs several times less CPU per call than httpx, which on a 2-core
-    machine otherwise takes about as much CPU as the server's workers, slows the run and
-    perturbs what it measures.
-    """
-
-    def __init__(self, url: str, body: bytes, content_type: str = "application/json") -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.request = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                        f"\r\n").encode() + body
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def post(self) -> tuple[int, bytes]:
-        """(status, body) of one call; raises OSError or asyncio.IncompleteReadError."""
-        if self._writer is None or self._reader is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+def measure(plan: Plan, bodies: dict[str, bytes], directory: Path,
+            progress: Any) -> tuple[list[Measurement], list[str]]:
+    """Every measurement of the plan, and the problems of the cards check."""
+    script_path = directory / "bench.lua"
+    script_path.write_text(WRK_SCRIPT)
+    measurements: list[Measurement] = []
+    problems: list[str] = []
+    for workers in plan.workers:
+        servers = {"floor": start_floor(workers, directory),
+                   "twitch-cds": start_service(workers, directory)}
         try:
-            self._writer.write(self.request)
-            head = await self._reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            lowered = head.lower()
-            start = lowered.index(b"\r\ncontent-length:") + 17
-            length = int(lowered[start:lowered.index(b"\r\n", start)])
-            answer = await self._reader.readexactly(length)
-        except BaseException:
-            await self.close()
-            raise
-        if b"\r\nconnection: close" in lowered:
-            await self.close()
-        return status, answer
-
-    async def close(self) -> None:
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
-async def _raw_load(url: str, body: bytes, requests: int, concurrency: int,
-                    expect: str) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    remaining = iter(range(requests))
-    expected = expect.encode()
-
-    async def lane() -> None:
-        nonlocal errors
-        connection = RawConnection(url, body)
-        try:
-            for _ in remaining:
-                started = time.perf_counter()
-                try:
-                    status, answer = await connection.post()
-                    ok = status == 200 and expected in answer
-                except (OSError, ValueError, asyncio.IncompleteReadError):
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
+            problems += check_cards(servers["twitch-cds"], servers["floor"], bodies)
+            for case in plan.cases:
+                body_path = directory / f"{case}.json"
+                body_path.write_bytes(bodies[case])
+                for concurrency in plan.concurrency:
+                    found = {name: Measurement(name, case, resource_count(json.loads(
+                        bodies[case])), len(bodies[case]) / 1024, workers, concurrency)
+                        for name in SERVERS}
+                    for server in servers.values() if plan.warmup else ():
+                        run_wrk(f"{server.base_url}/cds-services/{SERVICE}", body_path,
+                                script_path, concurrency, plan.warmup * TIME_FACTOR[case])
+                    for round_number in range(plan.rounds):
+                        # Alternate which server goes first, so neither always follows the
+                        # other's after-effects (caches, a busy neighbour).
+                        order = SERVERS if round_number % 2 == 0 else SERVERS[::-1]
+                        for name in order:
+                            found[name].runs.append(run_wrk(
+                                f"{servers[name].base_url}/cds-services/{SERVICE}",
+                                body_path, script_path, concurrency,
+                                plan.seconds * TIME_FACTOR[case]))
+                    for name, server in servers.items():
+                        found[name].peak_rss_mb = server.peak_rss_mb()
+                    measurements += found.values()
+                    progress(found["floor"], found["twitch-cds"])
         finally:
-            await connection.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
-    return summarize(latencies, errors, seconds)
+            for server in servers.values():
+                server.stop()
+    return measurements, problems
 
 
-def run_raw(url: str, body: bytes, requests: int, concurrency: int,
-            expect: str) -> dict[str, float]:
-    return asyncio.run(_raw_load(url, body, requests, concurrency, expect))
+# --- report -----------------------------------------------------------------------------------
 
 
-def measure(name: str, server: Server, tool: str, body: bytes, requests: int,
-            concurrency: int, expect: str, directory: Path) -> dict[str, Any]:
-    url = f"{server.base_url}/cds-services/{SERVICE}"
-    warmup = max(200, requests // 20)
-    run_httpx(url, body, warmup, concurrency, expect)  # imports, JIT-free caches, pools
-    rss_before = server.rss_mb()
-    cpu_before = server.worker_cpu_seconds()
-    if tool == "wrk":
-        result = run_wrk(url, body, requests, concurrency, expect, directory)
-    elif tool == "raw":
-        result = run_raw(url, body, requests, concurrency, expect)
-    else:
-        result = run_httpx(url, body, requests, concurrency, expect)
-    # uvicorn's workers share one listening socket: connections opened in one burst may all
-    # be accepted by one worker, which then does all the work (the split shows it).
-    cpu_split = [round(after - before, 1) for after, before
-                 in zip(server.worker_cpu_seconds(), cpu_before, strict=False)]
-    return {"name": name, **result, "rss_before_mb": rss_before,
-            "rss_after_mb": server.rss_mb(), "worker_cpu_s": cpu_split}
+def pairs(measurements: list[Measurement]) -> list[tuple[Measurement, Measurement]]:
+    """(floor, twitch-cds) for each case, worker count and concurrency, in run order."""
+    floors = [m for m in measurements if m.server == "floor"]
+    return [(f, next(m for m in measurements if m.server == "twitch-cds" and m.case == f.case
+                     and m.workers == f.workers and m.concurrency == f.concurrency))
+            for f in floors]
 
 
-def report(results: list[dict[str, Any]], tool: str, concurrency: int, workers: int,
-           body: bytes) -> None:
-    print(f"\nload: {tool}, concurrency {concurrency}, {workers} uvicorn workers, "
-          f"body {len(body) / 1024:.1f} KiB, loopback, {os.cpu_count()} CPUs")
-    print(f"{'server':<12} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} "
-          f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'RSS MB before/after':>20} "
-          f"{'worker CPU s':>14}")
-    for r in results:
-        print(f"{r['name']:<12} {r['requests']:>8} {r['errors']:>6} {r['rps']:>8.1f} "
-              f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-              f"{r['max_ms']:>8.1f} {r['rss_before_mb']:>9.1f}/{r['rss_after_mb']:<9.1f} "
-              f"{' / '.join(str(c) for c in r['worker_cpu_s']):>14}")
-        split = r["worker_cpu_s"]
-        if len(split) > 1 and split[-1] * 2 < split[0]:
-            print(f"note: {r['name']}: the workers did not share the load evenly "
-                  f"(connections accepted by one worker): its req/s is not the machine's")
-    if tool == "httpx":
-        print("note: the httpx load generator needs about as much CPU per request as the bare "
-              "app; its figures are lower bounds (install the Debian package wrk)")
-    if len(results) == 2 and results[1]["rps"]:
-        print(f"twitch-cds throughput = {results[0]['rps'] / results[1]['rps']:.0%} of the "
-              f"bare FastAPI floor")
+HEADER = ("| workers | c | case | resources | floor req/s | twitch-cds req/s | ratio | "
+          "floor p50 ms | twitch-cds p50 / p95 / p99 ms | p50 ratio | peak RSS MB/worker |")
+
+
+def table(measurements: list[Measurement]) -> str:
+    lines = [HEADER, HEADER_RULE]
+    for floor, service in pairs(measurements):
+        lines.append(
+            f"| {floor.workers} | {floor.concurrency} | {floor.case} | {floor.resources:,} | "
+            f"{floor.rps:,.0f} | {service.rps:,.0f} | {_ratio(service.rps, floor.rps)} | "
+            f"{floor.latency('p50_ms'):.1f} | {service.latency('p50_ms'):.1f} / "
+            f"{service.latency('p95_ms'):.1f} / {service.latency('p99_ms'):.1f} | "
+            f"{_ratio(service.latency('p50_ms'), floor.latency('p50_ms'))} | "
+            f"{floor.peak_rss_mb:.0f} / {service.peak_rss_mb:.0f} |")
+    return "\n".join(lines)
+
+
+HEADER_RULE = "|" + "---:|" * (HEADER.count("|") - 1)
+
+
+def _ratio(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}" if denominator else "n/a"
+
+
+def _find(measurements: list[Measurement], server: str, case: str, workers: int,
+          concurrency: int) -> Measurement | None:
+    return next((m for m in measurements if (m.server, m.case, m.workers, m.concurrency)
+                 == (server, case, workers, concurrency)), None)
+
+
+def targets(measurements: list[Measurement]) -> list[tuple[str, bool | None, str]]:
+    """Issue 12's targets: (target, met or None when not measured, the numbers)."""
+    def get(server: str, case: str, workers: int, concurrency: int) -> Measurement | None:
+        return _find(measurements, server, case, workers, concurrency)
+
+    found: list[tuple[str, bool | None, str]] = []
+    for case in ("small", "medium"):
+        ratios = [(w, c, s.rps / f.rps) for w in (1, 2) for c in (1, 16)
+                  if (f := get("floor", case, w, c)) and (s := get("twitch-cds", case, w, c))
+                  and f.rps]
+        found.append((f"{case}: throughput >= 0.5 x floor", min(r for *_, r in ratios) >= 0.5
+                      if ratios else None,
+                      ", ".join(f"w{w} c{c}: {r:.2f}" for w, c, r in ratios)))
+    floor, service = get("floor", "large", 1, 1), get("twitch-cds", "large", 1, 1)
+    if floor and service:
+        ratio = service.latency("p50_ms") / floor.latency("p50_ms")
+        found.append(("large, c=1: p50 <= 1.2 x floor p50", ratio <= 1.2,
+                      f"{service.latency('p50_ms'):.1f} ms vs {floor.latency('p50_ms'):.1f} ms "
+                      f"= {ratio:.2f}"))
+    growth = [(case, m.resources, m.latency("p50_ms")) for case in ("medium", "large", "x-large")
+              if (m := get("twitch-cds", case, 1, 1))]
+    if len(growth) == 3:
+        per_resource = [ms / resources * 1000 for _, resources, ms in growth]
+        found.append(("cost grows no worse than linearly (p50 per 1,000 resources, w1 c=1)",
+                      per_resource[2] <= per_resource[1] * 1.1
+                      and per_resource[1] <= per_resource[0] * 1.1,
+                      ", ".join(f"{case} {value:.1f} ms" for (case, *_), value
+                                in zip(growth, per_resource, strict=True))))
+    scaling = [(case, two.rps / one.rps) for case in CASE_NAMES
+               if (one := get("twitch-cds", case, 1, 16))
+               and (two := get("twitch-cds", case, 2, 16)) and one.rps]
+    if scaling:
+        found.append(("--workers 2 >= 1.7 x --workers 1 (c=16)",
+                      min(r for _, r in scaling) >= 1.7,
+                      ", ".join(f"{case} {r:.2f}" for case, r in scaling)))
+    rss = [m.peak_rss_mb for m in measurements if m.server == "twitch-cds" and m.case == "x-large"]
+    if rss:
+        found.append(("peak RSS per worker < 150 MB at x-large", max(rss) < 150,
+                      f"{max(rss):.0f} MB"))
+    return found
+
+
+def report(measurements: list[Measurement], problems: list[str], conditions: str) -> str:
+    lines = [f"\n{conditions}\n", table(measurements), "", "targets (issue 12):"]
+    for name, met, numbers in targets(measurements):
+        verdict = "n/a" if met is None else "met" if met else "NOT met"
+        lines.append(f"- {name}: {verdict} ({numbers})")
+    errors = [m for m in measurements if m.errors]
+    lines += [f"errors: {m.server} {m.case} w{m.workers} c{m.concurrency}: {m.errors}"
+              for m in errors]
+    lines.append("cards: " + ("identical to bench/expected-cards.json for every case"
+                              if not problems else "DIFFERENT"))
+    lines += problems
+    return "\n".join(lines)
+
+
+def plot(measurements: list[Measurement], path: Path, conditions: str) -> None:
+    """Latency against record size (lowest concurrency) and throughput ratio per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency, ratio) = plt.subplots(1, 2, figsize=(12, 4.8))
+    lowest = min(m.concurrency for m in measurements)
+    for server, style in (("floor", "--"), ("twitch-cds", "-")):
+        for workers in sorted({m.workers for m in measurements}):
+            points = sorted((m.resources, m.latency("p50_ms")) for m in measurements
+                            if m.server == server and m.workers == workers
+                            and m.concurrency == lowest)
+            if points:
+                latency.plot(*zip(*points, strict=True), style, marker="o",
+                             label=f"{server}, {workers} worker{'s' * (workers > 1)}")
+    latency.set(xscale="log", yscale="log", xlabel="resources in the prefetch",
+                ylabel=f"p50 latency, ms (c={lowest})", title="Latency by record size")
+    latency.grid(True, which="both", alpha=0.3)
+    latency.legend()
+    configurations = sorted({(m.workers, m.concurrency) for m in measurements})
+    width = 0.8 / max(len(configurations), 1)
+    cases = [case for case in CASE_NAMES if any(m.case == case for m in measurements)]
+    for index, (workers, concurrency) in enumerate(configurations):
+        values = [service.rps / floor.rps if floor.rps else 0
+                  for floor, service in pairs(measurements)
+                  if (floor.workers, floor.concurrency) == (workers, concurrency)]
+        ratio.bar([n + index * width for n in range(len(values))], values, width,
+                  label=f"{workers} worker{'s' * (workers > 1)}, c={concurrency}")
+    ratio.axhline(0.5, color="grey", linestyle=":", label="target 0.5")
+    ratio.set(xticks=[n + width * (len(configurations) - 1) / 2 for n in range(len(cases))],
+              xticklabels=cases, ylabel="twitch-cds req/s ÷ floor req/s",
+              title="Throughput relative to the floor")
+    ratio.legend(fontsize="small")
+    figure.suptitle(conditions, fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def conditions_line(plan: Plan) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"wrk -t1, {plan.seconds:g} s x {plan.rounds} rounds per server after "
+            f"{plan.warmup:g} s warm-up; {os.cpu_count()} CPUs, load average {load:.1f} at the "
+            f"start; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+# --- command ----------------------------------------------------------------------------------
+
+
+def update_expected(bodies: dict[str, bytes], directory: Path) -> None:
+    """Write bench/expected-cards.json from what the service serves now (on purpose only)."""
+    service = start_service(1, directory)
+    try:
+        expected.save(served_cards(service, bodies))
+    finally:
+        service.stop()
+    print(f"wrote {expected.SNAPSHOT}: review the diff before committing it")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tool", choices=["auto", "wrk", "httpx", "raw"], default="auto",
-                        help="auto: wrk when installed, else httpx; raw: the asyncio client "
-                             "of the load test (cheaper than httpx)")
-    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
-    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds: small and medium, one worker (the test suite)")
+    parser.add_argument("--seconds", type=int, help="time per server and round")
+    parser.add_argument("--rounds", type=int, help="alternations of floor and twitch-cds")
+    parser.add_argument("--cases", nargs="+", choices=CASE_NAMES)
+    parser.add_argument("--workers", nargs="+", type=int)
+    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT,
+                        help=f"PNG to write (default {DEFAULT_PLOT.relative_to(ROOT)})")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--update-expected", action="store_true",
+                        help="regenerate bench/expected-cards.json (when cards change on purpose)")
+    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_bare:
-        serve_bare(args.port, args.workers)
+    if args.serve_floor:
+        serve_floor(args.port, args.workers[0])
         return 0
-    tool = args.tool
-    if tool == "auto":
-        tool = "wrk" if shutil.which("wrk") else "httpx"
-    if tool == "wrk" and not shutil.which("wrk"):
-        parser.error("wrk is not installed (Debian package `wrk`)")
-    body = bench_body()
-    results = []
+    plan = SMOKE if args.smoke else FULL
+    plan = Plan(tuple(args.cases or plan.cases), tuple(args.workers or plan.workers),
+                plan.concurrency, args.seconds or plan.seconds, plan.warmup,
+                args.rounds or plan.rounds)
+    bodies = {case.name: body(case.build()) for case in CASES}
     with tempfile.TemporaryDirectory(prefix="twitch-cds-bench-") as tmp:
-        directory = Path(tmp)
-        for name, start, expect in (("twitch-cds", start_service, '"hypomagnesemia"'),
-                                    ("bare-fastapi", start_bare, '"cards"')):
-            server = start(args.workers, directory)
-            try:
-                results.append(measure(name, server, tool, body, args.requests,
-                                       args.concurrency, expect, directory))
-            finally:
-                server.stop()
-    report(results, tool, args.concurrency, args.workers, body)
+        if args.update_expected:
+            update_expected(bodies, Path(tmp))
+            return 0
+        if not shutil.which("wrk"):
+            parser.error("wrk is not installed (Debian package `wrk`)")
+        conditions = conditions_line(plan)
+        print(conditions, flush=True)
+
+        def progress(floor: Measurement, service: Measurement) -> None:
+            print(f"  w{floor.workers} c{floor.concurrency} {floor.case:8s} floor "
+                  f"{floor.rps:8.1f} req/s, twitch-cds {service.rps:8.1f} req/s", flush=True)
+
+        measurements, problems = measure(plan, bodies, Path(tmp), progress)
+    print(report(measurements, problems, conditions))
+    if not args.no_plot:
+        plot(measurements, args.plot, conditions)
+        print(f"plot: {args.plot}")
     if args.json:
-        print(json.dumps(results, indent=2))
-    return 1 if any(r["errors"] for r in results) else 0
+        args.json.write_text(json.dumps({
+            "conditions": conditions, "cards_identical": not problems, "problems": problems,
+            "results": [m.summary() for m in measurements],
+            "targets": [{"target": n, "met": met, "numbers": v}
+                        for n, met, v in targets(measurements)]}, indent=1))
+    return 1 if problems or any(m.errors for m in measurements) else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ with their own `Settings`; `twitch-cds serve` and other ASGI servers use `app` (
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from cds import routes
+from cds import operations, routes
 from cds.auth import JwtVerifier, parse_trusted_issuers
 from cds.cards import CardBuilder
 from cds.catalog import Service, load_catalog
@@ -25,7 +27,8 @@ from cds.engine import RulesEngine
 from cds.errors import describe_validation_errors, operation_outcome
 from cds.facts import FactBuilder, Vocabulary
 from cds.fhir_client import FhirFetcher
-from cds.knowledge import load_knowledge
+from cds.issued_cards import IssuedCards
+from cds.knowledge import Knowledge, load_knowledge
 from cds.logs import configure_logging, log
 from cds.middleware import EdgeMiddleware
 from cds.pipeline import Pipeline
@@ -43,6 +46,13 @@ class Runtime:
     store: FeedbackStore
     verifier: JwtVerifier | None
     fetcher: FhirFetcher
+    issued: IssuedCards
+
+
+def build_pipeline(knowledge: Knowledge, settings: Settings) -> Pipeline:
+    """Record -> cards; also what `twitch-cds evaluate` runs, without a server."""
+    return Pipeline(knowledge, FactBuilder(Vocabulary(knowledge), settings.lookback_days),
+                    RulesEngine(knowledge), CardBuilder(knowledge), settings.lookback_days)
 
 
 def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime:
@@ -55,16 +65,16 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
                                DatabaseReplayCache(engine),
                                leeway_seconds=settings.jwt_leeway_seconds,
                                jwks_ttl_seconds=settings.jwks_cache_seconds)
+    store = FeedbackStore(engine)
     return Runtime(
         settings=settings,
         catalog=load_catalog(settings.hooks_dir, knowledge),
-        pipeline=Pipeline(knowledge, FactBuilder(Vocabulary(knowledge), settings.lookback_days),
-                          RulesEngine(knowledge), CardBuilder(knowledge),
-                          settings.lookback_days),
-        store=FeedbackStore(engine),
+        pipeline=build_pipeline(knowledge, settings),
+        store=store,
         verifier=verifier,
         fetcher=FhirFetcher(http_client, settings.fhir_allowed_bases,
                             settings.fhir_timeout_seconds, settings.fhir_max_pages),
+        issued=IssuedCards(store),
     )
 
 
@@ -77,16 +87,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout = httpx.Timeout(settings.fhir_timeout_seconds)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             app.state.runtime = build_runtime(settings, client)
+            # What start-up built (models, rules, knowledge) lives as long as the process: out
+            # of the collector's generations, each collection no longer walks it, which a large
+            # request body (hundreds of thousands of objects) otherwise triggers again and again.
+            gc.freeze()
             if settings.auth == "none":
                 log.warning("authentication disabled (TWITCH_CDS_AUTH=none): "
                             "for local development and the CDS Hooks sandbox only")
-            log.info("started", services=len(app.state.runtime.catalog), auth=settings.auth)
+            runtime: Runtime = app.state.runtime
+            log.info("started", services=len(runtime.catalog), auth=settings.auth)
+            flusher = asyncio.create_task(runtime.issued.run())
             yield
-            app.state.runtime.store.engine.dispose()
+            flusher.cancel()
+            await runtime.issued.flush()
+            runtime.store.engine.dispose()
+            log.info("stopped")
 
     app = FastAPI(title="twitch-cds", version="0.1.0", lifespan=lifespan,
                   description="CDS Hooks service: causes and red flags of muscle twitching.")
     app.include_router(routes.router)
+    app.include_router(operations.router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
@@ -96,7 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type"],
                        allow_private_network=True, max_age=600)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
+                       routes=[*routes.router.routes, *operations.router.routes])
     return app
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 import yaml
 
+from cds.cdshooks import DiscoveryResponse, ServiceDescription
 from cds.knowledge import Knowledge
 
 OBSERVATION_CODES_MARKER = "${observation-codes}"
@@ -51,6 +52,7 @@ def observation_codes(knowledge: Knowledge) -> str:
     labs = knowledge.labs
     for group in (labs.analytes, labs.scored_observations, labs.coded_observations):
         codes += [f"{c.system_uri}|{c.code}" for item in group.values() for c in item.codes]
+    codes += [f"{c.system_uri}|{c.code}" for c in labs.panels]
     for valueset in knowledge.valuesets.values():
         codes += [f"{c.system_uri}|{c.code}" for c in valueset.codes
                   if c.system == "snomed" and not c.prefix]
@@ -80,3 +82,12 @@ def load_catalog(hooks_dir: Path, knowledge: Knowledge) -> dict[str, Service]:
             raise ValueError(f"{path}: unknown ruleset {service.ruleset}")
         services[service.id] = service
     return services
+
+
+def discovery(services: dict[str, Service]) -> DiscoveryResponse:
+    """What GET /cds-services answers (and `twitch-cds discovery` prints)."""
+    return DiscoveryResponse(services=[
+        ServiceDescription(hook=s.hook, id=s.id, title=s.title, description=s.description,
+                           prefetch={t.key: t.template for t in s.prefetch})
+        for s in services.values()
+    ])

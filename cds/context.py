@@ -5,6 +5,9 @@ fetchable, and no resource of its type arrived complete under another key. Optio
 (`required: false` in hooks/) only narrow what the rules can see, and the log says so.
 A prefetched search Bundle with a `next` link is only its first page (CDS Hooks: "results may
 be paginated"): its template is fetched in full, since the newest result may be on a later page.
+Medications that therapy refers to (`medicationReference`) but that neither prefetch nor the
+`_include` of the templates brought are read from the FHIR server in one search; without them
+only the reference's display is known.
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ from typing import Any
 
 from cds.catalog import PrefetchTemplate, Service
 from cds.cdshooks import HookRequest
+from cds.facts.medications import unresolved_medication_ids
 from cds.fhir_client import FetchResult, FhirFetcher
 from cds.prefetch import ResourcePool, unsatisfied
+
+REFERENCED_MEDICATIONS = "referencedMedications"
+# At most this many referenced Medications are searched for (one GET, bounded URL length).
+MAX_REFERENCED_MEDICATIONS = 50
 
 
 class PreconditionFailed(Exception):
@@ -44,8 +52,18 @@ async def assemble(request: HookRequest, service: Service,
     missing = [t for t in service.prefetch
                if t in unfilled or has_next_page(prefetch.get(t.key))]
     record = PatientRecord(pool)
-    if not missing:
-        return record
+    if missing:
+        await _fetch_missing(request, fetcher, prefetch, unfilled, missing, record)
+    await _fetch_referenced_medications(request, fetcher, record)
+    return record
+
+
+async def _fetch_missing(request: HookRequest, fetcher: FhirFetcher,
+                         prefetch: dict[str, Any], unfilled: list[PrefetchTemplate],
+                         missing: list[PrefetchTemplate], record: PatientRecord) -> None:
+    """Fetch the templates the client did not fill (or only a first page of); 412 when a
+    required one cannot be obtained."""
+    patient_id, pool = request.context.patientId, record.pool
     if request.fhirServer is None:
         results = [FetchResult(t.key, [], ("only a first page prefetched" if t not in unfilled
                                            else "not prefetched") + " and no fhirServer given")
@@ -67,7 +85,24 @@ async def assemble(request: HookRequest, service: Service,
             required_failures[template.key] = result.error
     if required_failures:
         raise PreconditionFailed(required_failures)
-    return record
+
+
+async def _fetch_referenced_medications(request: HookRequest, fetcher: FhirFetcher,
+                                        record: PatientRecord) -> None:
+    """Read the Medications that therapy refers to but the record lacks (optional data)."""
+    pool = record.pool
+    ids = sorted(unresolved_medication_ids(pool.by_type, pool.references))
+    if not ids or request.fhirServer is None:
+        return
+    template = PrefetchTemplate(REFERENCED_MEDICATIONS, "Medication?_id=" + ",".join(
+        ids[:MAX_REFERENCED_MEDICATIONS]), required=False)
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+    [result] = await fetcher.fetch(str(request.fhirServer), token, [template], {})
+    if result.error is None:
+        pool.add_all(result.resources, request.context.patientId)
+        record.fetched_keys.append(REFERENCED_MEDICATIONS)
+    else:
+        record.unavailable[REFERENCED_MEDICATIONS] = result.error
 
 
 def has_next_page(value: Any) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -277,9 +279,20 @@ class DemoOptions:
     fhir_port: int = 8081
 
 
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
+def loopback(host: str) -> str:
+    """The host, if it is an IPv4 loopback address: the demo's FHIR server is open, no auth."""
+    try:
+        is_loopback = host == "localhost" or ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        is_loopback = False
+    if not is_loopback:
+        raise DemoError(f"--host {host}: the demo binds only to loopback addresses")
+    return host
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM our own child, wait, then SIGKILL if it does not go."""
-    if process is None or process.poll() is not None:
+    if process.poll() is not None:
         return
     process.terminate()
     try:
@@ -321,6 +334,8 @@ def describe(patients: list[DemoPatient], base_url: str, fhir_url: str,
     ]
     for number, patient in enumerate(patients, 1):
         lines.append(f"{number}. {patient.title}  [patientId {patient.patient_id}]")
+        lines += textwrap.wrap(patient.shows, width=96, initial_indent="   ",
+                               subsequent_indent="   ")
         for hook, codes in patient.cards.items():
             expected = ", ".join(codes) if codes else "no cards"
             lines.append(f"   {hook}: expect {expected}")
@@ -401,7 +416,7 @@ def main(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:
-        run(DemoOptions(host=args.host, port=args.port, fhir_port=args.fhir_port))
+        run(DemoOptions(host=loopback(args.host), port=args.port, fhir_port=args.fhir_port))
     except KeyboardInterrupt:
         print("\ntwitch-cds demo: both servers stopped.", flush=True)
         return 0

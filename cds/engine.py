@@ -9,10 +9,14 @@ Why the wrapper looks the way it does (measured; see docs/engineering-notes.md):
 - The library's own Host starts a background thread that runs pending actions of any session;
   here actions must run in the evaluating thread so that each request collects exactly its own
   findings, so that dispatcher is not started.
+- Session ids come from a counter: `uuid4()` reads os.urandom on every call, which releases
+  the GIL and costs a thread switch under load; a counter is unique within the engine, which
+  is all a session id needs.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Callable
@@ -54,6 +58,7 @@ class RulesEngine:
         self._suffix = uuid.uuid4().hex[:8]
         self._collected: dict[str, list[Finding]] = {}
         self._lock = threading.Lock()
+        self._sessions = itertools.count(1)
         self._names: dict[str, str] = {}
         definitions: dict[str, dict[str, Any]] = {}
         for ruleset, rules in knowledge.rulesets.items():
@@ -87,7 +92,7 @@ class RulesEngine:
         """Run `facts` through `ruleset` and return every finding the rules emitted."""
         if not facts:
             return []
-        sid = uuid.uuid4().hex
+        sid = str(next(self._sessions))
         name = self._names[ruleset]
         batch = [{**fact, "sid": sid, "id": str(index)} for index, fact in enumerate(facts)]
         try:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from cds import metrics
 from cds.catalog import PrefetchTemplate
 
 _TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}")
@@ -105,6 +106,7 @@ class FhirFetcher:
                 results.append(FetchResult(template.key, [], "FHIR server did not answer in time"))
             else:
                 results.append(task.result())
+        metrics.count_fhir_fallback(results)
         return results
 
     async def _one(self, base: str, headers: dict[str, str], template: PrefetchTemplate,

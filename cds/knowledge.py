@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cds.units import unit_factors, unit_key
+
 SYSTEMS = {
     "snomed": "http://snomed.info/sct",
     "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
@@ -65,6 +67,10 @@ class Threshold(_Model):
     above: SexSpecific | None = None
     at_or_above: SexSpecific | None = None
     source: str
+    # The same limit as the source states it in another unit ("<= 20 ng/mL (50 nmol/L)"): a
+    # result in that unit is compared with it directly, so a value exactly at the cut-off
+    # stays on the side the cut-off defines (50 nmol/L converts to 20.03 ng/mL).
+    equivalents: dict[str, float] = {}
 
     @model_validator(mode="after")
     def _one_comparison(self) -> Threshold:
@@ -87,6 +93,11 @@ class Threshold(_Model):
                     else max(value.values())
         return op, float(value)
 
+    def limit_in(self, unit: str | None) -> float | None:
+        """The limit as stated in `unit`, if the source states it in that unit."""
+        stated = {unit_key(u): limit for u, limit in self.equivalents.items()}
+        return stated.get(unit_key(unit)) if unit else None
+
     def holds(self, value: float, sex: str | None) -> bool:
         op, limit = self.limit(sex)
         return {
@@ -99,6 +110,17 @@ class AlbuminCorrection(_Model):
     factor: float
     reference_albumin: float
     source: str
+
+
+class ImpossibleValue(_Model):
+    """Values no living patient can have (a negative concentration, a zero potassium)."""
+
+    below: float | None = None
+    at_or_below: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return ((self.below is not None and value < self.below)
+                or (self.at_or_below is not None and value <= self.at_or_below))
 
 
 class Analyte(_Model):
@@ -115,6 +137,9 @@ class Analyte(_Model):
     correction_window_days: int | None = None
     workup: bool = False
     workup_counts_for: str | None = None
+    impossible: ImpossibleValue = ImpossibleValue(below=0)
+    # Analytes that outrank this one when measured the same day (ionized over total calcium).
+    outranked_by: str | None = None
     flags: dict[str, Threshold] = {}
 
     @model_validator(mode="after")
@@ -125,8 +150,8 @@ class Analyte(_Model):
 
     @cached_property
     def unit_factors(self) -> dict[str, float]:
-        """Case-insensitive unit lookup: 'mg/dl' from a lab system means 'mg/dL'."""
-        return {unit.lower(): factor for unit, factor in self.units.items()}
+        """Unit lookup by spelling-folded key: 'mg/dl' from a lab system means 'mg/dL'."""
+        return unit_factors(self.units)
 
 
 class ScoredObservation(_Model):
@@ -148,6 +173,7 @@ class CodedObservation(_Model):
 class Labs(_Model):
     lookback_note: str
     analytes: dict[str, Analyte]
+    panels: list[Code] = []
     scored_observations: dict[str, ScoredObservation]
     coded_observations: dict[str, CodedObservation]
 
@@ -166,6 +192,19 @@ class Ingredient(_Model):
     mechanism_source: str | None = None
 
 
+class RouteSigns(_Model):
+    """Route codes and words (route, dose form, product name) that say how a drug is given."""
+
+    codes: list[Code] = []
+    words: list[str] = []
+
+
+class Routes(_Model):
+    systemic_only: list[str]
+    not_systemic: RouteSigns
+    systemic: RouteSigns
+
+
 class Product(_Model):
     display: str
     ingredients: list[str]
@@ -175,6 +214,35 @@ class Medications(_Model):
     classes: dict[str, DrugClass]
     ingredients: dict[str, Ingredient]
     products: dict[str, Product]
+    synonyms: dict[str, list[str]] = {}
+    routes: Routes | None = None
+
+
+class LabFlag(_Model):
+    label: str
+    direction: Literal["low", "high", "normal"] | None = None
+    critical: bool = False
+
+
+class RecordReading(_Model):
+    """rules/record.yaml: how codes, absent findings and lab flags arrive in real records."""
+
+    system_aliases: dict[str, list[str]]
+    icd10_who_systems: list[str]
+    icd10_who_same_as_icd10cm: list[str]
+    absent_values: list[Code]
+    absent_words: list[str]
+    negative_interpretations: list[str]
+    interpretation_systems: list[str]
+    lab_flags: dict[str, LabFlag]
+    reference_range_sex: dict[Literal["male", "female"], list[str]]
+
+    @model_validator(mode="after")
+    def _known_systems(self) -> RecordReading:
+        unknown = set(self.system_aliases) - set(SYSTEMS)
+        if unknown:
+            raise ValueError(f"aliases for unknown code systems {sorted(unknown)}")
+        return self
 
 
 class CardText(_Model):
@@ -270,6 +338,7 @@ class Knowledge(_Model):
     valuesets: dict[str, ValueSet]
     labs: Labs
     medications: Medications
+    record: RecordReading
     findings: Findings
     rulesets: dict[str, dict[str, Rule]]
 
@@ -288,6 +357,12 @@ class Knowledge(_Model):
                 problems.append(f"ingredient {name}: unknown class {ingredient.drug_class}")
             problems += [f"ingredient {name}: unknown analyte {a}"
                          for a in ingredient.lowers if a not in self.labs.analytes]
+        for name, ingredients in self.medications.synonyms.items():
+            problems += [f"synonym {name}: unknown ingredient {i}"
+                         for i in ingredients if i not in self.medications.ingredients]
+        for name, analyte in self.labs.analytes.items():
+            if analyte.outranked_by and analyte.outranked_by not in self.labs.analytes:
+                problems.append(f"analyte {name}: unknown outranking analyte")
         for pid, product in self.medications.products.items():
             problems += [f"product {pid}: unknown ingredient {i}"
                          for i in product.ingredients if i not in self.medications.ingredients]
@@ -364,6 +439,7 @@ def load_knowledge(rules_dir: Path) -> Knowledge:
         valuesets=_read(rules_dir / "valuesets.yaml"),
         labs=_read(rules_dir / "labs.yaml"),
         medications=_read(rules_dir / "medications.yaml"),
+        record=_read(rules_dir / "record.yaml"),
         findings=_read(rules_dir / "findings.yaml"),
         rulesets=_read(rules_dir / "ruleset.yaml")["rulesets"],
     )

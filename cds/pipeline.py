@@ -1,7 +1,9 @@
 """The CPU-bound part of a hook call: record -> facts -> rules -> findings -> cards.
 
-Everything here is synchronous and free of I/O, so the route runs it in a worker thread and
-the event loop stays free for other requests while one patient is evaluated.
+Everything here is synchronous and free of I/O. The route runs it inline on the event loop:
+it is pure-Python CPU work, so a worker thread of the same process would not run it any
+sooner, only hand the GIL back and forth with the event loop; more throughput comes from more
+worker processes (`twitch-cds serve --workers N`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class Pipeline:
 
     def decide(self, request: HookRequest, service: Service, pool: ResourcePool,
                today: date) -> Decision:
-        facts = self.facts.build(pool.by_type, today, draft_orders(request, service))
+        facts = self.facts.build(pool.by_type, today, draft_orders(request, service),
+                                 pool.references)
         findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts),
                                self.knowledge)
         context = CardContext(request.hookInstance, request.context.patientId,

@@ -2,11 +2,15 @@
 
 The pool ignores key names (a client that names keys differently still works), unpacks
 Bundles, skips OperationOutcomes and non-resources, drops duplicates by id, and drops
-resources about another patient: prefetch is untrusted input.
+resources about another patient: prefetch is untrusted input. The patient is recognised in
+every reference form EHRs write: `Patient/id`, `{fhirServer}/Patient/id`, versioned
+`Patient/id/_history/n`, and `urn:uuid:` (or any full URL) resolved through the bundle entries'
+`fullUrl`s, which the pool keeps so that other references (a `medicationReference`) resolve too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +20,7 @@ from cds.catalog import PrefetchTemplate
 Resource = dict[str, Any]
 MAX_BUNDLE_DEPTH = 3
 PATIENT_REFERENCES = ("subject", "patient")
+_PATIENT = re.compile(r"(?:^|/)Patient/([^/?#]+)(?:/_history/[^/]+)?$")
 
 
 @dataclass
@@ -23,6 +28,8 @@ class ResourcePool:
     """The patient's resources by `resourceType`, with counts of what was left out."""
 
     by_type: dict[str, list[Resource]] = field(default_factory=dict)
+    # Bundle entries by their `fullUrl`, for references written as full URLs or urn:uuid.
+    references: dict[str, Resource] = field(default_factory=dict)
     skipped: int = 0
     other_patient: int = 0
     _seen: set[tuple[str, str]] = field(default_factory=set)
@@ -42,13 +49,16 @@ class ResourcePool:
         if kind == "Bundle":
             entries = value.get("entry")
             if depth < MAX_BUNDLE_DEPTH and isinstance(entries, list):
+                entries = [e for e in entries if isinstance(e, dict)]
+                self.references.update(
+                    (e["fullUrl"].strip(), e["resource"]) for e in entries
+                    if isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict))
                 for entry in entries:
-                    resource = entry.get("resource") if isinstance(entry, dict) else None
-                    self._add(resource, patient_id, depth + 1)
+                    self._add(entry.get("resource"), patient_id, depth + 1)
             return
         if kind == "OperationOutcome":
             return
-        if not _belongs_to(value, patient_id):
+        if not _belongs_to(value, patient_id, self.references):
             self.other_patient += 1
             return
         resource_id = value.get("id")
@@ -59,16 +69,25 @@ class ResourcePool:
         self.by_type.setdefault(kind, []).append(value)
 
 
-def _belongs_to(resource: Resource, patient_id: str) -> bool:
-    """False when the resource names a different patient; True when it names none."""
+def _belongs_to(resource: Resource, patient_id: str, references: dict[str, Resource]) -> bool:
+    """False when the resource names a different patient; True when it names this one, or
+    none that can be told (a conditional or unresolvable reference)."""
     if resource["resourceType"] == "Patient":
         return resource.get("id") in (None, patient_id)
     for name in PATIENT_REFERENCES:
         reference = resource.get(name)
-        if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
-            target = reference["reference"]
-            if target.startswith("Patient/") or "/Patient/" in target:
-                return target.rsplit("/", 1)[-1] == patient_id
+        target = reference.get("reference") if isinstance(reference, dict) else None
+        if not isinstance(target, str):
+            continue
+        target = target.strip()
+        named = references.get(target)
+        if isinstance(named, dict) and named.get("resourceType") == "Patient":
+            return named.get("id") in (None, patient_id)
+        if target == f"urn:uuid:{patient_id}":
+            return True
+        match = _PATIENT.search(target)
+        if match:
+            return match[1] == patient_id
     return True
 
 

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,19 @@ jwt_seen = Table(
     Column("issuer", String(512), primary_key=True),
     Column("jti", String(256), primary_key=True),
     Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+# The cards this service answered with, so that feedback (which names only a card's uuid)
+# can be counted per card topic: written in batches by cds.issued_cards, read by
+# `twitch-cds feedback-report`. No patient data: uuid, service, topic, indicator, time.
+card_issued = Table(
+    "card_issued",
+    metadata,
+    Column("card_uuid", String(128), primary_key=True),
+    Column("service_id", String(128), nullable=False),
+    Column("topic", String(128), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -205,19 +219,61 @@ def _row(service_id: str, entry: FeedbackEntry, received_at: datetime) -> dict[s
     }
 
 
+@dataclass(frozen=True)
+class StoredFeedback:
+    """A newly stored feedback entry, with the topic of its card ("unknown" when this
+    deployment has no record of issuing it, e.g. still in another replica's batch)."""
+
+    card_uuid: str
+    outcome: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    card_uuid: str
+    service_id: str
+    topic: str
+    indicator: str
+    issued_at: datetime
+
+
+UNKNOWN_TOPIC = "unknown"
+
+
 class FeedbackStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def save(self, service_id: str, entries: Iterable[FeedbackEntry]) -> int:
         """Store entries in one transaction; returns how many were new."""
+        return len(self.store(service_id, entries))
+
+    def store(self, service_id: str, entries: Iterable[FeedbackEntry]) -> list[StoredFeedback]:
+        """Store entries in one transaction; returns the new ones with their card topics."""
         now = datetime.now(UTC)
         rows = [_row(service_id, entry, now) for entry in entries]
         # RETURNING, not rowcount: SQLAlchemy 2.1 with psycopg reports rowcount -1 here.
         statement = (_insert(self.engine)(feedback).values(rows).on_conflict_do_nothing()
-                     .returning(feedback.c.id))
+                     .returning(feedback.c.card_uuid, feedback.c.outcome))
         with self.engine.begin() as connection:
-            return len(connection.execute(statement).all())
+            new = connection.execute(statement).all()
+            topics = dict(connection.execute(
+                select(card_issued.c.card_uuid, card_issued.c.topic)
+                .where(card_issued.c.card_uuid.in_({row.card_uuid for row in new}))).all())
+        return [StoredFeedback(row.card_uuid, row.outcome,
+                               topics.get(row.card_uuid, UNKNOWN_TOPIC)) for row in new]
+
+    def record_issued(self, cards: Iterable[IssuedCard]) -> None:
+        """Remember issued cards (a repeated hook call yields the same uuids: kept once)."""
+        rows = [vars(card) for card in cards]
+        if rows:
+            # executemany of one statement: compiled once and cached, and no bound-parameter
+            # limit (PostgreSQL's 65,535) however many cards accumulated, unlike one
+            # multi-row VALUES, which is compiled anew for every row count.
+            with self.engine.begin() as connection:
+                connection.execute(_insert(self.engine)(card_issued).on_conflict_do_nothing(),
+                                   rows)
 
     def count(self, service_id: str | None = None) -> int:
         query = select(func.count()).select_from(feedback)

@@ -16,6 +16,12 @@
 set -euo pipefail
 
 PACKAGES=(postgresql chromium)
+# tests/test_container.py builds and runs the image with podman (runc: crun fails on
+# setrlimit here), from a base image made with debootstrap; ~25 s to install, and the
+# first smoke run then takes ~3 min (README, "Container image").
+PACKAGES+=(podman runc netavark aardvark-dns iptables debootstrap)
+# wrk: the load generator of bench/load.py and of its smoke test (tests/test_bench.py).
+PACKAGES+=(wrk)
 
 # The drop-in is read by postgresql-common's pg_createcluster, which the
 # postgresql-<ver> postinst runs when it is first installed.

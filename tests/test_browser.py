@@ -27,8 +27,7 @@ from jwt.algorithms import ECAlgorithm
 from sqlalchemy import create_engine, text
 
 from cds.demo import DemoPatient, ensure_node_modules, load_patients
-from cds.settings import PROJECT_ROOT
-from tests.support.demo import RunningDemo
+from tests.support.demo import MEDICATION_INCLUDED, STEROID_PATIENT, RunningDemo
 from tests.support.fhir_server import node_available
 from tests.support.jwt_tokens import TokenFactory
 
@@ -38,11 +37,6 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "browser"
 PATIENTS = load_patients()
 ACCEPT_ON = "demo-mnd-dysphagia"  # its red-flag card's referral suggestion is clicked
 DISMISS_ON = "demo-low-mg-ppi"  # a card is dismissed with an override reason
-
-# The corticosteroid patient's drug is a `medicationReference` to a Medication resource (as Epic
-# sends it): a browser EHR only has it when the prefetch template includes it (issue 8).
-MEDICATION_INCLUDED = "_include=MedicationRequest:medication" in (
-    PROJECT_ROOT / "hooks" / "prefetch.yaml").read_text()
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or not node_available(),
                                 reason="needs /usr/bin/chromium (Debian chromium) and node")
@@ -107,7 +101,7 @@ def browser_run(static_page: str, tmp_path_factory: pytest.TempPathFactory
                          ids=[case_name(patient, hook) for patient, hook in CASES])
 def test_each_demo_patient_shows_its_cards(
         browser_run: tuple[dict[str, Any], RunningDemo], patient: DemoPatient, hook: str) -> None:
-    if patient.patient_id == "demo-steroid-medref" and not MEDICATION_INCLUDED:
+    if patient.patient_id == STEROID_PATIENT and not MEDICATION_INCLUDED:
         pytest.xfail("prefetch does not include referenced Medication resources yet (issue 8)")
     result = browser_run[0][case_name(patient, hook)]
     assert result["errors"] == []

@@ -22,8 +22,17 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 
-from cds.demo import DemoPatient, hook_context, load_patients, resolve_dates, sandbox_link
-from tests.support.demo import RunningDemo, port_is_open
+from cds.demo import (
+    DemoError,
+    DemoPatient,
+    hook_context,
+    load_patients,
+    loopback,
+    resolve_dates,
+    sandbox_link,
+)
+from cds.settings import PROJECT_ROOT
+from tests.support.demo import MEDICATION_INCLUDED, STEROID_PATIENT, RunningDemo, port_is_open
 from tests.support.fhir_server import FhirTestServer, node_available
 
 SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"
@@ -107,12 +116,22 @@ def test_demo_patients_get_their_cards_through_the_http_api(client: TestClient) 
 
 
 def test_corticosteroid_patient_names_its_drug_only_by_medication_reference() -> None:
-    patient = next(p for p in PATIENTS if p.patient_id == "demo-steroid-medref")
+    patient = next(p for p in PATIENTS if p.patient_id == STEROID_PATIENT)
     resources = [entry["resource"] for entry in patient.bundle(date.today())["entry"]]
     requests = [r for r in resources if r["resourceType"] == "MedicationRequest"]
     medications = {f"Medication/{r['id']}" for r in resources if r["resourceType"] == "Medication"}
     assert requests and all("medicationCodeableConcept" not in r for r in requests)
     assert {r["medicationReference"]["reference"] for r in requests} <= medications
+
+
+def test_readme_says_what_every_demo_patient_shows() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Try it in the CDS Hooks sandbox", 1)[1].split("\n## ", 1)[0]
+    for patient in PATIENTS:
+        row = next(line for line in section.splitlines()
+                   if line.startswith(f"| `{patient.patient_id}` |"))
+        for codes in patient.cards.values():
+            assert all(f"`{code}`" in row for code in codes), patient.patient_id
 
 
 def test_sandbox_link_uses_the_sandbox_query_parameters() -> None:
@@ -193,6 +212,14 @@ def test_fhir_server_serves_what_the_sandbox_reads(
 # -- the command ----------------------------------------------------------------------------
 
 
+def test_demo_binds_only_to_loopback() -> None:
+    """Its FHIR server is open to anyone who reaches it: never on a network address."""
+    assert loopback("127.0.0.1") == "127.0.0.1" and loopback("localhost") == "localhost"
+    for host in ("0.0.0.0", "192.168.1.10", "example.org"):
+        with pytest.raises(DemoError):
+            loopback(host)
+
+
 def _printed_links(output: str) -> list[dict[str, list[str]]]:
     return [parse_qs(urlsplit(line.split("sandbox:", 1)[1].strip()).query)
             for line in output.splitlines() if line.strip().startswith("sandbox:")]
@@ -224,7 +251,7 @@ def test_demo_command_serves_prints_links_and_stops_on_ctrl_c(tmp_path: Path) ->
                                                text=True, timeout=30, check=True).stdout)
             patient = next(p for p in PATIENTS if p.patient_id == patient_id)
             shown = {card["source"]["topic"]["code"] for card in answer["cards"]}
-            if patient_id != "demo-steroid-medref":  # fetched without its Medication: issue 8
+            if patient_id != STEROID_PATIENT or MEDICATION_INCLUDED:
                 assert set(patient.cards[hook]) <= shown, (patient_id, hook, shown)
     finally:
         code = demo.stop()

@@ -27,9 +27,10 @@ import psutil
 import pytest
 from sqlalchemy import Engine, select
 
-from bench.load import EXPECTED_CARDS, RawConnection, bench_body, card_codes
+from bench.cases import EXPECTED_CARDS, bench_body, card_codes
 from cds.storage import feedback, head_revision, make_engine, schema_revision
 from tests.conftest import SERVICE_PV, LiveServer
+from tests.support.raw_http import RawConnection
 
 LOAD_CALLS = 20_000
 LOAD_WARMUP = 2_000
@@ -111,8 +112,8 @@ def test_twenty_thousand_patient_view_calls_without_error_and_with_flat_memory(
         start_server: StartServer) -> None:
     """Zero errors and the same cards for every call; workers' RSS after warm-up vs at the end.
 
-    The client is `bench.load.RawConnection`: 32 keep-alive connections, each used by one
-    lane for the whole run, as wrk does. With httpx as the client (about as much CPU per call
+    The client is `tests.support.raw_http.RawConnection`: 32 keep-alive connections, each used
+    by one lane for the whole run, as wrk does. With httpx as the client (about as much CPU per call
     as the server on this 2-core machine) the run took ~180 s when the machine was busy, and
     the starved workers queued bursts of requests whose bodies raised their RSS in ~10 MB
     steps: +2 to +10 % in six runs, noise as large as the leak looked for. With this client

@@ -14,7 +14,7 @@ from cds.engine import RulesEngine
 from cds.facts import parse_date
 from cds.knowledge import load_knowledge
 from cds.settings import PROJECT_ROOT
-from cds.units import to_canonical
+from cds.units import convert
 
 RULES = PROJECT_ROOT / "rules"
 
@@ -103,10 +103,10 @@ def test_fhir_dates_of_every_precision(raw: object, expected: date | None) -> No
 
 def test_unit_conversion_is_case_insensitive_and_never_assumes() -> None:
     factors = {"mg/dl": 1.0, "mmol/l": 2.4305}
-    assert to_canonical(0.5, "mmol/L", factors) == pytest.approx(1.21525)
-    assert to_canonical(1.5, "MG/DL", factors) == 1.5
-    assert to_canonical(1.5, None, factors) is None
-    assert to_canonical(1.5, "mEq/L", factors) is None
+    assert convert(0.5, ["mmol/L"], factors) == (pytest.approx(1.21525), "mmol/L")
+    assert convert(1.5, ["MG/DL"], factors) == (1.5, "MG/DL")
+    assert convert(1.5, [None], factors) is None
+    assert convert(1.5, ["mEq/L"], factors) is None
 
 
 def test_clinical_logic_document_is_generated_from_rules() -> None:

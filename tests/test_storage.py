@@ -27,6 +27,8 @@ from cds.cdshooks import FeedbackEntry
 from cds.storage import (
     DatabaseReplayCache,
     FeedbackStore,
+    IssuedCard,
+    card_issued,
     feedback,
     head_revision,
     jwt_seen,
@@ -300,3 +302,17 @@ def test_timestamps_compare_as_instants_whatever_the_offset(db: Engine) -> None:
     assert store.save(SERVICE_PV, [entry("tz", when=base.isoformat())]) == 1
     assert store.save(SERVICE_PV, [entry("tz", when="2026-11-27T04:30:00Z")]) == 0
     assert store.save(SERVICE_PV, [entry("tz", when="2026-11-26T23:30:00Z")]) == 1
+
+
+def test_a_large_backlog_of_issued_cards_is_stored_in_one_flush(db: Engine) -> None:
+    """After the database was down, or at high throughput, one flush may carry thousands of
+    cards (up to 50,000 are kept): more than PostgreSQL's 65,535 bound parameters for one
+    multi-row INSERT of 5 columns."""
+    now = datetime.now(UTC)
+    cards = [IssuedCard(f"card-{n}", "fasciculation-pv", "hypomagnesemia", "warning", now)
+             for n in range(20_000)]
+
+    FeedbackStore(db).record_issued(cards)
+    FeedbackStore(db).record_issued(cards[:10])  # repeated uuids are kept once
+
+    assert count(db, card_issued) == 20_000

@@ -14,7 +14,7 @@ asserted fact costs the rules engine time.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from cds.facts.care import read_neurology_care
 from cds.facts.labs import LabResult, judge, read_labs
@@ -36,17 +36,21 @@ class FactBuilder:
         self.lookback_days = lookback_days
 
     def build(self, resources: Resources, today: date,
-              draft_orders: list[Resource] | None = None) -> Facts:
+              draft_orders: list[Resource] | None = None,
+              references: dict[str, Resource] | None = None) -> Facts:
+        """The facts of one record. `references` maps bundle entries' full URLs (absolute or
+        `urn:uuid:`) to their resources, for references that name a resource that way."""
         facts = Facts()
-        window = Window(today, today - timedelta(days=self.lookback_days),
-                        _sex(resources.get("Patient", [])))
+        patients = resources.get("Patient", [])
+        window = Window(today, today - timedelta(days=self.lookback_days), _sex(patients),
+                        _age(patients, today), _now(today))
         complaint = read_problems(self.vocabulary, resources, window, facts)
         read_labs(self.vocabulary, resources.get("Observation", []), window, facts)
-        read_medications(self.vocabulary, resources, facts)
+        read_medications(self.vocabulary, resources, facts, references)
         read_family(self.vocabulary, resources.get("FamilyMemberHistory", []), facts)
-        read_neurology_care(self.vocabulary, resources, facts)
+        read_neurology_care(self.vocabulary, resources, window, facts)
         if draft_orders:
-            read_drafts(self.vocabulary, draft_orders, facts)
+            read_drafts(self.vocabulary, draft_orders, facts, resources, references)
         if complaint is not None:
             # The gate goes last: every rule joins on it, so rules see the whole record.
             facts.add({"kind": "complaint"}, complaint)
@@ -56,3 +60,15 @@ class FactBuilder:
 def _sex(patients: list[Resource]) -> str | None:
     gender = patients[0].get("gender") if patients else None
     return gender if gender in ("male", "female") else None
+
+
+def _age(patients: list[Resource], today: date) -> float | None:
+    """Age in years from the birth date, for age-specific reference ranges."""
+    born = parse_date(patients[0].get("birthDate")) if patients else None
+    return None if born is None or born > today else (today - born).days / 365.25
+
+
+def _now(today: date) -> datetime:
+    """The current instant when `today` is today; else the end of `today` (a replayed day)."""
+    now = datetime.now(UTC)
+    return now if now.date() == today else datetime.combine(today, datetime.max.time(), UTC)

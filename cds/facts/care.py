@@ -1,35 +1,71 @@
-"""Care already in place: a neurology referral or encounter -> the `neurology-care` fact."""
+"""Care already in place: neurology care -> the `neurology-care` fact.
+
+Care counts when it is current: a referral still open (ServiceRequest active or on hold), an
+encounter or episode still going on, or neurology care dated within the lookback. A neurology
+visit eight years ago is history, not care.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 
-from cds.facts.record import Evidence, Facts, Resources, codings_of, parse_date
+from cds.facts.record import Evidence, Facts, Resource, Resources, Window, codings_of, parse_date
 from cds.facts.vocabulary import Vocabulary
 
-# Where a neurology referral or encounter is recorded, and which statuses do not count.
+
+@dataclass(frozen=True)
+class CareSource:
+    """Where neurology care is recorded, which statuses mean it is still open, and which
+    mean it never happened."""
+
+    kind: str
+    label: str
+    fields: tuple[str, ...]
+    open_statuses: frozenset[str]
+    excluded: frozenset[str]
+
+
 CARE_SOURCES = (
-    ("ServiceRequest", ("performerType", "code"), {"revoked", "entered-in-error", "draft"}),
-    ("Encounter", ("serviceType", "type"), {"cancelled", "entered-in-error"}),
+    CareSource("ServiceRequest", "Neurology referral", ("performerType", "code"),
+               frozenset({"active", "on-hold"}),
+               frozenset({"revoked", "entered-in-error", "draft"})),
+    CareSource("Encounter", "Neurology encounter", ("serviceType", "type"),
+               frozenset({"arrived", "triaged", "in-progress", "onleave"}),
+               frozenset({"cancelled", "entered-in-error"})),
+    CareSource("EpisodeOfCare", "Neurology episode of care", ("type",),
+               frozenset({"active", "waitlist", "onhold"}),
+               frozenset({"cancelled", "entered-in-error"})),
 )
 
 
-def read_neurology_care(vocabulary: Vocabulary, resources: Resources, facts: Facts) -> None:
-    """A neurology referral or encounter on record (whichever key it arrived under)."""
+def read_neurology_care(vocabulary: Vocabulary, resources: Resources, window: Window,
+                        facts: Facts) -> None:
+    """The most recent current neurology care on record (whichever key it arrived under)."""
     latest: Evidence | None = None
-    for kind, fields, excluded in CARE_SOURCES:
-        for resource in resources.get(kind, []):
-            if resource.get("status") in excluded:
+    for source in CARE_SOURCES:
+        for resource in resources.get(source.kind, []):
+            status = resource.get("status")
+            if not isinstance(status, str) or status in source.excluded:
                 continue
-            found = [c for name in fields for c in codings_of(resource.get(name))]
+            found = [c for name in source.fields for c in codings_of(resource.get(name))]
             if "neurology-care" not in vocabulary.concepts_of(found):
                 continue
-            when = parse_date(resource.get("authoredOn")) or parse_date(
-                (resource.get("period") or {}).get("start")
-                if isinstance(resource.get("period"), dict) else None)
-            what = "Neurology referral" if kind == "ServiceRequest" else "Neurology encounter"
-            evidence = Evidence("problem", what, when, status=resource.get("status"))
+            when = _care_date(resource)
+            if status not in source.open_statuses and (when is None or when < window.since):
+                continue
+            evidence = Evidence("problem", source.label, when, status=status)
             if latest is None or (when or date.min) > (latest.when or date.min):
                 latest = evidence
     if latest is not None:
         facts.add({"kind": "neurology-care"}, latest)
+
+
+def _care_date(resource: Resource) -> date | None:
+    """The latest date the record gives for the care: period end or start, authored on."""
+    period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+    dates = [parse_date(v) for v in (period.get("end"), period.get("start"),
+                                     resource.get("occurrenceDateTime"),
+                                     resource.get("authoredOn"))]
+    found = [d for d in dates if d is not None]
+    return max(found) if found else None

@@ -7,6 +7,7 @@ status, AUDIT-C, sleep duration) are decided by the latest answer alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -16,11 +17,12 @@ from cds.facts.record import (
     Facts,
     Resource,
     Resources,
+    When,
     Window,
-    code_label,
     codings,
+    codings_of,
     number,
-    observation_date,
+    observation_time,
     parse_date,
     status_code,
     text,
@@ -28,35 +30,52 @@ from cds.facts.record import (
     valid,
 )
 from cds.facts.vocabulary import Vocabulary
-from cds.units import quantity_unit, to_canonical
+from cds.units import convert, quantity_units, unit_factors
+
+Candidate = tuple[Resource, "dict[str, Evidence]", bool, tuple[date, ...]]
 
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
-ProblemCandidate = tuple[Resource, "dict[str, Evidence]"]
+SUSPECTED_VERIFICATION = {"provisional", "differential", "unconfirmed"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a concept: its evidence, whether it is only suspected, and its order."""
+
+    evidence: Evidence
+    suspected: bool
+    order: tuple[date, ...]
 
 
 def read_problems(vocabulary: Vocabulary, resources: Resources, window: Window,
                   facts: Facts) -> Evidence | None:
-    """Adds one `problem` fact per concept; returns the twitch complaint's evidence."""
+    """Adds one `problem` fact per concept; returns the twitch complaint's evidence.
+
+    A concept is `suspected` only when every current record of it is (a provisional or
+    differential diagnosis); a confirmed record then gives the evidence.
+    """
     knowledge = vocabulary.knowledge
-    seen: dict[str, Evidence] = {}
-    for resource, found in _candidates(vocabulary, resources, window):
+    seen: dict[str, list[Record]] = {}
+    for resource, found, suspected, order in _candidates(vocabulary, resources, window):
         if not valid(resource, facts):
             continue
         for concept, evidence in found.items():
-            previous = seen.get(concept)
-            if previous is None or (evidence.when or date.min) > (previous.when or date.min):
-                seen[concept] = evidence
-    for concept, evidence in seen.items():
-        fact = {"kind": "problem", "concept": concept}
+            seen.setdefault(concept, []).append(Record(evidence, suspected, order))
+    chosen: dict[str, Record] = {}
+    for concept, records in seen.items():
+        best = max(records, key=lambda r: (not r.suspected, r.order))
+        chosen[concept] = best
+        fact: dict[str, Any] = {"kind": "problem", "concept": concept,
+                                "suspected": best.suspected}
         diagnosis_of = knowledge.valuesets[concept].diagnosis_of
         if diagnosis_of:
             fact["diagnosis_of"] = diagnosis_of
-        facts.add(fact, evidence)
-    complaint = seen.get("twitch")
+        facts.add(fact, best.evidence)
+    complaint = chosen.get("twitch")
     return None if complaint is None else Evidence(
-        "complaint", knowledge.valuesets["twitch"].label, complaint.when,
-        status=complaint.status, code=complaint.code)
+        "complaint", knowledge.valuesets["twitch"].label, complaint.evidence.when,
+        status=complaint.evidence.status, code=complaint.evidence.code)
 
 
 def read_family(vocabulary: Vocabulary, histories: list[Resource], facts: Facts) -> None:
@@ -78,50 +97,109 @@ def read_family(vocabulary: Vocabulary, histories: list[Resource], facts: Facts)
             facts.add({"kind": "family", "concept": concept},
                       Evidence("family", f"{match.display} in the family",
                                parse_date(history.get("date")), status=who,
-                               code=code_label(match.coding)))
+                               code=match.code_label))
 
 
 def _candidates(vocabulary: Vocabulary, resources: Resources,
-                window: Window) -> Iterator[ProblemCandidate]:
-    """Resources that record a concept, each with the evidence it gives per concept."""
+                window: Window) -> Iterator[Candidate]:
+    """Resources that record a concept: the evidence per concept, whether only suspected,
+    and the order among records of the same concept."""
     for condition in resources.get("Condition", []):
-        if status_code(condition.get("verificationStatus")) in EXCLUDED_VERIFICATION:
+        current = _current_condition(condition, window)
+        if current is None:
             continue
-        clinical = status_code(condition.get("clinicalStatus"))
-        if clinical not in ACTIVE_CONDITION and not (
-                clinical is None and "abatementDateTime" not in condition):
-            continue
-        when = parse_date(condition.get("onsetDateTime")) or parse_date(
-            condition.get("recordedDate"))
-        found = _coded(vocabulary, codings(condition.get("code")), when, clinical or "active")
+        when, status, suspected = current
+        found = _coded(vocabulary, codings(condition.get("code")), when, status)
         if found:
-            yield condition, found
-    latest: dict[str, tuple[date, Resource]] = {}
-    for obs in resources.get("Observation", []):
+            yield condition, found, suspected, (when or date.min,)
+    yield from _observed(vocabulary, resources.get("Observation", []), window)
+
+
+def _current_condition(condition: Resource, window: Window
+                       ) -> tuple[date | None, str, bool] | None:
+    """Date, status as shown, and suspicion of a current Condition; None if not current.
+
+    Current means clinically active. A Condition without a clinical status counts only when
+    its onset or recorded date lies within the lookback: an old or undated entry without a
+    status is history, not a current problem.
+    """
+    verification = status_code(condition.get("verificationStatus"))
+    if verification in EXCLUDED_VERIFICATION:
+        return None
+    clinical = status_code(condition.get("clinicalStatus"))
+    onset, recorded = (parse_date(condition.get("onsetDateTime")),
+                       parse_date(condition.get("recordedDate")))
+    if clinical is None:
+        recent = any(d is not None and d >= window.since for d in (onset, recorded))
+        if not recent or any(key.startswith("abatement") for key in condition):
+            return None
+        clinical = "active"
+    elif clinical not in ACTIVE_CONDITION:
+        return None
+    suspected = verification in SUSPECTED_VERIFICATION
+    return onset or recorded, f"{clinical}, {verification}" if suspected else clinical, suspected
+
+
+def _observed(vocabulary: Vocabulary, observations: list[Resource],
+              window: Window) -> Iterator[Candidate]:
+    """Final findings in the lookback. Per concept the latest observation decides: a newer
+    "absent" answer outweighs an older "present" one, and an absent finding is no evidence."""
+    latest: dict[str, tuple[When, Resource, Evidence | None]] = {}
+    answers: dict[str, tuple[When, Resource]] = {}
+    for obs in observations:
         if text(obs.get("status")) not in FINAL_OBSERVATION:
             continue
-        when = observation_date(obs)
-        if when is None or when < window.since:
-            continue
-        found = _coded(vocabulary, codings(obs.get("code")) + codings(
-            obs.get("valueCodeableConcept")), when, obs["status"])
-        if found:
-            yield obs, found
         spec = _recorded_answer_spec(vocabulary, obs)
-        if spec is not None and (spec not in latest or when >= latest[spec][0]):
-            latest[spec] = (when, obs)
+        matches = vocabulary.concepts_of(codings(obs.get("code")) + codings(
+            obs.get("valueCodeableConcept")))
+        when = observation_time(obs) if spec or matches else None  # read dates only if needed
+        if when is None or when.day < window.since or window.in_future(when):
+            continue
+        if spec is not None and (spec not in answers or when.key() >= answers[spec][0].key()):
+            answers[spec] = (when, obs)
+        affirmed = _affirmed(vocabulary, obs)
+        for concept, match in matches.items():
+            if concept not in latest or when.key() >= latest[concept][0].key():
+                evidence = Evidence("problem", match.display, when.day, status=obs["status"],
+                                    code=match.code_label)
+                latest[concept] = (when, obs, evidence if affirmed else None)
+    for concept, (when, obs, evidence) in latest.items():
+        if evidence is not None:
+            yield obs, {concept: evidence}, False, (when.day,)
     # A smoking status, AUDIT-C or sleep duration: the latest answer alone decides, so a
     # newer "former smoker" or a newer normal score outweighs an older positive one.
-    for spec, (when, obs) in latest.items():
-        found = _answer(vocabulary, spec, obs, when, window.sex)
+    for spec, (when, obs) in answers.items():
+        found = _answer(vocabulary, spec, obs, when.day, window.sex)
         if found:
-            yield obs, found
+            yield obs, found, False, (when.day,)
+
+
+def _affirmed(vocabulary: Vocabulary, obs: Resource) -> bool:
+    """Whether a finding observation says the finding is there.
+
+    Only a value that affirms it, or no value at all (the code itself is the finding), does:
+    `valueBoolean: false`, an "absent"/"no"/"negative" answer (rules/record.yaml), a negative
+    interpretation, or a missing value with a `dataAbsentReason` do not.
+    """
+    interpretations = {text(c.get("code")) for c in codings_of(obs.get("interpretation"))}
+    if interpretations & vocabulary.negative_interpretations:
+        return False
+    if "valueBoolean" in obs:
+        return obs["valueBoolean"] is True
+    if "valueCodeableConcept" in obs:
+        return not vocabulary.is_absent_answer(obs["valueCodeableConcept"])
+    if "valueString" in obs:
+        value = obs["valueString"]
+        return isinstance(value, str) and value.strip().lower() not in vocabulary.absent_words
+    if any(key.startswith("value") for key in obs):
+        return True
+    return "dataAbsentReason" not in obs
 
 
 def _coded(vocabulary: Vocabulary, found: list[dict[str, Any]], when: date | None,
            status: str) -> dict[str, Evidence]:
     return {concept: Evidence("problem", match.display, when, status=status,
-                              code=code_label(match.coding))
+                              code=match.code_label)
             for concept, match in vocabulary.concepts_of(found).items()}
 
 
@@ -169,4 +247,5 @@ def _score(obs: Resource, units: dict[str, float] | None) -> float | None:
         obs.get("valueInteger"))
     if value is None or not units or not isinstance(quantity, dict):
         return value
-    return to_canonical(value, quantity_unit(quantity), {u.lower(): f for u, f in units.items()})
+    converted = convert(value, quantity_units(quantity), unit_factors(units))
+    return None if converted is None else converted[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from fhir.resources.R4B.condition import Condition
@@ -20,7 +20,7 @@ from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
-from cds.knowledge import SYSTEMS, Threshold
+from cds.knowledge import Threshold
 
 Resource = dict[str, Any]
 Resources = dict[str, list[Resource]]
@@ -35,6 +35,10 @@ MODELS = {
     "FamilyMemberHistory": FamilyMemberHistory,
 }
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
+# How far in the future a result may be dated before it is a data-entry error: clocks of the
+# EHR, the laboratory system and this service differ by seconds to minutes.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,36 @@ class Window:
     today: date
     since: date
     sex: str | None
+    age: float | None = None
+    now: datetime | None = None
+
+    def in_future(self, when: When) -> bool:
+        """Dated after now (beyond clock skew): a data-entry error, never the latest."""
+        now = self.now or datetime.combine(self.today, datetime.max.time(), UTC)
+        return when.start > now + CLOCK_SKEW
+
+
+@dataclass(frozen=True)
+class When:
+    """When a result was taken: the written day, the instant (UTC) and whether it has a time.
+
+    A date without a time cannot be ordered against another result of the same day; `issued`
+    breaks ties between equal instants.
+    """
+
+    day: date
+    start: datetime
+    precise: bool
+    issued: datetime | None = None
+
+    def key(self) -> tuple[datetime, datetime]:
+        return self.start, self.issued or datetime.min.replace(tzinfo=UTC)
+
+    def orderable(self, other: When) -> bool:
+        """Whether time tells which of the two results is later."""
+        if self.day != other.day:
+            return True
+        return self.precise and other.precise and self.key() != other.key()
 
 
 def parse_date(value: Any) -> date | None:
@@ -131,12 +165,6 @@ def status_code(concept: Any) -> str | None:
     return next((c for c in codes if isinstance(c, str)), None)
 
 
-def code_label(coding: dict[str, Any]) -> str:
-    system = {uri: name for name, uri in SYSTEMS.items()}.get(coding.get("system", ""), "code")
-    names = {"snomed": "SNOMED CT", "icd10cm": "ICD-10-CM", "loinc": "LOINC", "rxnorm": "RxNorm"}
-    return f"{names.get(system, system)} {coding.get('code')}"
-
-
 def valid(resource: Resource, facts: Facts) -> bool:
     """Validate one selected resource with its R4B model; an invalid one is counted, skipped."""
     model = MODELS[resource["resourceType"]]
@@ -148,10 +176,47 @@ def valid(resource: Resource, facts: Facts) -> bool:
     return True
 
 
-def observation_date(obs: Resource) -> date | None:
+def instant(value: Any) -> tuple[datetime, bool] | None:
+    """A FHIR date/dateTime/instant as a UTC instant, and whether it carries a time.
+
+    A date alone stands for the start of its day (UTC); a time without a zone (not valid FHIR,
+    but sent) is read as UTC.
+    """
+    parsed = _when(value)
+    return None if parsed is None else (parsed.start, parsed.precise)
+
+
+def _when(value: Any, issued: datetime | None = None) -> When | None:
+    day = parse_date(value)
+    if day is None:
+        return None
+    midnight = datetime.combine(day, datetime.min.time(), UTC)
+    if not _TIME.match(value):
+        return When(day, midnight, False, issued)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return When(day, midnight, False, issued)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return When(day, moment.astimezone(UTC), True, issued)
+
+
+def observation_time(obs: Resource) -> When | None:
+    """When the observation was taken: effective[x] (a period by its start), else `issued`."""
     period = obs.get("effectivePeriod") if isinstance(obs.get("effectivePeriod"), dict) else {}
-    return (parse_date(obs.get("effectiveDateTime")) or parse_date(obs.get("effectiveInstant"))
-            or parse_date(period.get("start")) or parse_date(obs.get("issued")))
+    issued = _when(obs.get("issued")) if "issued" in obs else None
+    for value in (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
+                  period.get("start"), period.get("end"), obs.get("issued")):
+        when = _when(value, issued.start if issued else None)
+        if when is not None:
+            return when
+    return None
+
+
+def observation_date(obs: Resource) -> date | None:
+    when = observation_time(obs)
+    return when.day if when else None
 
 
 def number(value: Any) -> float | None:

@@ -1,0 +1,100 @@
+"""Prometheus metrics: what an operator graphs and alerts on, without patient data.
+
+Labels are bounded sets only (route templates, service ids from the catalogue, indicators,
+card topics from rules/, prefetch keys, feedback outcomes): never a raw path, an id from a
+request or free text, so a client cannot grow the series without bound.
+
+`twitch-cds serve` runs uvicorn with several worker processes, each with its own counters.
+prometheus-client's multiprocess mode sums them: when `PROMETHEUS_MULTIPROC_DIR` is set
+(`cds.serving` sets it, to an emptied directory, before any worker starts), every process
+writes its values to files there and `/metrics` aggregates those files, whichever worker
+answers. Without it (tests, in-process use) the process's own registry is exposed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.types import Scope
+
+from cds.cdshooks import Card
+
+if TYPE_CHECKING:  # cds.fhir_client counts its calls here
+    from cds.fhir_client import FetchResult
+    from cds.storage import StoredFeedback
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus-client chooses where values live when it is imported (just above): expose
+# from the same place, even if the variable is set later in this process.
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
+
+REQUESTS = Counter("twitch_cds_http_requests", "HTTP requests answered",
+                   ["method", "route", "service", "status"])
+LATENCY = Histogram("twitch_cds_http_request_duration_seconds",
+                    "Time from request start to the end of the answer",
+                    ["method", "route", "service"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+CARDS = Counter("twitch_cds_cards", "Cards returned", ["service", "indicator", "topic"])
+FHIR_QUERIES = Counter("twitch_cds_fhir_fallback_queries",
+                       "Prefetch templates fetched from the EHR's FHIR server", ["key"])
+FHIR_FAILURES = Counter("twitch_cds_fhir_fallback_failures",
+                        "Prefetch templates the FHIR server did not deliver", ["key"])
+FEEDBACK = Counter("twitch_cds_feedback_entries",
+                   "New feedback entries stored, by the topic of the card they are about",
+                   ["service", "topic", "outcome"])
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current metrics in Prometheus text format, and its content type."""
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def observe_request(method: str, route: str, service: str, status: int,
+                    seconds: float) -> None:
+    """One answered request. `service` is a catalogue id or "" (discovery, probes...)."""
+    REQUESTS.labels(method, route, service, str(status)).inc()
+    LATENCY.labels(method, route, service).observe(seconds)
+
+
+def service_of(scope: Scope) -> str:
+    """The catalogue id of the service a request addressed, or "" (an unknown id is "")."""
+    service_id = scope.get("path_params", {}).get("service_id")
+    runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
+    catalog = getattr(runtime, "catalog", {})
+    return service_id if isinstance(service_id, str) and service_id in catalog else ""
+
+
+def count_cards(service: str, cards: Iterable[Card]) -> None:
+    """The cards of one answer, by indicator and topic (the finding's code in rules/)."""
+    for card in cards:
+        topic = card.source.topic.code if card.source.topic else ""
+        CARDS.labels(service, card.indicator, topic).inc()
+
+
+def count_fhir_fallback(results: Iterable[FetchResult]) -> None:
+    """The prefetch templates one request fetched from the FHIR server, and which failed."""
+    for result in results:
+        FHIR_QUERIES.labels(result.key).inc()
+        if result.error is not None:
+            FHIR_FAILURES.labels(result.key).inc()
+
+
+def count_feedback(service: str, stored: Iterable[StoredFeedback]) -> None:
+    """Newly stored feedback entries, by their card's topic and outcome."""
+    for entry in stored:
+        FEEDBACK.labels(service, entry.topic, entry.outcome).inc()

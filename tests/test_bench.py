@@ -1,0 +1,70 @@
+"""The benchmark in smoke mode (`bench/load.py --smoke`, a few seconds): it runs against real
+servers, produces numbers, and every bench case gives the cards of bench/expected-cards.json.
+
+Benchmarks are not timed tests: nothing here asserts a speed or a ratio.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import expected, load
+from bench.cases import CASE_NAMES, CASES, body
+
+pytestmark = pytest.mark.skipif(shutil.which("wrk") is None,
+                                reason="wrk not installed (scripts/install-test-deps.sh)")
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def test_smoke_run_gives_numbers_for_both_servers_and_the_expected_cards(tmp_path: Path) -> None:
+    results, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    plot_args = ["--plot", str(plot)] if HAS_MATPLOTLIB else ["--no-plot"]
+
+    exit_code = load.main(["--smoke", "--json", str(results), *plot_args])
+
+    report = json.loads(results.read_text())
+    assert report["cards_identical"], "\n".join(report["problems"])
+    assert exit_code == 0
+    measured = {(r["server"], r["case"], r["concurrency"]) for r in report["results"]}
+    assert measured == {(server, case, concurrency) for server in load.SERVERS
+                        for case in load.SMOKE.cases for concurrency in load.SMOKE.concurrency}
+    for row in report["results"]:
+        assert row["errors"] == 0, row
+        assert row["requests"] > 0 and row["rps"] > 0, row
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
+        assert row["peak_rss_mb"] > 0, row
+    if HAS_MATPLOTLIB:
+        assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_snapshot_holds_cards_for_every_case() -> None:
+    """The check compares all four cases, also in smoke mode, which loads only two."""
+    assert set(expected.load()) == set(CASE_NAMES)
+    assert all(expected.load()[case] for case in CASE_NAMES), "a bench case without cards"
+
+
+def test_a_changed_card_is_reported_with_the_command_that_regenerates_the_snapshot() -> None:
+    snapshot = expected.load()["small"]
+    served = json.loads(json.dumps(snapshot))
+    served[0]["summary"] += " (changed)"
+
+    problem = expected.differences("small", snapshot, served)
+
+    assert "(changed)" in problem and expected.UPDATE_COMMAND in problem
+    assert expected.differences("small", snapshot, snapshot) == ""
+
+
+def test_bench_bodies_have_the_sizes_the_benchmark_names() -> None:
+    sizes = {case.name: len(body(case.build())) for case in CASES}
+    resources = {case.name: sum(len(v.get("entry", [])) for v in case.build()["prefetch"].values()
+                                if v.get("resourceType") == "Bundle") for case in CASES}
+    assert resources["small"] == 14  # a complaint, 10 labs, 3 medications
+    assert 90 <= resources["medium"] <= 110
+    assert resources["large"] == 1111  # the Synthea record's 1,110 resources + the complaint
+    assert resources["x-large"] == 5000
+    assert sizes["small"] < sizes["medium"] < sizes["large"] < sizes["x-large"]
