@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -121,16 +121,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _invalid_request(_request: Request, exc: Exception) -> object:
+async def _invalid_request(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return operation_outcome(400, describe_validation_errors(list(exc.errors())))
 
 
-async def _http_error(_request: Request, exc: Exception) -> object:
+async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return operation_outcome(exc.status_code, str(exc.detail), headers=exc.headers)
+    return operation_outcome(exc.status_code, str(exc.detail),
+                             headers=dict(exc.headers) if exc.headers else None)
 
 
-async def _unexpected(_request: Request, exc: Exception) -> object:
+async def _unexpected(_request: Request, exc: Exception) -> Response:
     log.error("unhandled error", error=type(exc).__name__)
     return operation_outcome(500, "internal error")
