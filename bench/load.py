@@ -541,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{floor.rps:8.1f} req/s, twitch-cds {service.rps:8.1f} req/s", flush=True)
 
         measurements, problems = measure(plan, bodies, Path(tmp), progress)
-    print(report(measurements, problems, conditions))
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(report(measurements, problems, conditions) + f"\nload average at the end: {end_load:.1f}")
     if not args.no_plot:
         plot(measurements, args.plot, conditions)
         print(f"plot: {args.plot}")
