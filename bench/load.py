@@ -457,7 +457,7 @@ def report(measurements: list[Measurement], problems: list[str], conditions: str
         lines.append(f"- {name}: {verdict} ({numbers})")
     for m in measurements:
         split = sorted(m.worker_cpu_s, reverse=True)
-        if len(split) > 1 and split[-1] < 0.5 * split[0]:
+        if m.concurrency > 1 and len(split) > 1 and split[-1] < 0.5 * split[0]:
             lines.append(f"note: {m.server} {m.case} w{m.workers} c{m.concurrency}: the workers "
                          f"used {' / '.join(f'{s:.1f}' for s in split)} s of CPU: one accepted "
                          f"most connections, so this row is not the machine's capacity")
