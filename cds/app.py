@@ -14,12 +14,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from cds import operations, routes
+from cds import housekeeping, operations, routes
 from cds.auth import JwtVerifier, parse_trusted_issuers
 from cds.cards import CardBuilder
 from cds.catalog import Service, load_catalog
@@ -47,6 +47,7 @@ class Runtime:
     verifier: JwtVerifier | None
     fetcher: FhirFetcher
     issued: IssuedCards
+    replay_cache: DatabaseReplayCache
 
 
 def build_pipeline(knowledge: Knowledge, settings: Settings) -> Pipeline:
@@ -60,9 +61,9 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
     engine = make_engine(settings.database_url)
     migrate(engine)
     verifier = None
+    replay_cache = DatabaseReplayCache(engine)
     if settings.auth == "jwt":
-        verifier = JwtVerifier(parse_trusted_issuers(settings.trusted_issuers),
-                               DatabaseReplayCache(engine),
+        verifier = JwtVerifier(parse_trusted_issuers(settings.trusted_issuers), replay_cache,
                                leeway_seconds=settings.jwt_leeway_seconds,
                                jwks_ttl_seconds=settings.jwks_cache_seconds)
     store = FeedbackStore(engine)
@@ -75,6 +76,7 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
         fetcher=FhirFetcher(http_client, settings.fhir_allowed_bases,
                             settings.fhir_timeout_seconds, settings.fhir_max_pages),
         issued=IssuedCards(store),
+        replay_cache=replay_cache,
     )
 
 
@@ -96,9 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             "for local development and the CDS Hooks sandbox only")
             runtime: Runtime = app.state.runtime
             log.info("started", services=len(runtime.catalog), auth=settings.auth)
-            flusher = asyncio.create_task(runtime.issued.run())
+            chores = [asyncio.create_task(runtime.issued.run())]
+            if runtime.verifier is not None:
+                chores.append(asyncio.create_task(housekeeping.purge_expired_tokens(
+                    runtime.replay_cache, housekeeping.REPLAY_PURGE_SECONDS)))
             yield
-            flusher.cancel()
+            for chore in chores:
+                chore.cancel()
             await runtime.issued.flush()
             runtime.store.engine.dispose()
             log.info("stopped")
@@ -121,16 +127,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _invalid_request(_request: Request, exc: Exception) -> object:
+async def _invalid_request(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return operation_outcome(400, describe_validation_errors(list(exc.errors())))
 
 
-async def _http_error(_request: Request, exc: Exception) -> object:
+async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return operation_outcome(exc.status_code, str(exc.detail), headers=exc.headers)
+    return operation_outcome(exc.status_code, str(exc.detail),
+                             headers=dict(exc.headers) if exc.headers else None)
 
 
-async def _unexpected(_request: Request, exc: Exception) -> object:
+async def _unexpected(_request: Request, exc: Exception) -> Response:
     log.error("unhandled error", error=type(exc).__name__)
     return operation_outcome(500, "internal error")

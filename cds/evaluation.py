@@ -131,7 +131,7 @@ def evaluate(path: Path, catalog: dict[str, Service], pipeline: Pipeline, hook: 
         request = HookRequest.model_validate({**raw, "hook": service.hook})
     except ValidationError as error:
         raise EvaluationError("; ".join(describe_validation_errors(
-            list(error.errors())))) from None
+            [dict(detail) for detail in error.errors()]))) from None
     record = asyncio.run(_assemble(request, service))
     return Evaluation(service, request, pipeline.decide(request, service, record.pool, as_of))
 

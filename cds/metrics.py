@@ -59,7 +59,7 @@ def exposition() -> tuple[bytes, str]:
     """The current metrics in Prometheus text format, and its content type."""
     if MULTIPROCESS:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

@@ -134,6 +134,16 @@ def test_muscle_weakness_still_counts(client: TestClient) -> None:
 
 # --- provisional diagnoses are suspected, never known ------------------------------------------
 
+@pytest.mark.parametrize("verification", ["provisional", "differential", "unconfirmed"])
+def test_provisional_diagnosis_under_care_is_suspected_with_a_referral(
+        client: TestClient, verification: str) -> None:
+    card = cards(client, twitch(), condition("G12.21", verification=verification),
+                 *normal_workup(), extra=under_care())[MND]
+    assert "suspected" in card["summary"] and not card["summary"].startswith("Known")
+    assert card["suggestions"][0]["label"] == "Refer to neurology"
+    assert len(referrals(card)) == 1
+
+
 def test_confirmed_diagnosis_without_care_says_diagnosed_not_consider_mnd(
         client: TestClient) -> None:
     card = cards(client, twitch(), condition("G12.21", verification="confirmed"),
