@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from cds import operations, routes
+from cds import housekeeping, operations, routes
 from cds.auth import JwtVerifier, parse_trusted_issuers
 from cds.cards import CardBuilder
 from cds.catalog import Service, load_catalog
@@ -47,6 +47,7 @@ class Runtime:
     verifier: JwtVerifier | None
     fetcher: FhirFetcher
     issued: IssuedCards
+    replay_cache: DatabaseReplayCache
 
 
 def build_pipeline(knowledge: Knowledge, settings: Settings) -> Pipeline:
@@ -60,9 +61,9 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
     engine = make_engine(settings.database_url)
     migrate(engine)
     verifier = None
+    replay_cache = DatabaseReplayCache(engine)
     if settings.auth == "jwt":
-        verifier = JwtVerifier(parse_trusted_issuers(settings.trusted_issuers),
-                               DatabaseReplayCache(engine),
+        verifier = JwtVerifier(parse_trusted_issuers(settings.trusted_issuers), replay_cache,
                                leeway_seconds=settings.jwt_leeway_seconds,
                                jwks_ttl_seconds=settings.jwks_cache_seconds)
     store = FeedbackStore(engine)
@@ -75,6 +76,7 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
         fetcher=FhirFetcher(http_client, settings.fhir_allowed_bases,
                             settings.fhir_timeout_seconds, settings.fhir_max_pages),
         issued=IssuedCards(store),
+        replay_cache=replay_cache,
     )
 
 
@@ -96,9 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             "for local development and the CDS Hooks sandbox only")
             runtime: Runtime = app.state.runtime
             log.info("started", services=len(runtime.catalog), auth=settings.auth)
-            flusher = asyncio.create_task(runtime.issued.run())
+            chores = [asyncio.create_task(runtime.issued.run())]
+            if runtime.verifier is not None:
+                chores.append(asyncio.create_task(housekeeping.purge_expired_tokens(
+                    runtime.replay_cache, housekeeping.REPLAY_PURGE_SECONDS)))
             yield
-            flusher.cancel()
+            for chore in chores:
+                chore.cancel()
             await runtime.issued.flush()
             runtime.store.engine.dispose()
             log.info("stopped")

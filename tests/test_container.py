@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cds.settings import Settings
 from tests.support.postgres import PostgresBinariesNotFound, find_postgres_bindir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +62,25 @@ def test_dockerfiles_pass_hadolint() -> None:
         result = subprocess.run([hadolint, dockerfile], cwd=ROOT, capture_output=True,
                                 text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_replicas_share_the_database_and_the_proxy_names_them() -> None:
+    """compose.yaml as an integration engineer reads it: two identical replicas on one
+    PostgreSQL, the proxy pointing at both, and only variables the service knows."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    replicas = [services["cds-1"], services["cds-2"]]
+    assert replicas[0] == replicas[1]
+    environment = replicas[0]["environment"]
+    assert environment["TWITCH_CDS_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in environment["TWITCH_CDS_DATABASE_URL"]
+    assert replicas[0]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    known = {f"TWITCH_CDS_{name.upper()}" for name in Settings.model_fields} | {
+        f"TWITCH_CDS_{name}" for name in ("HOST", "PORT", "WORKERS")}
+    assert set(environment) <= known
+    proxy = services["proxy"]["environment"]
+    assert {proxy["TWITCH_CDS_REPLICA_1"], proxy["TWITCH_CDS_REPLICA_2"]} == {"cds-1:8080",
+                                                                              "cds-2:8080"}
+    config = (ROOT / "deploy/proxy/haproxy.cfg").read_text()
+    assert '"${TWITCH_CDS_REPLICA_1}"' in config and '"${TWITCH_CDS_REPLICA_2}"' in config
+    assert "uri /ready" in config

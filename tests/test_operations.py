@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from cds import housekeeping
+from cds.storage import DatabaseReplayCache, jwt_seen, make_engine, migrate
 from tests.conftest import SERVICE_PV, LiveServer
 from tests.support.fhir import hook_request, lab, twitch
 from tests.support.jwt_tokens import TokenFactory, bearer
@@ -192,3 +196,32 @@ def test_preflight_is_logged_under_its_route_and_a_verified_call_with_its_issuer
     lines = {r["event"]: r for r in by_request[call.headers["x-request-id"]]}
     assert lines["hook"]["issuer"] == tokens.issuer
     assert lines["request"]["issuer"] == tokens.issuer
+
+
+# --- housekeeping -------------------------------------------------------------------------
+
+
+def test_expired_token_ids_are_purged_in_the_background(
+        make_client: Callable[..., TestClient], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a purge the replay table grows by one row per call, for ever."""
+    database = f"sqlite:///{tmp_path / 'purge.sqlite3'}"
+    engine = make_engine(database)
+    migrate(engine)
+    cache = DatabaseReplayCache(engine)
+    now = int(time.time())
+    for jti, expires in (("expired-1", now - 5), ("expired-2", now - 1), ("current", now + 300)):
+        assert cache.check_and_store(jti, "https://ehr.example.org", expires)
+
+    def remembered() -> list[str]:
+        with engine.connect() as connection:
+            return sorted(connection.execute(select(jwt_seen.c.jti)).scalars())
+
+    monkeypatch.setattr(housekeeping, "REPLAY_PURGE_SECONDS", 0.1)
+    make_client(auth="jwt", trusted_issuers=TokenFactory().trusted_issuers(),
+                database_url=database)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and remembered() != ["current"]:
+        time.sleep(0.1)
+    assert remembered() == ["current"]
+    engine.dispose()
