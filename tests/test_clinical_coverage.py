@@ -254,7 +254,7 @@ def test_cholinesterase_inhibitor_gives_cholinergic_card(client: TestClient,
                                                          drug: dict[str, str]) -> None:
     card = codes(client, twitch(), medication(**drug))["cholinergic-drug"]
     assert card["indicator"] == "info"
-    assert "Cholinesterase inhibitor" in card["summary"]
+    assert "cholinesterase inhibitor" in card["summary"]
 
 
 def test_stopped_cholinesterase_inhibitor_gives_no_card(client: TestClient) -> None:
@@ -277,7 +277,7 @@ def test_stopped_cholinesterase_inhibitor_gives_no_card(client: TestClient) -> N
 ])
 def test_stimulant_by_code_or_name(client: TestClient, drug: dict[str, str]) -> None:
     card = codes(client, twitch(), medication(**drug))["stimulant"]
-    assert card["indicator"] == "info" and card["summary"].startswith("Stimulant")
+    assert card["indicator"] == "info" and ", a stimulant," in card["summary"]
 
 
 def test_stimulant_as_medication_statement_and_stopped(client: TestClient) -> None:
