@@ -231,7 +231,8 @@ def _parse_issuer(issuer: str, entry: Any) -> IssuerKeys:
 
 def _parse_url(value: Any, where: str) -> str:
     parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+    if not isinstance(value, str) or parts is None or parts.scheme not in ("https", "http") \
+            or not parts.hostname:
         raise ValueError(f"{where}: jwks_url must be an absolute https URL")
     return value
 
@@ -259,7 +260,9 @@ def _load_jwks(document: Any, source: str) -> dict[str, VerificationKey]:
     keys: dict[str, VerificationKey] = {}
     for jwk in document["keys"]:
         kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
-        key = _verification_key(jwk) if isinstance(kid, str) and kid else None
+        if not isinstance(kid, str) or not kid:
+            continue
+        key = _verification_key(jwk)
         if key is None:
             continue
         if kid in keys:

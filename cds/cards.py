@@ -166,7 +166,8 @@ class CardBuilder:
         text = self.texts.findings[finding.code]
         analytes = list(self.knowledge.labs.analytes)
         evidence = sorted((facts.evidence[ref] for ref in finding.evidence), key=lambda e: (
-            e.kind == "missing", analytes.index(e.analyte) if e.kind == "missing" else 0))
+            e.kind == "missing", analytes.index(e.analyte) if e.kind == "missing" and e.analyte
+            else 0))
         card_id = uuid.uuid5(context.hook_instance, finding.code)
         summary, consider = self._wording(finding, text, facts, evidence)
         mentioned = [self.texts.findings[code].title for code in text.mentions

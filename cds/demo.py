@@ -290,13 +290,13 @@ def loopback(host: str) -> str:
     return host
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
     """SIGTERM our own child, wait, then SIGKILL if it does not go."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
@@ -364,7 +364,7 @@ def running_fhir_server(options: DemoOptions, workdir: Path
     try:
         yield wait_for_fhir_server(process, log_path), process
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextlib.contextmanager
@@ -382,7 +382,7 @@ def running_service(options: DemoOptions, signer: CurlSigner
         wait_for_service(process, base_url)
         yield base_url, process
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def run(options: DemoOptions) -> None:

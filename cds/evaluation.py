@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from cds.catalog import Service
 from cds.cdshooks import Card, HookRequest
 from cds.context import PreconditionFailed, assemble
+from cds.demo import resolve_dates
 from cds.errors import describe_validation_errors
 from cds.fhir_client import FhirFetcher
 from cds.pipeline import Decision, Pipeline
@@ -118,7 +119,9 @@ class Evaluation:
 
 def evaluate(path: Path, catalog: dict[str, Service], pipeline: Pipeline, hook: str | None,
              as_of: date) -> Evaluation:
-    content = read_resources_or_request(path)
+    # The demo patients' dates are written relative to the day they are used; resolve them
+    # against the evaluation date so a demo file evaluates as the demo shows it.
+    content = resolve_dates(read_resources_or_request(path), as_of)
     wanted = hook or (content.get("hook") if isinstance(content, dict) else None) \
         or "patient-view"
     services = [s for s in catalog.values() if s.hook == wanted]

@@ -43,6 +43,9 @@ class Code(_Model):
     system: str = "loinc"
     code: str
     display: str
+    # The words a card uses where the code system's display is a coding artefact
+    # ("Polyneuropathy, unspecified" reads as "Polyneuropathy" to a clinician).
+    label: str | None = None
     status: Literal["V", "V2"] | None = None
     source: str | None = None
     prefix: bool = False
@@ -51,6 +54,10 @@ class Code(_Model):
     @property
     def system_uri(self) -> str:
         return SYSTEMS[self.system]
+
+    @property
+    def words(self) -> str:
+        return self.label or self.display
 
 
 class ValueSet(_Model):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
 
@@ -34,8 +35,8 @@ DISABLED_LOGGERS = ("uvicorn.access",)
 _TIMESTAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
-def _exception_without_message(_logger: Any, _method: str, event: dict[str, Any]
-                               ) -> dict[str, Any]:
+def _exception_without_message(_logger: Any, _method: str, event: MutableMapping[str, Any]
+                               ) -> MutableMapping[str, Any]:
     """Replace `exc_info` by the exception's type(s) and frames, dropping messages."""
     exc_info = event.pop("exc_info", None)
     if not exc_info:

@@ -27,7 +27,7 @@ from jwt.algorithms import ECAlgorithm
 from sqlalchemy import create_engine, text
 
 from cds.demo import DemoPatient, ensure_node_modules, load_patients
-from tests.support.demo import MEDICATION_INCLUDED, STEROID_PATIENT, RunningDemo
+from tests.support.demo import RunningDemo
 from tests.support.fhir_server import node_available
 from tests.support.jwt_tokens import TokenFactory
 
@@ -101,8 +101,6 @@ def browser_run(static_page: str, tmp_path_factory: pytest.TempPathFactory
                          ids=[case_name(patient, hook) for patient, hook in CASES])
 def test_each_demo_patient_shows_its_cards(
         browser_run: tuple[dict[str, Any], RunningDemo], patient: DemoPatient, hook: str) -> None:
-    if patient.patient_id == STEROID_PATIENT and not MEDICATION_INCLUDED:
-        pytest.xfail("prefetch does not include referenced Medication resources yet (issue 8)")
     result = browser_run[0][case_name(patient, hook)]
     assert result["errors"] == []
     shown = [card["topic"] for card in result["cards"]]

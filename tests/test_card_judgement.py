@@ -13,16 +13,15 @@ Each case is a record as an EHR sends it; each failed on the code before issue 9
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.app import create_app
-from cds.settings import Settings
 from tests.conftest import SERVICE_OS
+from tests.support.app import module_client
 from tests.support.cards import cards_by_code
+from tests.support.cards import patient_view_cards as cards
 from tests.support.fhir import (
     ICD10,
     SNOMED,
@@ -50,21 +49,9 @@ ALBUMIN = "1751-7"
 MND = "red-flag-motor-neuron-disease"
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    database = tmp_path_factory.mktemp("judgement") / "cds.sqlite3"
-    settings = Settings(auth="none", database_url=f"sqlite:///{database}")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+client = module_client()
 
 
-def cards(client: TestClient, *resources: dict[str, Any],
-          extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    request = hook_request(*resources)
-    request["prefetch"].update(extra or {})
-    response = client.post("/cds-services/fasciculation-pv", json=request)
-    assert response.status_code == 200, response.text
-    return cards_by_code(response.json())
 
 
 def under_care() -> dict[str, Any]:

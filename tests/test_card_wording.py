@@ -5,22 +5,18 @@ relationships in words. Through HTTP, plus focused unit tests of the name format
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.app import create_app
 from cds.cards import prescriber_name
-from cds.settings import Settings
-from tests.support.cards import cards_by_code
+from tests.support.app import module_client
+from tests.support.cards import patient_view_cards as cards
 from tests.support.fhir import (
     SNOMED,
     coded_observation,
     condition,
     family_history,
-    hook_request,
     lab,
     medication,
     twitch,
@@ -31,18 +27,9 @@ RAW_STATUS = re.compile(r"\((draft|active|final|amended|corrected|stopped|comple
                         r"intended|recurrence|relapse)\)")
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    database = tmp_path_factory.mktemp("wording") / "cds.sqlite3"
-    settings = Settings(auth="none", database_url=f"sqlite:///{database}")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+client = module_client()
 
 
-def cards(client: TestClient, *resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    response = client.post("/cds-services/fasciculation-pv", json=hook_request(*resources))
-    assert response.status_code == 200, response.text
-    return cards_by_code(response.json())
 
 
 @pytest.mark.parametrize(("rxnorm", "written"), [

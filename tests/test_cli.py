@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from cds.clinical_logic import render
@@ -115,6 +116,15 @@ def test_evaluate_a_synthea_patient() -> None:
     (path,) = SYNTHEA.glob("Lupe_Little_*.json")
     status, out, _ = run("evaluate", str(path))
     assert status == 0 and "0 card(s)" in out  # no twitch complaint: no cards
+
+
+def test_evaluate_a_demo_patient_resolves_its_relative_dates() -> None:
+    """The demo files write dates as `{{today - N days}}`: evaluated as the demo shows them."""
+    demo = yaml.safe_load((PROJECT_ROOT / "demo" / "patients.yaml").read_text())["patients"][0]
+    status, out, _ = run("evaluate", str(PROJECT_ROOT / "demo" / "patients" / demo["file"]),
+                         "--json")
+    assert status == 0
+    assert set(demo["cards"]["patient-view"]) <= set(topics(json.loads(out)))
 
 
 @pytest.mark.parametrize(("content", "message"), [

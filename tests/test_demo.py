@@ -32,7 +32,7 @@ from cds.demo import (
     sandbox_link,
 )
 from cds.settings import PROJECT_ROOT
-from tests.support.demo import MEDICATION_INCLUDED, STEROID_PATIENT, RunningDemo, port_is_open
+from tests.support.demo import RunningDemo, port_is_open
 from tests.support.fhir_server import FhirTestServer, node_available
 
 SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"
@@ -116,7 +116,7 @@ def test_demo_patients_get_their_cards_through_the_http_api(client: TestClient) 
 
 
 def test_corticosteroid_patient_names_its_drug_only_by_medication_reference() -> None:
-    patient = next(p for p in PATIENTS if p.patient_id == STEROID_PATIENT)
+    patient = next(p for p in PATIENTS if p.patient_id == "demo-steroid-medref")
     resources = [entry["resource"] for entry in patient.bundle(date.today())["entry"]]
     requests = [r for r in resources if r["resourceType"] == "MedicationRequest"]
     medications = {f"Medication/{r['id']}" for r in resources if r["resourceType"] == "Medication"}
@@ -251,8 +251,7 @@ def test_demo_command_serves_prints_links_and_stops_on_ctrl_c(tmp_path: Path) ->
                                                text=True, timeout=30, check=True).stdout)
             patient = next(p for p in PATIENTS if p.patient_id == patient_id)
             shown = {card["source"]["topic"]["code"] for card in answer["cards"]}
-            if patient_id != STEROID_PATIENT or MEDICATION_INCLUDED:
-                assert set(patient.cards[hook]) <= shown, (patient_id, hook, shown)
+            assert set(patient.cards[hook]) <= shown, (patient_id, hook, shown)
     finally:
         code = demo.stop()
     assert code == 0

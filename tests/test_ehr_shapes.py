@@ -241,6 +241,14 @@ def test_proposals_plans_and_do_not_perform_are_not_therapy(client: TestClient,
     assert "corticosteroid" not in found(client, twitch(), drug)
 
 
+@pytest.mark.parametrize("status", ["not-taken", "entered-in-error", "completed"])
+def test_statements_of_drugs_not_taken_now_are_not_therapy(client: TestClient,
+                                                           status: str) -> None:
+    """Already so before issue 8 (status filter); kept as a guard beside the cases above."""
+    statement = medication(text="Medrol 4 mg tablet", status=status, kind="MedicationStatement")
+    assert "corticosteroid" not in found(client, twitch(), statement)
+
+
 def draft_request(draft: dict[str, Any]) -> dict[str, Any]:
     request = hook_request(twitch(), lab(POTASSIUM, 3.1, "mmol/L"), hook="order-sign",
                            draftOrders={"resourceType": "Bundle", "type": "collection",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,9 +19,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.app import create_app
-from cds.settings import Settings
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
+from tests.support.app import module_client
 from tests.support.cards import assert_valid_card, cards_by_code
 from tests.support.fhir import (
     ICD10,
@@ -44,13 +43,7 @@ LIMIT = 5 * 1024 * 1024  # the default TWITCH_CDS_MAX_BODY_BYTES
 SENTINEL = "SENTINEL-9f3c"  # a value that must never come back in an error message
 URL = f"/cds-services/{SERVICE_PV}"
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """One app for the module: these tests only read, and there are many of them."""
-    database = tmp_path_factory.mktemp("hostile") / "cds.sqlite3"
-    settings = Settings(auth="none", database_url=f"sqlite:///{database}")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+client = module_client()
 
 
 def good_record() -> list[dict[str, Any]]:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.app import create_app
-from cds.settings import Settings
 from tests.conftest import SERVICE_OS, SERVICE_SIGN
+from tests.support.app import module_client
 from tests.support.cards import cards_by_code
 from tests.support.fhir import (
     LOINC,
@@ -40,13 +38,7 @@ MAGNESIUM, POTASSIUM, CALCIUM = "19123-9", "2823-3", "17861-6"
 HOOKS = {SERVICE_OS: "order-select", SERVICE_SIGN: "order-sign"}
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """One app for the module (overrides the per-test `client`): the hooks keep no state."""
-    database = tmp_path_factory.mktemp("orders") / "cds.sqlite3"
-    settings = Settings(auth="none", database_url=f"sqlite:///{database}")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+client = module_client()
 
 
 def draft(code: str | None = None, display: str | None = None, *, text: str | None = None,

@@ -8,7 +8,6 @@ returned through HTTP cites a source of its claim's kind.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -17,11 +16,10 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from cds.app import create_app
 from cds.knowledge import Knowledge, load_knowledge
-from cds.settings import Settings
-from tests.support.cards import cards_by_code
-from tests.support.fhir import coded_observation, condition, hook_request, lab, medication, twitch
+from tests.support.app import module_client
+from tests.support.cards import patient_view_cards as cards
+from tests.support.fhir import coded_observation, condition, lab, medication, twitch
 from tests.test_clinical_coverage import SMOKING, busy_record
 
 RULES = Path(__file__).resolve().parents[1] / "rules"
@@ -32,18 +30,9 @@ def knowledge() -> Knowledge:
     return load_knowledge(RULES)
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    database = tmp_path_factory.mktemp("sources") / "cds.sqlite3"
-    settings = Settings(auth="none", database_url=f"sqlite:///{database}")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+client = module_client()
 
 
-def cards(client: TestClient, *resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    response = client.post("/cds-services/fasciculation-pv", json=hook_request(*resources))
-    assert response.status_code == 200, response.text
-    return cards_by_code(response.json())
 
 
 def by_url(knowledge: Knowledge) -> dict[str, str]:

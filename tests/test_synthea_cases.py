@@ -24,7 +24,6 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any
@@ -32,9 +31,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.app import create_app
-from cds.settings import Settings
 from tests.conftest import SERVICE_PV
+from tests.support.app import module_client
 from tests.support.cards import cards_by_code
 from tests.support.fhir import ICD10, LOINC, bundle, days_ago
 from tests.support.paths import SYNTHEA
@@ -51,13 +49,7 @@ RED_FLAGS = {"red-flag-motor-neuron-disease", "red-flag-neuropathy", "red-flag-r
              "red-flag-muscular-dystrophy"}
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """One app for the module (overrides the per-test `client`): patient-view keeps no state."""
-    database = tmp_path_factory.mktemp("synthea") / "cds.sqlite3"
-    settings = Settings(auth="none", database_url=f"sqlite:///{database}")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+client = module_client()
 
 
 @cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from cds.facts.record import Evidence, Facts, Resource, Resources, Window, codings_of, parse_date
 from cds.facts.vocabulary import Vocabulary
@@ -63,7 +64,8 @@ def read_neurology_care(vocabulary: Vocabulary, resources: Resources, window: Wi
 
 def _care_date(resource: Resource) -> date | None:
     """The latest date the record gives for the care: period end or start, authored on."""
-    period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+    period: dict[str, Any] = resource["period"] \
+        if isinstance(resource.get("period"), dict) else {}
     dates = [parse_date(v) for v in (period.get("end"), period.get("start"),
                                      resource.get("occurrenceDateTime"),
                                      resource.get("authoredOn"))]

@@ -317,10 +317,9 @@ def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, sex: str 
     flag = vocabulary.lab_flags.get(result.flag or "")
     flag_words = f"the laboratory flags it {flag.label} ({result.flag})" if flag else ""
     if value is None:
-        low = bool(flag and flag.direction == "low")
-        critical = bool(flag and low and flag.critical)
-        high = bool(flag and flag.direction == "high")
-        return Judgement(low, critical, high, f"{flag_words}; value not judged" if flag else "")
+        direction = flag.direction if flag else None
+        return Judgement(direction == "low", bool(flag and direction == "low" and flag.critical),
+                         direction == "high", f"{flag_words}; value not judged" if flag else "")
     interval = _interval(value, result.comparator)
 
     def _threshold(threshold: Threshold) -> bool | None:
@@ -348,9 +347,11 @@ def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, sex: str 
         high_basis = _words(analyte.high, sex, unit) + DEFAULT if analyte.high else ""
     if high:
         basis = high_basis
-    critical = _threshold(analyte.critical) if analyte.critical else False
-    if critical:
-        basis = "critical: " + _words(analyte.critical, sex, unit) + DEFAULT
+    critical: bool | None = False
+    if analyte.critical is not None:
+        critical = _threshold(analyte.critical)
+        if critical:
+            basis = "critical: " + _words(analyte.critical, sex, unit) + DEFAULT
     if None in (low, high, critical):
         notes.append(f"reported as {result.reported}: cannot be judged against the limit")
         if flag and flag.direction in ("low", "high"):

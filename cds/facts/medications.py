@@ -170,8 +170,8 @@ def _add_drug(vocabulary: Vocabulary, kind: str, depletes_kind: str, ingredient:
 
 def _label(concept: Any) -> str:
     for coding in codings(concept):
-        if isinstance(coding.get("display"), str):
-            return coding["display"]
-    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
-        return concept["text"]
-    return ""
+        display = coding.get("display")
+        if isinstance(display, str):
+            return display
+    text = concept.get("text") if isinstance(concept, dict) else None
+    return text if isinstance(text, str) else ""

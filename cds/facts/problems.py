@@ -163,9 +163,9 @@ def _observed(vocabulary: Vocabulary, observations: list[Resource],
                 evidence = Evidence("problem", match.display, when.day, status=obs["status"],
                                     code=match.code_label)
                 latest[concept] = (when, obs, evidence if affirmed else None)
-    for concept, (when, obs, evidence) in latest.items():
-        if evidence is not None:
-            yield obs, {concept: evidence}, False, (when.day,)
+    for concept, (when, obs, affirming) in latest.items():
+        if affirming is not None:
+            yield obs, {concept: affirming}, False, (when.day,)
     # A smoking status, AUDIT-C or sleep duration: the latest answer alone decides, so a
     # newer "former smoker" or a newer normal score outweighs an older positive one.
     for spec, (when, obs) in answers.items():

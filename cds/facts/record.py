@@ -27,7 +27,7 @@ Resources = dict[str, list[Resource]]
 EvidenceKind = Literal["complaint", "problem", "family", "lab", "missing", "medication", "order"]
 
 FINAL_OBSERVATION = {"final", "amended", "corrected"}
-MODELS = {
+MODELS: dict[str, Any] = {
     "Condition": Condition,
     "Observation": Observation,
     "MedicationRequest": MedicationRequest,
@@ -204,7 +204,8 @@ def _when(value: Any, issued: datetime | None = None) -> When | None:
 
 def observation_time(obs: Resource) -> When | None:
     """When the observation was taken: effective[x] (a period by its start), else `issued`."""
-    period = obs.get("effectivePeriod") if isinstance(obs.get("effectivePeriod"), dict) else {}
+    period: dict[str, Any] = obs["effectivePeriod"] \
+        if isinstance(obs.get("effectivePeriod"), dict) else {}
     issued = _when(obs.get("issued")) if "issued" in obs else None
     for value in (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
                   period.get("start"), period.get("end"), obs.get("issued")):

@@ -57,9 +57,9 @@ class Vocabulary:
             for code in valueset.codes:
                 if code.prefix:
                     system, prefix = self.code_key(code)
-                    self.prefixes.setdefault(system, []).append((prefix, name, code.display))
+                    self.prefixes.setdefault(system, []).append((prefix, name, code.words))
                 else:
-                    self.concepts.setdefault(self.code_key(code), {})[name] = code.display
+                    self.concepts.setdefault(self.code_key(code), {})[name] = code.words
         labs = knowledge.labs
         self.analytes = {c.code: (name, c, rank) for name, a in labs.analytes.items()
                          for rank, c in enumerate(a.codes)}

@@ -5,6 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from fastapi.testclient import TestClient
+
+from tests.support.fhir import hook_request
+
 TOPIC_SYSTEM = "https://github.com/twitch-cds/twitch-cds/CodeSystem/finding"
 
 
@@ -46,3 +50,13 @@ def cards_by_code(response_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
     codes = [card["source"]["topic"]["code"] for card in cards]
     assert len(codes) == len(set(codes)), f"more than one card per finding: {codes}"
     return dict(zip(codes, cards, strict=True))
+
+
+def patient_view_cards(client: TestClient, *resources: dict[str, Any],
+                       extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The valid cards of a patient-view call on `resources` (plus `extra` prefetch keys)."""
+    request = hook_request(*resources)
+    request["prefetch"].update(extra or {})
+    response = client.post("/cds-services/fasciculation-pv", json=request)
+    assert response.status_code == 200, response.text
+    return cards_by_code(response.json())

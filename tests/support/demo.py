@@ -16,15 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from cds.settings import PROJECT_ROOT
-
 READY = "twitch-cds demo is running"
-# The corticosteroid patient's drug is a `medicationReference` to a Medication resource (as Epic
-# sends it): a client reading prefetch from the FHIR server, or the service fetching it, has
-# the Medication only when the prefetch template includes it (issue 8).
-STEROID_PATIENT = "demo-steroid-medref"
-MEDICATION_INCLUDED = "_include=MedicationRequest:medication" in (
-    PROJECT_ROOT / "hooks" / "prefetch.yaml").read_text()
 
 
 def free_port() -> int:

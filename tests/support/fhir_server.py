@@ -38,7 +38,7 @@ import httpx
 
 # The demo (`twitch-cds demo`) runs the same server: one installer, one node invocation.
 from cds.demo import FHIR_SERVER_DIR as SERVER_DIR
-from cds.demo import ensure_node_modules, node_command
+from cds.demo import ensure_node_modules, node_command, stop_process
 
 _LISTENING = re.compile(r"^listening (http://\S+)$", re.MULTILINE)
 
@@ -149,13 +149,8 @@ class FhirTestServer:
     def stop(self) -> None:
         """Terminate our own node process by PID: SIGTERM, wait, then SIGKILL if needed."""
         process, self._process, self._base_url = self._process, None, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        if process is not None:
+            stop_process(process, timeout=5)
         if self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None
