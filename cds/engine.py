@@ -43,7 +43,7 @@ class Finding:
     diagnosis: str | None = None
 
 
-class _CallerThreadHost(durable_engine.Host):
+class _CallerThreadHost(durable_engine.Host):  # type: ignore[misc]  # durable has no types
     """A durable-rules host without the background dispatcher thread (see module doc)."""
 
     def _run(self) -> None:

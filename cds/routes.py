@@ -92,7 +92,6 @@ class OrjsonRoute(APIRoute):
 
 
 router = APIRouter(route_class=OrjsonRoute)
-EXCLUDE_NONE = {"response_model_exclude_none": True}
 _OUTCOME_SCHEMA = {"type": "object", "required": ["resourceType", "issue"], "properties": {
     "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
     "issue": {"type": "array", "minItems": 1, "items": {
@@ -116,7 +115,8 @@ def outcomes(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def runtime(request: Request) -> Runtime:
     """The shared parts built at start-up (see `cds.app.build_runtime`)."""
-    return request.app.state.runtime
+    built: Runtime = request.app.state.runtime
+    return built
 
 
 async def authenticate(request: Request) -> VerifiedClient | None:
@@ -148,13 +148,13 @@ def find_service(request: Request, service_id: str) -> Service:
     return service
 
 
-@router.get("/cds-services", response_model=DiscoveryResponse, **EXCLUDE_NONE,
+@router.get("/cds-services", response_model=DiscoveryResponse, response_model_exclude_none=True,
             responses=outcomes(401))
 async def discovery(request: Request, _client: Client) -> DiscoveryResponse:
     return catalog.discovery(runtime(request).catalog)
 
 
-@router.post("/cds-services/{service_id}", response_model=CardsResponse, **EXCLUDE_NONE,
+@router.post("/cds-services/{service_id}", response_model=CardsResponse,
              responses=outcomes(400, 401, 404, 412, 413, 415))
 async def call_service(service_id: str, body: HookRequest, request: Request,
                        client: Client) -> Response:
