@@ -61,13 +61,17 @@ def load() -> dict[str, list[dict[str, Any]]]:
 
 
 def save(cases: dict[str, list[dict[str, Any]]]) -> None:
-    document = {"about": "Cards of each bench case (bench/expected.py); regenerate on purpose "
-                         f"only: {UPDATE_COMMAND}", "cases": cases}
+    document = {
+        "about": "Cards of each bench case (bench/expected.py); regenerate on purpose "
+        f"only: {UPDATE_COMMAND}",
+        "cases": cases,
+    }
     SNAPSHOT.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
 
 
-def differences(case: str, expected: list[dict[str, Any]] | None,
-                served: list[dict[str, Any]]) -> str:
+def differences(
+    case: str, expected: list[dict[str, Any]] | None, served: list[dict[str, Any]]
+) -> str:
     """'' when the served cards are the expected ones, else a short unified diff."""
     if expected == served:
         return ""
@@ -76,10 +80,17 @@ def differences(case: str, expected: list[dict[str, Any]] | None,
     diff = difflib.unified_diff(
         json.dumps(expected, indent=1, ensure_ascii=False).splitlines(),
         json.dumps(served, indent=1, ensure_ascii=False).splitlines(),
-        f"expected ({SNAPSHOT.name})", "served", lineterm="", n=1)
+        f"expected ({SNAPSHOT.name})",
+        "served",
+        lineterm="",
+        n=1,
+    )
     lines = list(diff)
-    shown = "\n".join(lines[:40]) + (f"\n... {len(lines) - 40} more lines" if len(lines) > 40
-                                      else "")
-    return (f"{case}: the cards differ from {SNAPSHOT.name}. A performance change must not "
-            f"change cards; if they changed on purpose, regenerate with {UPDATE_COMMAND} and "
-            f"review the diff.\n{shown}")
+    shown = "\n".join(lines[:40]) + (
+        f"\n... {len(lines) - 40} more lines" if len(lines) > 40 else ""
+    )
+    return (
+        f"{case}: the cards differ from {SNAPSHOT.name}. A performance change must not "
+        f"change cards; if they changed on purpose, regenerate with {UPDATE_COMMAND} and "
+        f"review the diff.\n{shown}"
+    )

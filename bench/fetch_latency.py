@@ -41,8 +41,11 @@ from tests.support.fhir_server import FhirTestServer  # noqa: E402
 
 SERVICE = "fasciculation-pv"
 SYNTHEA = ROOT.parent / "shared" / "fixtures" / "synthea"
-TWITCH = {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R25.3",
-          "display": "Fasciculation"}
+TWITCH = {
+    "system": "http://hl7.org/fhir/sid/icd-10-cm",
+    "code": "R25.3",
+    "display": "Fasciculation",
+}
 
 
 def free_port() -> int:
@@ -54,12 +57,19 @@ def free_port() -> int:
 def start_service(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`twitch-cds serve` on a free port, logging to a file; returns it once it answers."""
     port = free_port()
-    env = {**os.environ, "TWITCH_CDS_AUTH": "none",
-           "TWITCH_CDS_DATABASE_URL": f"sqlite:///{directory / 'cds.sqlite3'}"}
+    env = {
+        **os.environ,
+        "TWITCH_CDS_AUTH": "none",
+        "TWITCH_CDS_DATABASE_URL": f"sqlite:///{directory / 'cds.sqlite3'}",
+    }
     log = (directory / "server.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "cds.cli", "serve", "--port", str(port), "--workers", "1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -80,19 +90,37 @@ def load_patient(fhir: FhirTestServer, name: str) -> str:
     if path is None:
         raise SystemExit(f"no Synthea fixture {name}_*.json in {SYNTHEA}")
     bundle = json.loads(path.read_text())
-    patient_id: str = next(e["resource"]["id"] for e in bundle["entry"]
-                           if e["resource"]["resourceType"] == "Patient")
+    patient_id: str = next(
+        e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
     fhir.load(bundle, keep_ids=True)
     complaint = {
-        "resourceType": "Condition", "id": "bench-twitch",
-        "clinicalStatus": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-            "code": "active"}]},
-        "code": {"coding": [TWITCH]}, "subject": {"reference": f"Patient/{patient_id}"},
+        "resourceType": "Condition",
+        "id": "bench-twitch",
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": "active",
+                }
+            ]
+        },
+        "code": {"coding": [TWITCH]},
+        "subject": {"reference": f"Patient/{patient_id}"},
         "onsetDateTime": time.strftime("%Y-%m-%d"),
     }
-    fhir.load({"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": complaint, "request": {"method": "PUT", "url": "Condition/bench-twitch"}}]})
+    fhir.load(
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {
+                    "resource": complaint,
+                    "request": {"method": "PUT", "url": "Condition/bench-twitch"},
+                }
+            ],
+        }
+    )
     return patient_id
 
 
@@ -102,8 +130,9 @@ def service_templates(service_url: str) -> dict[str, str]:
     return templates
 
 
-def full_prefetch(fhir: FhirTestServer, templates: dict[str, str],
-                  patient_id: str) -> dict[str, Any]:
+def full_prefetch(
+    fhir: FhirTestServer, templates: dict[str, str], patient_id: str
+) -> dict[str, Any]:
     """What an EHR would prefetch: every template of the service, all pages, from the server."""
     prefetch: dict[str, Any] = {}
     with fhir.client(timeout=30) as client:
@@ -116,36 +145,51 @@ def full_prefetch(fhir: FhirTestServer, templates: dict[str, str],
                     prefetch[key] = body
                     break
                 entries += body.get("entry", [])
-                url = next((link["url"] for link in body.get("link", [])
-                            if link["relation"] == "next"), None)
+                url = next(
+                    (link["url"] for link in body.get("link", []) if link["relation"] == "next"),
+                    None,
+                )
             else:
-                prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
-                                 "total": len(entries), "entry": entries}
+                prefetch[key] = {
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "total": len(entries),
+                    "entry": entries,
+                }
     return prefetch
 
 
-async def measure(service_url: str, fhir: FhirTestServer, templates: dict[str, str],
-                  patient_id: str, prefetch: dict[str, Any], calls: int,
-                  warmup: int) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
+async def measure(
+    service_url: str,
+    fhir: FhirTestServer,
+    templates: dict[str, str],
+    patient_id: str,
+    prefetch: dict[str, Any],
+    calls: int,
+    warmup: int,
+) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
     """Milliseconds per call of each kind, rounds interleaved; and the cards (checked equal).
 
     "FHIR alone" is the six template queries run concurrently, all pages, straight against
     the FHIR server, as the service runs them: the floor under "no prefetch".
     """
     context = {"patientId": patient_id, "userId": "Practitioner/bench"}
-    urls = [f"{fhir.base_url}/{t.replace('{{context.patientId}}', patient_id)}"
-            for t in templates.values()]
+    urls = [
+        f"{fhir.base_url}/{t.replace('{{context.patientId}}', patient_id)}"
+        for t in templates.values()
+    ]
 
     async def query(client: httpx.AsyncClient, url: str | None) -> None:
         while url:
             body = (await client.get(url, headers=fhir.headers)).json()
-            url = next((link["url"] for link in body.get("link", [])
-                        if link["relation"] == "next"), None)
+            url = next(
+                (link["url"] for link in body.get("link", []) if link["relation"] == "next"), None
+            )
 
-    async def call(client: httpx.AsyncClient, extra: dict[str, Any],
-                   hook_instance: str) -> list[dict[str, Any]]:
-        body = {"hook": "patient-view", "hookInstance": hook_instance, "context": context,
-                **extra}
+    async def call(
+        client: httpx.AsyncClient, extra: dict[str, Any], hook_instance: str
+    ) -> list[dict[str, Any]]:
+        body = {"hook": "patient-view", "hookInstance": hook_instance, "context": context, **extra}
         response = await client.post(f"{service_url}/cds-services/{SERVICE}", json=body)
         if response.status_code != 200:
             raise SystemExit(f"{response.status_code} {response.text}")
@@ -186,39 +230,54 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patient", default="Renato_Dare", help="Synthea file name prefix")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="twitch-cds-bench-") as tmp, \
-            FhirTestServer() as fhir:
+    with tempfile.TemporaryDirectory(prefix="twitch-cds-bench-") as tmp, FhirTestServer() as fhir:
         process, service_url = start_service(Path(tmp))
         try:
             patient_id = load_patient(fhir, args.patient)
             templates = service_templates(service_url)
             prefetch = full_prefetch(fhir, templates, patient_id)
-            resources = sum(len(v.get("entry", [])) if v["resourceType"] == "Bundle" else 1
-                            for v in prefetch.values())
-            timings, cards = asyncio.run(measure(service_url, fhir, templates, patient_id,
-                                                 prefetch, args.calls, args.warmup))
+            resources = sum(
+                len(v.get("entry", [])) if v["resourceType"] == "Bundle" else 1
+                for v in prefetch.values()
+            )
+            timings, cards = asyncio.run(
+                measure(service_url, fhir, templates, patient_id, prefetch, args.calls, args.warmup)
+            )
         finally:
             process.terminate()
             process.wait(timeout=20)
-        fetch_ms = [event["fetch_ms"] for event in log_events(Path(tmp) / "server.log", "hook")
-                    if event.get("fetched")][-args.calls:]
+        fetch_ms = [
+            event["fetch_ms"]
+            for event in log_events(Path(tmp) / "server.log", "hook")
+            if event.get("fetched")
+        ][-args.calls :]
 
     codes = sorted(c["source"]["topic"]["code"] for c in cards)
-    print(f"patient {args.patient} ({patient_id}): {resources} resources in the prefetch, "
-          f"cards {', '.join(codes)}")
-    print(f"{args.calls} sequential patient-view calls of each kind, interleaved, "
-          f"after {args.warmup} warm-up rounds; 1 uvicorn worker, loopback")
+    print(
+        f"patient {args.patient} ({patient_id}): {resources} resources in the prefetch, "
+        f"cards {', '.join(codes)}"
+    )
+    print(
+        f"{args.calls} sequential patient-view calls of each kind, interleaved, "
+        f"after {args.warmup} warm-up rounds; 1 uvicorn worker, loopback"
+    )
     print(f"{'':14} {'median ms':>10} {'p95 ms':>10} {'min ms':>10} {'max ms':>10}")
     for kind, values in timings.items():
-        print(f"{kind:14} {statistics.median(values):10.1f} {percentile(values, 0.95):10.1f} "
-              f"{min(values):10.1f} {max(values):10.1f}")
+        print(
+            f"{kind:14} {statistics.median(values):10.1f} {percentile(values, 0.95):10.1f} "
+            f"{min(values):10.1f} {max(values):10.1f}"
+        )
     print("(FHIR alone: the six template queries, concurrent, straight to the FHIR server)")
     fetched, prefetched = timings["no prefetch"], timings["full prefetch"]
-    print(f"ratio no/full  {statistics.median(fetched) / statistics.median(prefetched):10.2f} "
-          f"{percentile(fetched, 0.95) / percentile(prefetched, 0.95):10.2f}")
+    print(
+        f"ratio no/full  {statistics.median(fetched) / statistics.median(prefetched):10.2f} "
+        f"{percentile(fetched, 0.95) / percentile(prefetched, 0.95):10.2f}"
+    )
     if fetch_ms:
-        print(f"no prefetch, of which fetching (service log `fetch_ms`): median "
-              f"{statistics.median(fetch_ms):.1f} ms, p95 {percentile(fetch_ms, 0.95):.1f} ms")
+        print(
+            f"no prefetch, of which fetching (service log `fetch_ms`): median "
+            f"{statistics.median(fetch_ms):.1f} ms, p95 {percentile(fetch_ms, 0.95):.1f} ms"
+        )
 
 
 def log_events(path: Path, event: str) -> list[dict[str, Any]]:

@@ -82,9 +82,13 @@ class Server:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen([*command, "--port", str(self.port)], cwd=ROOT,
-                                        env={**os.environ, **env}, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait(log_path)
 
     def _wait(self, log_path: Path) -> None:
@@ -106,8 +110,11 @@ class Server:
         the supervisor's worker children (not multiprocessing's resource tracker)."""
         import psutil
 
-        children = [child for child in psutil.Process(self.process.pid).children()
-                    if "resource_tracker" not in " ".join(child.cmdline())]
+        children = [
+            child
+            for child in psutil.Process(self.process.pid).children()
+            if "resource_tracker" not in " ".join(child.cmdline())
+        ]
         return [child.pid for child in children] or [self.process.pid]
 
     def worker_cpu_seconds(self) -> list[float]:
@@ -140,27 +147,43 @@ def _peak_rss_bytes(pid: int) -> int:
 
 
 def start_service(workers: int, directory: Path) -> Server:
-    env = {"TWITCH_CDS_AUTH": "none", "TWITCH_CDS_LOG_LEVEL": "INFO",
-           "TWITCH_CDS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-           "TWITCH_CDS_DATABASE_URL": f"sqlite:///{directory / 'bench.sqlite3'}"}
-    return Server([sys.executable, "-m", "cds.cli", "serve", "--workers", str(workers)],
-                  env, directory / f"service-{workers}.log")
+    env = {
+        "TWITCH_CDS_AUTH": "none",
+        "TWITCH_CDS_LOG_LEVEL": "INFO",
+        "TWITCH_CDS_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "TWITCH_CDS_DATABASE_URL": f"sqlite:///{directory / 'bench.sqlite3'}",
+    }
+    return Server(
+        [sys.executable, "-m", "cds.cli", "serve", "--workers", str(workers)],
+        env,
+        directory / f"service-{workers}.log",
+    )
 
 
 def start_floor(workers: int, directory: Path) -> Server:
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                       os.environ.get("PYTHONPATH")]))}
-    return Server([sys.executable, str(Path(__file__).resolve()), "--serve-floor",
-                   "--workers", str(workers)], env, directory / f"floor-{workers}.log")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return Server(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-floor", "--workers", str(workers)],
+        env,
+        directory / f"floor-{workers}.log",
+    )
 
 
 def serve_floor(port: int, workers: int) -> None:
     """Run the bare app with the uvicorn settings `twitch-cds serve` uses."""
     import uvicorn
 
-    uvicorn.run("bench.load:make_bare_app", factory=True, host="127.0.0.1", port=port,
-                workers=workers, access_log=False, proxy_headers=False, server_header=False,
-                log_level="warning")
+    uvicorn.run(
+        "bench.load:make_bare_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        workers=workers,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        log_level="warning",
+    )
 
 
 # --- the cards check --------------------------------------------------------------------------
@@ -169,8 +192,9 @@ def serve_floor(port: int, workers: int) -> None:
 def post(url: str, payload: bytes) -> dict[str, Any]:
     import httpx
 
-    response = httpx.post(url, content=payload, timeout=120,
-                          headers={"Content-Type": "application/json"})
+    response = httpx.post(
+        url, content=payload, timeout=120, headers={"Content-Type": "application/json"}
+    )
     if response.status_code != 200:
         raise RuntimeError(f"{url}: {response.status_code} {response.text[:500]}")
     return response.json()
@@ -184,11 +208,17 @@ def served_cards(server: Server, bodies: dict[str, bytes]) -> dict[str, list[dic
 def check_cards(service: Server, floor: Server, bodies: dict[str, bytes]) -> list[str]:
     """Problems found: cards that differ from the snapshot, or a floor that does not answer."""
     snapshot = expected.load()
-    problems = [diff for case, cards in served_cards(service, bodies).items()
-                if (diff := expected.differences(case, snapshot.get(case), cards))]
+    problems = [
+        diff
+        for case, cards in served_cards(service, bodies).items()
+        if (diff := expected.differences(case, snapshot.get(case), cards))
+    ]
     floor_url = f"{floor.base_url}/cds-services/{SERVICE}"
-    problems += [f"floor answered {answer} to {case}" for case, payload in bodies.items()
-                 if (answer := post(floor_url, payload)) != {"cards": []}]
+    problems += [
+        f"floor answered {answer} to {case}"
+        for case, payload in bodies.items()
+        if (answer := post(floor_url, payload)) != {"cards": []}
+    ]
     return problems
 
 
@@ -244,18 +274,38 @@ class Run:
     p99_ms: float
 
 
-def run_wrk(url: str, body_path: Path, script_path: Path, concurrency: int,
-            seconds: int) -> Run:
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
-               "-s", str(script_path), url]
-    done = subprocess.run(command, env={**os.environ, "BENCH_BODY": str(body_path)},
-                          capture_output=True, text=True, timeout=seconds + 120, check=False)
+def run_wrk(url: str, body_path: Path, script_path: Path, concurrency: int, seconds: int) -> Run:
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(script_path),
+        url,
+    ]
+    done = subprocess.run(
+        command,
+        env={**os.environ, "BENCH_BODY": str(body_path)},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=False,
+    )
     line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
     raw = json.loads(line.removeprefix("BENCH "))
-    return Run(raw["requests"], raw["duration_us"] / 1e6, raw["bad"] + raw["socket_errors"],
-               raw["p50_us"] / 1000, raw["p95_us"] / 1000, raw["p99_us"] / 1000)
+    return Run(
+        raw["requests"],
+        raw["duration_us"] / 1e6,
+        raw["bad"] + raw["socket_errors"],
+        raw["p50_us"] / 1000,
+        raw["p95_us"] / 1000,
+        raw["p99_us"] / 1000,
+    )
 
 
 @dataclass
@@ -288,10 +338,15 @@ class Measurement:
         return sum(run.errors for run in self.runs)
 
     def summary(self) -> dict[str, Any]:
-        return {**{k: v for k, v in asdict(self).items() if k != "runs"},
-                "rps": self.rps, "p50_ms": self.latency("p50_ms"),
-                "p95_ms": self.latency("p95_ms"), "p99_ms": self.latency("p99_ms"),
-                "requests": sum(run.requests for run in self.runs), "errors": self.errors}
+        return {
+            **{k: v for k, v in asdict(self).items() if k != "runs"},
+            "rps": self.rps,
+            "p50_ms": self.latency("p50_ms"),
+            "p95_ms": self.latency("p95_ms"),
+            "p99_ms": self.latency("p99_ms"),
+            "requests": sum(run.requests for run in self.runs),
+            "errors": self.errors,
+        }
 
 
 @dataclass(frozen=True)
@@ -311,44 +366,71 @@ TIME_FACTOR = {"small": 1, "medium": 1, "large": 2, "x-large": 4}
 SMOKE = Plan(("small", "medium"), (1,), (16,), seconds=1, warmup=0, rounds=1)
 
 
-def measure(plan: Plan, bodies: dict[str, bytes], directory: Path,
-            progress: Any) -> tuple[list[Measurement], list[str]]:
+def measure(
+    plan: Plan, bodies: dict[str, bytes], directory: Path, progress: Any
+) -> tuple[list[Measurement], list[str]]:
     """Every measurement of the plan, and the problems of the cards check."""
     script_path = directory / "bench.lua"
     script_path.write_text(WRK_SCRIPT)
     measurements: list[Measurement] = []
     problems: list[str] = []
     for workers in plan.workers:
-        servers = {"floor": start_floor(workers, directory),
-                   "twitch-cds": start_service(workers, directory)}
+        servers = {
+            "floor": start_floor(workers, directory),
+            "twitch-cds": start_service(workers, directory),
+        }
         try:
             problems += check_cards(servers["twitch-cds"], servers["floor"], bodies)
             for case in plan.cases:
                 body_path = directory / f"{case}.json"
                 body_path.write_bytes(bodies[case])
                 for concurrency in plan.concurrency:
-                    found = {name: Measurement(name, case, resource_count(json.loads(
-                        bodies[case])), len(bodies[case]) / 1024, workers, concurrency)
-                        for name in SERVERS}
+                    found = {
+                        name: Measurement(
+                            name,
+                            case,
+                            resource_count(json.loads(bodies[case])),
+                            len(bodies[case]) / 1024,
+                            workers,
+                            concurrency,
+                        )
+                        for name in SERVERS
+                    }
                     for server in servers.values() if plan.warmup else ():
-                        run_wrk(f"{server.base_url}/cds-services/{SERVICE}", body_path,
-                                script_path, concurrency, plan.warmup * TIME_FACTOR[case])
+                        run_wrk(
+                            f"{server.base_url}/cds-services/{SERVICE}",
+                            body_path,
+                            script_path,
+                            concurrency,
+                            plan.warmup * TIME_FACTOR[case],
+                        )
                     for round_number in range(plan.rounds):
                         # Alternate which server goes first, so neither always follows the
                         # other's after-effects (caches, a busy neighbour).
                         order = SERVERS if round_number % 2 == 0 else SERVERS[::-1]
                         for name in order:
                             before = servers[name].worker_cpu_seconds()
-                            found[name].runs.append(run_wrk(
-                                f"{servers[name].base_url}/cds-services/{SERVICE}",
-                                body_path, script_path, concurrency,
-                                plan.seconds * TIME_FACTOR[case]))
-                            used = [after - start for after, start in zip(
-                                servers[name].worker_cpu_seconds(), before, strict=True)]
+                            found[name].runs.append(
+                                run_wrk(
+                                    f"{servers[name].base_url}/cds-services/{SERVICE}",
+                                    body_path,
+                                    script_path,
+                                    concurrency,
+                                    plan.seconds * TIME_FACTOR[case],
+                                )
+                            )
+                            used = [
+                                after - start
+                                for after, start in zip(
+                                    servers[name].worker_cpu_seconds(), before, strict=True
+                                )
+                            ]
                             found[name].worker_cpu_s = [
-                                total + more for total, more in zip(
-                                    found[name].worker_cpu_s or [0.0] * len(used), used,
-                                    strict=True)]
+                                total + more
+                                for total, more in zip(
+                                    found[name].worker_cpu_s or [0.0] * len(used), used, strict=True
+                                )
+                            ]
                     for name, server in servers.items():
                         found[name].peak_rss_mb = server.peak_rss_mb()
                     measurements += found.values()
@@ -365,13 +447,26 @@ def measure(plan: Plan, bodies: dict[str, bytes], directory: Path,
 def pairs(measurements: list[Measurement]) -> list[tuple[Measurement, Measurement]]:
     """(floor, twitch-cds) for each case, worker count and concurrency, in run order."""
     floors = [m for m in measurements if m.server == "floor"]
-    return [(f, next(m for m in measurements if m.server == "twitch-cds" and m.case == f.case
-                     and m.workers == f.workers and m.concurrency == f.concurrency))
-            for f in floors]
+    return [
+        (
+            f,
+            next(
+                m
+                for m in measurements
+                if m.server == "twitch-cds"
+                and m.case == f.case
+                and m.workers == f.workers
+                and m.concurrency == f.concurrency
+            ),
+        )
+        for f in floors
+    ]
 
 
-HEADER = ("| workers | c | case | resources | floor req/s | twitch-cds req/s | ratio | "
-          "floor p50 ms | twitch-cds p50 / p95 / p99 ms | p50 ratio | peak RSS MB/worker |")
+HEADER = (
+    "| workers | c | case | resources | floor req/s | twitch-cds req/s | ratio | "
+    "floor p50 ms | twitch-cds p50 / p95 / p99 ms | p50 ratio | peak RSS MB/worker |"
+)
 
 
 def table(measurements: list[Measurement]) -> str:
@@ -383,7 +478,8 @@ def table(measurements: list[Measurement]) -> str:
             f"{floor.latency('p50_ms'):.1f} | {service.latency('p50_ms'):.1f} / "
             f"{service.latency('p95_ms'):.1f} / {service.latency('p99_ms'):.1f} | "
             f"{_ratio(service.latency('p50_ms'), floor.latency('p50_ms'))} | "
-            f"{floor.peak_rss_mb:.0f} / {service.peak_rss_mb:.0f} |")
+            f"{floor.peak_rss_mb:.0f} / {service.peak_rss_mb:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -394,59 +490,105 @@ def _ratio(numerator: float, denominator: float) -> str:
     return f"{numerator / denominator:.2f}" if denominator else "n/a"
 
 
-def _find(measurements: list[Measurement], server: str, case: str, workers: int,
-          concurrency: int) -> Measurement | None:
-    return next((m for m in measurements if (m.server, m.case, m.workers, m.concurrency)
-                 == (server, case, workers, concurrency)), None)
+def _find(
+    measurements: list[Measurement], server: str, case: str, workers: int, concurrency: int
+) -> Measurement | None:
+    return next(
+        (
+            m
+            for m in measurements
+            if (m.server, m.case, m.workers, m.concurrency) == (server, case, workers, concurrency)
+        ),
+        None,
+    )
 
 
 def targets(measurements: list[Measurement]) -> list[tuple[str, bool | None, str]]:
     """Issue 12's targets: (target, met or None when not measured, the numbers)."""
+
     def get(server: str, case: str, workers: int, concurrency: int) -> Measurement | None:
         return _find(measurements, server, case, workers, concurrency)
 
     found: list[tuple[str, bool | None, str]] = []
     for case in ("small", "medium"):
-        ratios = [(w, c, s.rps / f.rps) for w in (1, 2) for c in (1, 16)
-                  if (f := get("floor", case, w, c)) and (s := get("twitch-cds", case, w, c))
-                  and f.rps]
-        found.append((f"{case}: throughput >= 0.5 x floor", min(r for *_, r in ratios) >= 0.5
-                      if ratios else None,
-                      ", ".join(f"w{w} c{c}: {r:.2f}" for w, c, r in ratios)))
+        ratios = [
+            (w, c, s.rps / f.rps)
+            for w in (1, 2)
+            for c in (1, 16)
+            if (f := get("floor", case, w, c)) and (s := get("twitch-cds", case, w, c)) and f.rps
+        ]
+        found.append(
+            (
+                f"{case}: throughput >= 0.5 x floor",
+                min(r for *_, r in ratios) >= 0.5 if ratios else None,
+                ", ".join(f"w{w} c{c}: {r:.2f}" for w, c, r in ratios),
+            )
+        )
     floor, service = get("floor", "large", 1, 1), get("twitch-cds", "large", 1, 1)
     if floor and service:
         ratio = service.latency("p50_ms") / floor.latency("p50_ms")
-        found.append(("large, c=1: p50 <= 1.2 x floor p50", ratio <= 1.2,
-                      f"{service.latency('p50_ms'):.1f} ms vs {floor.latency('p50_ms'):.1f} ms "
-                      f"= {ratio:.2f}"))
+        found.append(
+            (
+                "large, c=1: p50 <= 1.2 x floor p50",
+                ratio <= 1.2,
+                f"{service.latency('p50_ms'):.1f} ms vs {floor.latency('p50_ms'):.1f} ms "
+                f"= {ratio:.2f}",
+            )
+        )
     for server in ("twitch-cds", "floor"):
-        growth = [(case, m.resources, m.latency("p50_ms"))
-                  for case in ("medium", "large", "x-large") if (m := get(server, case, 1, 1))]
+        growth = [
+            (case, m.resources, m.latency("p50_ms"))
+            for case in ("medium", "large", "x-large")
+            if (m := get(server, case, 1, 1))
+        ]
         if len(growth) < 3:
             continue
         per_thousand = [ms / resources * 1000 for _, resources, ms in growth]
-        numbers = ", ".join(f"{case} {value:.1f}" for (case, *_), value
-                            in zip(growth, per_thousand, strict=True))
+        numbers = ", ".join(
+            f"{case} {value:.1f}" for (case, *_), value in zip(growth, per_thousand, strict=True)
+        )
         if server == "floor":
-            found.append(("(reference) the floor's p50 per 1,000 resources", None,
-                          numbers + " ms"))
+            found.append(("(reference) the floor's p50 per 1,000 resources", None, numbers + " ms"))
         else:  # linear: the cost per resource of x-large is no more than that of medium
-            found.append(("cost grows no worse than linearly, medium to x-large (p50 per "
-                          "1,000 resources, w1 c=1)", per_thousand[2] <= per_thousand[0],
-                          numbers + " ms"))
-    scaling = [(case, two.rps / one.rps) for case in CASE_NAMES
-               if (one := get("twitch-cds", case, 1, 16))
-               and (two := get("twitch-cds", case, 2, 16)) and one.rps]
+            found.append(
+                (
+                    "cost grows no worse than linearly, medium to x-large (p50 per "
+                    "1,000 resources, w1 c=1)",
+                    per_thousand[2] <= per_thousand[0],
+                    numbers + " ms",
+                )
+            )
+    scaling = [
+        (case, two.rps / one.rps)
+        for case in CASE_NAMES
+        if (one := get("twitch-cds", case, 1, 16))
+        and (two := get("twitch-cds", case, 2, 16))
+        and one.rps
+    ]
     if scaling:
-        found.append(("--workers 2 >= 1.7 x --workers 1 (c=16)",
-                      min(r for _, r in scaling) >= 1.7,
-                      ", ".join(f"{case} {r:.2f}" for case, r in scaling)))
-    rss = {c: max(m.peak_rss_mb for m in measurements if m.server == "twitch-cds"
-                  and m.case == "x-large" and m.concurrency == c)
-           for c in sorted({m.concurrency for m in measurements if m.case == "x-large"})}
+        found.append(
+            (
+                "--workers 2 >= 1.7 x --workers 1 (c=16)",
+                min(r for _, r in scaling) >= 1.7,
+                ", ".join(f"{case} {r:.2f}" for case, r in scaling),
+            )
+        )
+    rss = {
+        c: max(
+            m.peak_rss_mb
+            for m in measurements
+            if m.server == "twitch-cds" and m.case == "x-large" and m.concurrency == c
+        )
+        for c in sorted({m.concurrency for m in measurements if m.case == "x-large"})
+    }
     if rss:
-        found.append(("peak RSS per worker < 150 MB at x-large", max(rss.values()) < 150,
-                      ", ".join(f"c={c}: {mb:.0f} MB" for c, mb in rss.items())))
+        found.append(
+            (
+                "peak RSS per worker < 150 MB at x-large",
+                max(rss.values()) < 150,
+                ", ".join(f"c={c}: {mb:.0f} MB" for c, mb in rss.items()),
+            )
+        )
     return found
 
 
@@ -458,14 +600,19 @@ def report(measurements: list[Measurement], problems: list[str], conditions: str
     for m in measurements:
         split = sorted(m.worker_cpu_s, reverse=True)
         if m.concurrency > 1 and len(split) > 1 and split[-1] < 0.5 * split[0]:
-            lines.append(f"note: {m.server} {m.case} w{m.workers} c{m.concurrency}: the workers "
-                         f"used {' / '.join(f'{s:.1f}' for s in split)} s of CPU: one accepted "
-                         f"most connections, so this row is not the machine's capacity")
+            lines.append(
+                f"note: {m.server} {m.case} w{m.workers} c{m.concurrency}: the workers "
+                f"used {' / '.join(f'{s:.1f}' for s in split)} s of CPU: one accepted "
+                f"most connections, so this row is not the machine's capacity"
+            )
     errors = [m for m in measurements if m.errors]
-    lines += [f"errors: {m.server} {m.case} w{m.workers} c{m.concurrency}: {m.errors}"
-              for m in errors]
-    lines.append("cards: " + ("identical to bench/expected-cards.json for every case"
-                              if not problems else "DIFFERENT"))
+    lines += [
+        f"errors: {m.server} {m.case} w{m.workers} c{m.concurrency}: {m.errors}" for m in errors
+    ]
+    lines.append(
+        "cards: "
+        + ("identical to bench/expected-cards.json for every case" if not problems else "DIFFERENT")
+    )
     lines += problems
     return "\n".join(lines)
 
@@ -481,29 +628,49 @@ def plot(measurements: list[Measurement], path: Path, conditions: str) -> None:
     lowest = min(m.concurrency for m in measurements)
     for server, style in (("floor", "--"), ("twitch-cds", "-")):
         for workers in sorted({m.workers for m in measurements}):
-            points = sorted((m.resources, m.latency("p50_ms")) for m in measurements
-                            if m.server == server and m.workers == workers
-                            and m.concurrency == lowest)
+            points = sorted(
+                (m.resources, m.latency("p50_ms"))
+                for m in measurements
+                if m.server == server and m.workers == workers and m.concurrency == lowest
+            )
             if points:
-                latency.plot(*zip(*points, strict=True), style, marker="o",
-                             label=f"{server}, {workers} worker{'s' * (workers > 1)}")
-    latency.set(xscale="log", yscale="log", xlabel="resources in the prefetch",
-                ylabel=f"p50 latency, ms (c={lowest})", title="Latency by record size")
+                latency.plot(
+                    *zip(*points, strict=True),
+                    style,
+                    marker="o",
+                    label=f"{server}, {workers} worker{'s' * (workers > 1)}",
+                )
+    latency.set(
+        xscale="log",
+        yscale="log",
+        xlabel="resources in the prefetch",
+        ylabel=f"p50 latency, ms (c={lowest})",
+        title="Latency by record size",
+    )
     latency.grid(True, which="both", alpha=0.3)
     latency.legend()
     configurations = sorted({(m.workers, m.concurrency) for m in measurements})
     width = 0.8 / max(len(configurations), 1)
     cases = [case for case in CASE_NAMES if any(m.case == case for m in measurements)]
     for index, (workers, concurrency) in enumerate(configurations):
-        values = [service.rps / floor.rps if floor.rps else 0
-                  for floor, service in pairs(measurements)
-                  if (floor.workers, floor.concurrency) == (workers, concurrency)]
-        ratio.bar([n + index * width for n in range(len(values))], values, width,
-                  label=f"{workers} worker{'s' * (workers > 1)}, c={concurrency}")
+        values = [
+            service.rps / floor.rps if floor.rps else 0
+            for floor, service in pairs(measurements)
+            if (floor.workers, floor.concurrency) == (workers, concurrency)
+        ]
+        ratio.bar(
+            [n + index * width for n in range(len(values))],
+            values,
+            width,
+            label=f"{workers} worker{'s' * (workers > 1)}, c={concurrency}",
+        )
     ratio.axhline(0.5, color="grey", linestyle=":", label="target 0.5")
-    ratio.set(xticks=[n + width * (len(configurations) - 1) / 2 for n in range(len(cases))],
-              xticklabels=cases, ylabel="twitch-cds req/s ÷ floor req/s",
-              title="Throughput relative to the floor")
+    ratio.set(
+        xticks=[n + width * (len(configurations) - 1) / 2 for n in range(len(cases))],
+        xticklabels=cases,
+        ylabel="twitch-cds req/s ÷ floor req/s",
+        title="Throughput relative to the floor",
+    )
     ratio.legend(fontsize="small")
     figure.suptitle(conditions, fontsize="small")
     figure.tight_layout()
@@ -514,9 +681,11 @@ def plot(measurements: list[Measurement], path: Path, conditions: str) -> None:
 
 def conditions_line(plan: Plan) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"wrk -t1, {plan.seconds:g} s x {plan.rounds} rounds per server after "
-            f"{plan.warmup:g} s warm-up; {os.cpu_count()} CPUs, load average {load:.1f} at the "
-            f"start; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    return (
+        f"wrk -t1, {plan.seconds:g} s x {plan.rounds} rounds per server after "
+        f"{plan.warmup:g} s warm-up; {os.cpu_count()} CPUs, load average {load:.1f} at the "
+        f"start; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
 
 
 # --- command ----------------------------------------------------------------------------------
@@ -534,18 +703,28 @@ def update_expected(bodies: dict[str, bytes], directory: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="a few seconds: small and medium, one worker (the test suite)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few seconds: small and medium, one worker (the test suite)",
+    )
     parser.add_argument("--seconds", type=int, help="time per server and round")
     parser.add_argument("--rounds", type=int, help="alternations of floor and twitch-cds")
     parser.add_argument("--cases", nargs="+", choices=CASE_NAMES)
     parser.add_argument("--workers", nargs="+", type=int)
-    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT,
-                        help=f"PNG to write (default {DEFAULT_PLOT.relative_to(ROOT)})")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=DEFAULT_PLOT,
+        help=f"PNG to write (default {DEFAULT_PLOT.relative_to(ROOT)})",
+    )
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--update-expected", action="store_true",
-                        help="regenerate bench/expected-cards.json (when cards change on purpose)")
+    parser.add_argument(
+        "--update-expected",
+        action="store_true",
+        help="regenerate bench/expected-cards.json (when cards change on purpose)",
+    )
     parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -553,9 +732,14 @@ def main(argv: list[str] | None = None) -> int:
         serve_floor(args.port, args.workers[0])
         return 0
     plan = SMOKE if args.smoke else FULL
-    plan = Plan(tuple(args.cases or plan.cases), tuple(args.workers or plan.workers),
-                plan.concurrency, args.seconds or plan.seconds, plan.warmup,
-                args.rounds or plan.rounds)
+    plan = Plan(
+        tuple(args.cases or plan.cases),
+        tuple(args.workers or plan.workers),
+        plan.concurrency,
+        args.seconds or plan.seconds,
+        plan.warmup,
+        args.rounds or plan.rounds,
+    )
     bodies = {case.name: body(case.build()) for case in CASES}
     with tempfile.TemporaryDirectory(prefix="twitch-cds-bench-") as tmp:
         if args.update_expected:
@@ -567,8 +751,11 @@ def main(argv: list[str] | None = None) -> int:
         print(conditions, flush=True)
 
         def progress(floor: Measurement, service: Measurement) -> None:
-            print(f"  w{floor.workers} c{floor.concurrency} {floor.case:8s} floor "
-                  f"{floor.rps:8.1f} req/s, twitch-cds {service.rps:8.1f} req/s", flush=True)
+            print(
+                f"  w{floor.workers} c{floor.concurrency} {floor.case:8s} floor "
+                f"{floor.rps:8.1f} req/s, twitch-cds {service.rps:8.1f} req/s",
+                flush=True,
+            )
 
         measurements, problems = measure(plan, bodies, Path(tmp), progress)
     end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -577,11 +764,21 @@ def main(argv: list[str] | None = None) -> int:
         plot(measurements, args.plot, conditions)
         print(f"plot: {args.plot}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "conditions": conditions, "cards_identical": not problems, "problems": problems,
-            "results": [m.summary() for m in measurements],
-            "targets": [{"target": n, "met": met, "numbers": v}
-                        for n, met, v in targets(measurements)]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "conditions": conditions,
+                    "cards_identical": not problems,
+                    "problems": problems,
+                    "results": [m.summary() for m in measurements],
+                    "targets": [
+                        {"target": n, "met": met, "numbers": v}
+                        for n, met, v in targets(measurements)
+                    ],
+                },
+                indent=1,
+            )
+        )
     return 1 if problems or any(m.errors for m in measurements) else 0
 
 

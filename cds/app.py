@@ -52,8 +52,13 @@ class Runtime:
 
 def build_pipeline(knowledge: Knowledge, settings: Settings) -> Pipeline:
     """Record -> cards; also what `twitch-cds evaluate` runs, without a server."""
-    return Pipeline(knowledge, FactBuilder(Vocabulary(knowledge), settings.lookback_days),
-                    RulesEngine(knowledge), CardBuilder(knowledge), settings.lookback_days)
+    return Pipeline(
+        knowledge,
+        FactBuilder(Vocabulary(knowledge), settings.lookback_days),
+        RulesEngine(knowledge),
+        CardBuilder(knowledge),
+        settings.lookback_days,
+    )
 
 
 def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime:
@@ -63,9 +68,12 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
     verifier = None
     replay_cache = DatabaseReplayCache(engine)
     if settings.auth == "jwt":
-        verifier = JwtVerifier(parse_trusted_issuers(settings.trusted_issuers), replay_cache,
-                               leeway_seconds=settings.jwt_leeway_seconds,
-                               jwks_ttl_seconds=settings.jwks_cache_seconds)
+        verifier = JwtVerifier(
+            parse_trusted_issuers(settings.trusted_issuers),
+            replay_cache,
+            leeway_seconds=settings.jwt_leeway_seconds,
+            jwks_ttl_seconds=settings.jwks_cache_seconds,
+        )
     store = FeedbackStore(engine)
     return Runtime(
         settings=settings,
@@ -73,8 +81,12 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
         pipeline=build_pipeline(knowledge, settings),
         store=store,
         verifier=verifier,
-        fetcher=FhirFetcher(http_client, settings.fhir_allowed_bases,
-                            settings.fhir_timeout_seconds, settings.fhir_max_pages),
+        fetcher=FhirFetcher(
+            http_client,
+            settings.fhir_allowed_bases,
+            settings.fhir_timeout_seconds,
+            settings.fhir_max_pages,
+        ),
         issued=IssuedCards(store),
         replay_cache=replay_cache,
     )
@@ -94,14 +106,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # request body (hundreds of thousands of objects) otherwise triggers again and again.
             gc.freeze()
             if settings.auth == "none":
-                log.warning("authentication disabled (TWITCH_CDS_AUTH=none): "
-                            "for local development and the CDS Hooks sandbox only")
+                log.warning(
+                    "authentication disabled (TWITCH_CDS_AUTH=none): "
+                    "for local development and the CDS Hooks sandbox only"
+                )
             runtime: Runtime = app.state.runtime
             log.info("started", services=len(runtime.catalog), auth=settings.auth)
             chores = [asyncio.create_task(runtime.issued.run())]
             if runtime.verifier is not None:
-                chores.append(asyncio.create_task(housekeeping.purge_expired_tokens(
-                    runtime.replay_cache, housekeeping.REPLAY_PURGE_SECONDS)))
+                chores.append(
+                    asyncio.create_task(
+                        housekeeping.purge_expired_tokens(
+                            runtime.replay_cache, housekeeping.REPLAY_PURGE_SECONDS
+                        )
+                    )
+                )
             yield
             for chore in chores:
                 chore.cancel()
@@ -109,8 +128,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.store.engine.dispose()
             log.info("stopped")
 
-    app = FastAPI(title="twitch-cds", version="0.1.0", lifespan=lifespan,
-                  description="CDS Hooks service: causes and red flags of muscle twitching.")
+    app = FastAPI(
+        title="twitch-cds",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="CDS Hooks service: causes and red flags of muscle twitching.",
+    )
     app.include_router(routes.router)
     app.include_router(operations.router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -118,12 +141,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     # Private Network Access: a public https EHR page (the CDS Hooks sandbox) may call a
     # service on a private or loopback address only when its preflight allows it.
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                       allow_methods=["GET", "POST", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type"],
-                       allow_private_network=True, max_age=600)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
-                       routes=[*routes.router.routes, *operations.router.routes])
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        allow_private_network=True,
+        max_age=600,
+    )
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        routes=[*routes.router.routes, *operations.router.routes],
+    )
     return app
 
 
@@ -134,8 +164,9 @@ async def _invalid_request(_request: Request, exc: Exception) -> Response:
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return operation_outcome(exc.status_code, str(exc.detail),
-                             headers=dict(exc.headers) if exc.headers else None)
+    return operation_outcome(
+        exc.status_code, str(exc.detail), headers=dict(exc.headers) if exc.headers else None
+    )
 
 
 async def _unexpected(_request: Request, exc: Exception) -> Response:

@@ -231,8 +231,12 @@ def _parse_issuer(issuer: str, entry: Any) -> IssuerKeys:
 
 def _parse_url(value: Any, where: str) -> str:
     parts = urlsplit(value) if isinstance(value, str) else None
-    if not isinstance(value, str) or parts is None or parts.scheme not in ("https", "http") \
-            or not parts.hostname:
+    if (
+        not isinstance(value, str)
+        or parts is None
+        or parts.scheme not in ("https", "http")
+        or not parts.hostname
+    ):
         raise ValueError(f"{where}: jwks_url must be an absolute https URL")
     return value
 

@@ -26,8 +26,18 @@ SUMMARY_LIMIT = 139
 LABEL_LIMIT = 60
 # RxNorm writes strengths and forms in capitals ("predniSONE 20 MG Oral Tablet"); prescribers
 # write "Prednisone 20 mg oral tablet". Units keep their UCUM case.
-RXNORM_UNITS = {"MG": "mg", "ML": "mL", "MCG": "mcg", "MEQ": "mEq", "UNT": "units",
-                "HR": "h", "ACTUAT": "actuation", "G": "g", "L": "L", "MMOL": "mmol"}
+RXNORM_UNITS = {
+    "MG": "mg",
+    "ML": "mL",
+    "MCG": "mcg",
+    "MEQ": "mEq",
+    "UNT": "units",
+    "HR": "h",
+    "ACTUAT": "actuation",
+    "G": "g",
+    "L": "L",
+    "MMOL": "mmol",
+}
 _RXNORM_TOKEN = re.compile(r"^(?:[A-Z]+)(?:/[A-Z]+)?$")
 _TALL_MAN = re.compile(r"^[a-z]+[A-Z]{2,}[a-zA-Z]*$")
 
@@ -54,8 +64,9 @@ def _rxnorm_units(token: str) -> str | None:
     if not _RXNORM_TOKEN.match(token):
         return None
     parts = token.split("/")
-    return "/".join(RXNORM_UNITS[p] for p in parts) if all(p in RXNORM_UNITS for p in parts) \
-        else None
+    return (
+        "/".join(RXNORM_UNITS[p] for p in parts) if all(p in RXNORM_UNITS for p in parts) else None
+    )
 
 
 def prescriber_name(label: str) -> str:
@@ -131,10 +142,15 @@ class CardBuilder:
         if evidence.kind == "missing":
             usable = "no usable" if evidence.judged else "no"
             note = f" ({md(evidence.judged)})" if evidence.judged else ""
-            return (f"- **{md(evidence.label)}**: {usable} result in the last {lookback_days} "
-                    f"days{note}")
-        label = prescriber_name(evidence.label) if evidence.kind in ("medication", "order") \
+            return (
+                f"- **{md(evidence.label)}**: {usable} result in the last {lookback_days} "
+                f"days{note}"
+            )
+        label = (
+            prescriber_name(evidence.label)
+            if evidence.kind in ("medication", "order")
             else evidence.label
+        )
         parts = [f"**{md(label)}**"]
         if evidence.value is not None:
             parts.append(f"{_number(evidence.value)} {md(evidence.unit)}")
@@ -152,64 +168,98 @@ class CardBuilder:
         return line
 
     # -- the response ---------------------------------------------------------------------
-    def build(self, findings: list[ConsolidatedFinding], facts: Facts,
-              context: CardContext) -> list[Card]:
+    def build(
+        self, findings: list[ConsolidatedFinding], facts: Facts, context: CardContext
+    ) -> list[Card]:
         """Cards in the findings' order; every red-flag card offers the one referral."""
         present = {f.code for f in findings}
         red_flags = [f for f in findings if self.texts.findings[f.code].red_flag and f.evidence]
         referral = self._referral(red_flags, facts, context) if red_flags else None
-        return [self._card(f, facts, context, present, referral) for f in findings
-                if f.evidence]
+        return [self._card(f, facts, context, present, referral) for f in findings if f.evidence]
 
-    def _card(self, finding: ConsolidatedFinding, facts: Facts, context: CardContext,
-              present: set[str], referral: Suggestion | None) -> Card:
+    def _card(
+        self,
+        finding: ConsolidatedFinding,
+        facts: Facts,
+        context: CardContext,
+        present: set[str],
+        referral: Suggestion | None,
+    ) -> Card:
         text = self.texts.findings[finding.code]
         analytes = list(self.knowledge.labs.analytes)
-        evidence = sorted((facts.evidence[ref] for ref in finding.evidence), key=lambda e: (
-            e.kind == "missing", analytes.index(e.analyte) if e.kind == "missing" and e.analyte
-            else 0))
+        evidence = sorted(
+            (facts.evidence[ref] for ref in finding.evidence),
+            key=lambda e: (
+                e.kind == "missing",
+                analytes.index(e.analyte) if e.kind == "missing" and e.analyte else 0,
+            ),
+        )
         card_id = uuid.uuid5(context.hook_instance, finding.code)
         summary, consider = self._wording(finding, text, facts, evidence)
-        mentioned = [self.texts.findings[code].title for code in text.mentions
-                     if code in present]
-        detail = "\n".join([
-            "**Evidence**", "",
-            *(self.evidence_line(e, context.lookback_days) for e in evidence), "",
-            *([f"**Already on record:** {', '.join(mentioned)} (see the other cards).", ""]
-              if mentioned else []),
-            text.why, "", f"**Consider:** {consider}",
-        ])
+        mentioned = [self.texts.findings[code].title for code in text.mentions if code in present]
+        detail = "\n".join(
+            [
+                "**Evidence**",
+                "",
+                *(self.evidence_line(e, context.lookback_days) for e in evidence),
+                "",
+                *(
+                    [f"**Already on record:** {', '.join(mentioned)} (see the other cards).", ""]
+                    if mentioned
+                    else []
+                ),
+                text.why,
+                "",
+                f"**Consider:** {consider}",
+            ]
+        )
         suggestions = ([referral] if referral and text.suggest == "referral" else []) + [
-            self._lab_order(name, context) for name in self._labs_to_order(text, facts, evidence)]
+            self._lab_order(name, context) for name in self._labs_to_order(text, facts, evidence)
+        ]
         source_key, link_keys = self._sources(finding, text, facts)
         source = self.knowledge.sources[source_key]
-        links = [Link(label=self.knowledge.sources[key].label, url=self.knowledge.sources[key].url)
-                 for key in dict.fromkeys([source_key, *link_keys])]
+        links = [
+            Link(label=self.knowledge.sources[key].label, url=self.knowledge.sources[key].url)
+            for key in dict.fromkeys([source_key, *link_keys])
+        ]
         return Card(
-            uuid=str(card_id), summary=_shorten(summary, SUMMARY_LIMIT), detail=detail,
+            uuid=str(card_id),
+            summary=_shorten(summary, SUMMARY_LIMIT),
+            detail=detail,
             indicator=finding.indicator,
-            source=Source(label=source.label, url=source.url, topic=Coding(
-                system=self.texts.topic_system, code=finding.code, display=text.title)),
+            source=Source(
+                label=source.label,
+                url=source.url,
+                topic=Coding(system=self.texts.topic_system, code=finding.code, display=text.title),
+            ),
             suggestions=suggestions or None,
             # The referral alone: at most one; lab orders (alone or beside it): any of them.
-            selectionBehavior=(None if not suggestions else
-                               "at-most-one" if suggestions == [referral] else "any"),
-            overrideReasons=[Coding(system=self.texts.topic_system, code=r.code,
-                                    display=r.display) for r in self.texts.override_reasons],
+            selectionBehavior=(
+                None if not suggestions else "at-most-one" if suggestions == [referral] else "any"
+            ),
+            overrideReasons=[
+                Coding(system=self.texts.topic_system, code=r.code, display=r.display)
+                for r in self.texts.override_reasons
+            ],
             links=links,
         )
 
     # -- what the card says ---------------------------------------------------------------
-    def _wording(self, finding: ConsolidatedFinding, text: CardText, facts: Facts,
-                 evidence: list[Evidence]) -> tuple[str, str]:
+    def _wording(
+        self, finding: ConsolidatedFinding, text: CardText, facts: Facts, evidence: list[Evidence]
+    ) -> tuple[str, str]:
         """Summary and advice that fit what the card shows: a diagnosis on record, a suspected
         one, a known one under neurology care, a duplicate order, a low value already shown."""
         care = {fact["evidence"] for fact in facts.facts if fact["kind"] == "neurology-care"}
         labs = [e for e in evidence if e.kind == "lab"]
         diagnosis = facts.evidence[finding.diagnoses[0]] if finding.diagnoses else None
-        signs = [facts.evidence[ref] for ref in finding.evidence
-                 if ref not in care and ref not in finding.diagnoses
-                 and facts.evidence[ref].kind not in ("complaint", "missing")]
+        signs = [
+            facts.evidence[ref]
+            for ref in finding.evidence
+            if ref not in care
+            and ref not in finding.diagnoses
+            and facts.evidence[ref].kind not in ("complaint", "missing")
+        ]
         critical = finding.indicator == "critical"
         words = {
             "evidence": self._summary_evidence(evidence),
@@ -224,20 +274,28 @@ class CardBuilder:
             words["evidence"] = self.short_evidence(drugs[0])
             words["other"] = self.short_evidence(drugs[-1])
             duplicate = self.texts.duplicate
-            return (duplicate.summary.format(**words),
-                    f"{duplicate.consider} {self._plain_advice(text, critical, labs)}")
+            return (
+                duplicate.summary.format(**words),
+                f"{duplicate.consider} {self._plain_advice(text, critical, labs)}",
+            )
         if finding.known:
             summary = flag.known_critical_summary if critical and signs else flag.known_summary
             consider = flag.critical_consider if critical else flag.known_consider
         elif "suspected" in finding.tags:
             summary, consider = flag.suspected_summary, flag.suspected_consider
         elif "diagnosed" in finding.tags:
-            summary = flag.diagnosed_critical_summary if critical and signs \
-                else flag.diagnosed_summary
+            summary = (
+                flag.diagnosed_critical_summary if critical and signs else flag.diagnosed_summary
+            )
             consider = flag.critical_consider if critical else flag.diagnosed_consider
         else:
-            summary = text.summary_critical if critical and text.summary_critical else \
-                text.summary_with_lab if labs and text.summary_with_lab else text.summary
+            summary = (
+                text.summary_critical
+                if critical and text.summary_critical
+                else text.summary_with_lab
+                if labs and text.summary_with_lab
+                else text.summary
+            )
             consider = self._plain_advice(text, critical, labs)
         return summary.format(**words), consider
 
@@ -257,8 +315,9 @@ class CardBuilder:
         chosen = next((e for e in evidence if e.kind != "complaint"), evidence[0])
         return self.short_evidence(chosen)
 
-    def _sources(self, finding: ConsolidatedFinding, text: CardText,
-                 facts: Facts) -> tuple[str, list[str]]:
+    def _sources(
+        self, finding: ConsolidatedFinding, text: CardText, facts: Facts
+    ) -> tuple[str, list[str]]:
         """The page that states the card's claim, and further links.
 
         A lab card cites the source of the cut-off that judged it (critical or low); a drug
@@ -269,15 +328,21 @@ class CardBuilder:
         lab = next((e for e in evidence if e.kind == "lab" and e.analyte), None)
         analyte = knowledge.labs.analytes.get(lab.analyte) if lab and lab.analyte else None
         if analyte and analyte.finding == finding.code:
-            limit = analyte.critical if finding.indicator == "critical" and analyte.critical \
+            limit = (
+                analyte.critical
+                if finding.indicator == "critical" and analyte.critical
                 else analyte.low
+            )
             if limit is not None:
                 return limit.source, text.links
         ingredients = _ingredients_by_evidence(facts)
         drugs = [ingredients[ref] for ref in finding.evidence if ref in ingredients]
-        mechanisms = [m for name in drugs
-                      if (m := knowledge.medications.ingredients[name].mechanism_source)
-                      and text.claims[0] in knowledge.sources[m].supports]
+        mechanisms = [
+            m
+            for name in drugs
+            if (m := knowledge.medications.ingredients[name].mechanism_source)
+            and text.claims[0] in knowledge.sources[m].supports
+        ]
         if mechanisms:
             return mechanisms[0], [*mechanisms[1:], *text.links]
         return text.source, text.links
@@ -294,28 +359,39 @@ class CardBuilder:
             wanted = text.labs
         return [name for name in wanted if name in facts.missing_labs]
 
-    def _referral(self, red_flags: list[ConsolidatedFinding], facts: Facts,
-                  context: CardContext) -> Suggestion:
+    def _referral(
+        self, red_flags: list[ConsolidatedFinding], facts: Facts, context: CardContext
+    ) -> Suggestion:
         """The response's one neurology suggestion, naming every red flag. When every red flag
         is already diagnosed and under neurology care, it asks that team to review instead."""
         referral = self.texts.referral
         contact = all(f.known for f in red_flags)
         named = "; ".join(
             f"{self.texts.findings[f.code].title} ("
-            + ", ".join(self.short_evidence(facts.evidence[ref]) for ref in f.evidence
-                        if facts.evidence[ref].kind not in ("complaint", "missing"))
-            + ")" for f in red_flags)
+            + ", ".join(
+                self.short_evidence(facts.evidence[ref])
+                for ref in f.evidence
+                if facts.evidence[ref].kind not in ("complaint", "missing")
+            )
+            + ")"
+            for f in red_flags
+        )
         resource: dict[str, Any] = {
             "resourceType": "ServiceRequest",
             "status": "draft",
             "intent": "proposal",
-            "priority": "urgent" if any(f.indicator == "critical" for f in red_flags)
+            "priority": "urgent"
+            if any(f.indicator == "critical" for f in red_flags)
             else "routine",
             "category": [{"text": referral.category_text}],
-            "code": {"coding": [referral.code],
-                     "text": f"Referral to {referral.specialty['display']}"},
-            "performerType": {"coding": [referral.specialty],
-                              "text": referral.specialty["display"]},
+            "code": {
+                "coding": [referral.code],
+                "text": f"Referral to {referral.specialty['display']}",
+            },
+            "performerType": {
+                "coding": [referral.specialty],
+                "text": referral.specialty["display"],
+            },
             "subject": {"reference": f"Patient/{context.patient_id}"},
             "reasonCode": [{"text": referral.reason.format(red_flags=named)}],
         }
@@ -323,9 +399,14 @@ class CardBuilder:
             label=referral.contact_label if contact else referral.label,
             uuid=str(uuid.uuid5(context.hook_instance, "neurology-referral")),
             isRecommended=True,
-            actions=[Action(type="create", resource=resource,
-                            description=referral.contact_description if contact
-                            else referral.description)])
+            actions=[
+                Action(
+                    type="create",
+                    resource=resource,
+                    description=referral.contact_description if contact else referral.description,
+                )
+            ],
+        )
 
     def _lab_order(self, analyte_name: str, context: CardContext) -> Suggestion:
         analyte = self.knowledge.labs.analytes[analyte_name]
@@ -336,8 +417,10 @@ class CardBuilder:
             "status": "draft",
             "intent": "proposal",
             "category": [{"coding": [order.category]}],
-            "code": {"coding": [{"system": code.system_uri, "code": code.code,
-                                 "display": code.display}], "text": analyte.label},
+            "code": {
+                "coding": [{"system": code.system_uri, "code": code.code, "display": code.display}],
+                "text": analyte.label,
+            },
             "subject": {"reference": f"Patient/{context.patient_id}"},
             "reasonCode": [{"text": order.reason}],
         }
@@ -345,12 +428,18 @@ class CardBuilder:
         return Suggestion(
             label=order.label.format(**fields),
             uuid=str(uuid.uuid5(context.hook_instance, f"order:{analyte_name}")),
-            actions=[Action(type="create", description=order.description.format(**fields),
-                            resource=resource)])
+            actions=[
+                Action(
+                    type="create", description=order.description.format(**fields), resource=resource
+                )
+            ],
+        )
 
 
 def _ingredients_by_evidence(facts: Facts) -> dict[str, str]:
     """Which ingredient each drug evidence reference stands for (from the drug facts)."""
-    return {fact["evidence"]: fact["ingredient"] for fact in facts.facts
-            if fact["kind"] in ("drug", "draft")}
-
+    return {
+        fact["evidence"]: fact["ingredient"]
+        for fact in facts.facts
+        if fact["kind"] in ("drug", "draft")
+    }

@@ -54,8 +54,11 @@ def observation_codes(knowledge: Knowledge) -> str:
         codes += [f"{c.system_uri}|{c.code}" for item in group.values() for c in item.codes]
     codes += [f"{c.system_uri}|{c.code}" for c in labs.panels]
     for valueset in knowledge.valuesets.values():
-        codes += [f"{c.system_uri}|{c.code}" for c in valueset.codes
-                  if c.system == "snomed" and not c.prefix]
+        codes += [
+            f"{c.system_uri}|{c.code}"
+            for c in valueset.codes
+            if c.system == "snomed" and not c.prefix
+        ]
     return ",".join(dict.fromkeys(codes))
 
 
@@ -64,8 +67,11 @@ def load_catalog(hooks_dir: Path, knowledge: Knowledge) -> dict[str, Service]:
     shared = yaml.safe_load((hooks_dir / "prefetch.yaml").read_text(encoding="utf-8"))
     codes = observation_codes(knowledge)
     templates = tuple(
-        PrefetchTemplate(key, spec["template"].replace(OBSERVATION_CODES_MARKER, codes),
-                         spec.get("required", True))
+        PrefetchTemplate(
+            key,
+            spec["template"].replace(OBSERVATION_CODES_MARKER, codes),
+            spec.get("required", True),
+        )
         for key, spec in shared["prefetch"].items()
     )
     services: dict[str, Service] = {}
@@ -73,9 +79,15 @@ def load_catalog(hooks_dir: Path, knowledge: Knowledge) -> dict[str, Service]:
         if path.name == "prefetch.yaml":
             continue
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        service = Service(id=spec["id"], hook=spec["hook"], title=spec["title"],
-                          description=spec["description"], ruleset=spec["ruleset"],
-                          draft_orders=spec["draft_orders"], prefetch=templates)
+        service = Service(
+            id=spec["id"],
+            hook=spec["hook"],
+            title=spec["title"],
+            description=spec["description"],
+            ruleset=spec["ruleset"],
+            draft_orders=spec["draft_orders"],
+            prefetch=templates,
+        )
         if service.id in services:
             raise ValueError(f"duplicate service id {service.id} in {path}")
         if service.ruleset not in knowledge.rulesets:
@@ -86,8 +98,15 @@ def load_catalog(hooks_dir: Path, knowledge: Knowledge) -> dict[str, Service]:
 
 def discovery(services: dict[str, Service]) -> DiscoveryResponse:
     """What GET /cds-services answers (and `twitch-cds discovery` prints)."""
-    return DiscoveryResponse(services=[
-        ServiceDescription(hook=s.hook, id=s.id, title=s.title, description=s.description,
-                           prefetch={t.key: t.template for t in s.prefetch})
-        for s in services.values()
-    ])
+    return DiscoveryResponse(
+        services=[
+            ServiceDescription(
+                hook=s.hook,
+                id=s.id,
+                title=s.title,
+                description=s.description,
+                prefetch={t.key: t.template for t in s.prefetch},
+            )
+            for s in services.values()
+        ]
+    )

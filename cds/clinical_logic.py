@@ -33,8 +33,11 @@ def _limit(threshold: Threshold, unit: str) -> str:
 
 
 def _codes(codes: list[Any], limit: int = 8) -> str:
-    shown = [f"{c.system.upper() if c.system != 'icd10cm' else 'ICD-10-CM'} {c.code}"
-             + ("*" if c.prefix else "") for c in codes[:limit]]
+    shown = [
+        f"{c.system.upper() if c.system != 'icd10cm' else 'ICD-10-CM'} {c.code}"
+        + ("*" if c.prefix else "")
+        for c in codes[:limit]
+    ]
     more = f" +{len(codes) - limit} more" if len(codes) > limit else ""
     return ", ".join(shown) + more
 
@@ -70,13 +73,16 @@ class _Document:
         labs = self.k.labs
         for scored in labs.scored_observations.values():
             if scored.concept == name:
-                text += (f", or {scored.label} (LOINC {scored.codes[0].code}) "
-                         f"{_limit(scored.positive, scored.unit or 'points')}")
+                text += (
+                    f", or {scored.label} (LOINC {scored.codes[0].code}) "
+                    f"{_limit(scored.positive, scored.unit or 'points')}"
+                )
         for coded in labs.coded_observations.values():
             if coded.concept == name:
                 answers = ", ".join(v.code for v in coded.positive_values)
-                text += (f", or {coded.label} (LOINC {coded.codes[0].code}) answered "
-                         f"SNOMED {answers}")
+                text += (
+                    f", or {coded.label} (LOINC {coded.codes[0].code}) answered SNOMED {answers}"
+                )
         return text
 
     # -- one fact pattern in words ------------------------------------------------------
@@ -94,15 +100,19 @@ class _Document:
         if kind == "lab":
             return self._lab(tests)
         if kind == "neurology-care":
-            return ("neurology care (a neurology ServiceRequest or Encounter) within the "
-                    "lookback, or a referral or episode still active")
+            return (
+                "neurology care (a neurology ServiceRequest or Encounter) within the "
+                "lookback, or a referral or episode still active"
+            )
         if kind == "lab-missing":
             missing = [a.label for a in self.k.labs.analytes.values() if a.workup]
             return f"no result in the lookback for any of: {', '.join(missing)}"
-        drugs = {"drug": "an active drug of a class in Drug classes",
-                 "draft": "a drug of a class in Drug classes being ordered",
-                 "depletes": "an active drug that lowers an electrolyte (Drug classes)",
-                 "draft-depletes": "a drug being ordered that lowers an electrolyte"}
+        drugs = {
+            "drug": "an active drug of a class in Drug classes",
+            "draft": "a drug of a class in Drug classes being ordered",
+            "depletes": "an active drug that lowers an electrolyte (Drug classes)",
+            "draft-depletes": "a drug being ordered that lowers an electrolyte",
+        }
         if kind in drugs:
             joined = isinstance(tests.get("ingredient"), dict)
             return "an active drug of the same ingredient" if joined else drugs[kind]
@@ -121,10 +131,16 @@ class _Document:
     def _lab(self, tests: dict[str, Any]) -> str:
         which = "critical" if tests.get("critical") is True else "low"
         if not isinstance(tests.get("analyte"), str):
-            labels = [a.label for a in self.k.labs.analytes.values()
-                      if a.finding and getattr(a, which) is not None]
-            of = "the electrolyte the drug lowers" if "analyte" in tests \
+            labels = [
+                a.label
+                for a in self.k.labs.analytes.values()
+                if a.finding and getattr(a, which) is not None
+            ]
+            of = (
+                "the electrolyte the drug lowers"
+                if "analyte" in tests
                 else f"any of {', '.join(labels)}"
+            )
             return f"latest result of {of}, at its {which} cut-off (see Thresholds)"
         analyte = self.k.labs.analytes[tests["analyte"]]
         for which in ("critical", "low", "high", *analyte.flags):
@@ -151,26 +167,39 @@ class _Document:
     # -- tables -------------------------------------------------------------------------
     def threshold_rows(self) -> Iterator[str]:
         for analyte in self.k.labs.analytes.values():
-            limits = {"low": analyte.low, "critical": analyte.critical, "high": analyte.high,
-                      **analyte.flags}
+            limits = {
+                "low": analyte.low,
+                "critical": analyte.critical,
+                "high": analyte.high,
+                **analyte.flags,
+            }
             codes = ", ".join(c.code for c in analyte.codes)
             for which, threshold in limits.items():
                 if threshold is None:
                     continue
-                note = " (else the result's own range)" if which in ("low", "high") \
-                    and analyte.use_reference_range else ""
-                yield (f"| {analyte.label} | {codes} | {which}{note} | "
-                       f"{_limit(threshold, analyte.unit)} | {self.source(threshold.source)} |")
+                note = (
+                    " (else the result's own range)"
+                    if which in ("low", "high") and analyte.use_reference_range
+                    else ""
+                )
+                yield (
+                    f"| {analyte.label} | {codes} | {which}{note} | "
+                    f"{_limit(threshold, analyte.unit)} | {self.source(threshold.source)} |"
+                )
             if analyte.albumin_correction:
                 corr = analyte.albumin_correction
-                yield (f"| {analyte.label} | {codes} | albumin-corrected | Ca + {corr.factor} x "
-                       f"({corr.reference_albumin} - albumin g/dL), albumin within "
-                       f"{self.k.labs.analytes['albumin'].correction_window_days} days | "
-                       f"{self.source(corr.source)} |")
+                yield (
+                    f"| {analyte.label} | {codes} | albumin-corrected | Ca + {corr.factor} x "
+                    f"({corr.reference_albumin} - albumin g/dL), albumin within "
+                    f"{self.k.labs.analytes['albumin'].correction_window_days} days | "
+                    f"{self.source(corr.source)} |"
+                )
         for scored in self.k.labs.scored_observations.values():
-            yield (f"| {scored.label} | {scored.codes[0].code} | positive | "
-                   f"{_limit(scored.positive, scored.unit or 'points')} | "
-                   f"{self.source(scored.positive.source)} |")
+            yield (
+                f"| {scored.label} | {scored.codes[0].code} | positive | "
+                f"{_limit(scored.positive, scored.unit or 'points')} | "
+                f"{self.source(scored.positive.source)} |"
+            )
 
     def rule_rows(self, red_flags: bool) -> Iterator[str]:
         texts = self.k.findings.findings
@@ -179,7 +208,8 @@ class _Document:
                 then = rule.then
                 finding = then.finding
                 is_red = (not finding.startswith("$") and texts[finding].red_flag) or (
-                    finding == "$diagnosis.diagnosis_of")
+                    finding == "$diagnosis.diagnosis_of"
+                )
                 if is_red != red_flags:
                     continue
                 if finding == "$diagnosis.diagnosis_of":
@@ -192,26 +222,38 @@ class _Document:
                     shown = f"`{finding}`"
                 scope = "" if ruleset == "chart" else " (order hooks)"
                 tags = "; ".join(TAG_WORDS[t] for t in then.tags)
-                yield (f"| {shown}{scope} | `{name}` | {self.conditions(rule)} | "
-                       f"{then.indicator}{f' ({tags})' if tags else ''} |")
+                yield (
+                    f"| {shown}{scope} | `{name}` | {self.conditions(rule)} | "
+                    f"{then.indicator}{f' ({tags})' if tags else ''} |"
+                )
 
     def drug_rows(self) -> Iterator[str]:
         meds = self.k.medications
         for cls in meds.classes.values():
-            ingredients = [f"{n}" + (f" (lowers {', '.join(i.lowers)})" if i.lowers else "")
-                           for n, i in meds.ingredients.items()
-                           if meds.classes[i.drug_class] is cls]
-            sources = sorted({i.mechanism_source for i in meds.ingredients.values()
-                              if meds.classes[i.drug_class] is cls and i.mechanism_source}
-                             | {self.k.findings.findings[cls.finding].source})
-            yield (f"| `{cls.finding}` | {cls.label}: {', '.join(ingredients)} | "
-                   f"{', '.join(self.source(s) for s in sources)} |")
+            ingredients = [
+                f"{n}" + (f" (lowers {', '.join(i.lowers)})" if i.lowers else "")
+                for n, i in meds.ingredients.items()
+                if meds.classes[i.drug_class] is cls
+            ]
+            sources = sorted(
+                {
+                    i.mechanism_source
+                    for i in meds.ingredients.values()
+                    if meds.classes[i.drug_class] is cls and i.mechanism_source
+                }
+                | {self.k.findings.findings[cls.finding].source}
+            )
+            yield (
+                f"| `{cls.finding}` | {cls.label}: {', '.join(ingredients)} | "
+                f"{', '.join(self.source(s) for s in sources)} |"
+            )
 
     def card_rows(self) -> Iterator[str]:
         for code, text in self.k.findings.findings.items():
             links = ", ".join(self.source(k) for k in text.links)
-            yield (f"| `{code}` | {', '.join(text.claims)} | {self.source(text.source)} | "
-                   f"{links} |")
+            yield (
+                f"| `{code}` | {', '.join(text.claims)} | {self.source(text.source)} | {links} |"
+            )
 
 
 def render(knowledge: Knowledge) -> str:

@@ -42,15 +42,13 @@ class PatientRecord:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
-async def assemble(request: HookRequest, service: Service,
-                   fetcher: FhirFetcher) -> PatientRecord:
+async def assemble(request: HookRequest, service: Service, fetcher: FhirFetcher) -> PatientRecord:
     patient_id = request.context.patientId
     prefetch = request.prefetch or {}
     pool = ResourcePool()
     pool.add_all(prefetch.values(), patient_id)
     unfilled = unsatisfied(prefetch, service.prefetch)
-    missing = [t for t in service.prefetch
-               if t in unfilled or has_next_page(prefetch.get(t.key))]
+    missing = [t for t in service.prefetch if t in unfilled or has_next_page(prefetch.get(t.key))]
     record = PatientRecord(pool)
     if missing:
         await _fetch_missing(request, fetcher, prefetch, unfilled, missing, record)
@@ -58,16 +56,27 @@ async def assemble(request: HookRequest, service: Service,
     return record
 
 
-async def _fetch_missing(request: HookRequest, fetcher: FhirFetcher,
-                         prefetch: dict[str, Any], unfilled: list[PrefetchTemplate],
-                         missing: list[PrefetchTemplate], record: PatientRecord) -> None:
+async def _fetch_missing(
+    request: HookRequest,
+    fetcher: FhirFetcher,
+    prefetch: dict[str, Any],
+    unfilled: list[PrefetchTemplate],
+    missing: list[PrefetchTemplate],
+    record: PatientRecord,
+) -> None:
     """Fetch the templates the client did not fill (or only a first page of); 412 when a
     required one cannot be obtained."""
     patient_id, pool = request.context.patientId, record.pool
     if request.fhirServer is None:
-        results = [FetchResult(t.key, [], ("only a first page prefetched" if t not in unfilled
-                                           else "not prefetched") + " and no fhirServer given")
-                   for t in missing]
+        results = [
+            FetchResult(
+                t.key,
+                [],
+                ("only a first page prefetched" if t not in unfilled else "not prefetched")
+                + " and no fhirServer given",
+            )
+            for t in missing
+        ]
     else:
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
         context: dict[str, Any] = request.context.model_dump(exclude_none=True)
@@ -87,15 +96,19 @@ async def _fetch_missing(request: HookRequest, fetcher: FhirFetcher,
         raise PreconditionFailed(required_failures)
 
 
-async def _fetch_referenced_medications(request: HookRequest, fetcher: FhirFetcher,
-                                        record: PatientRecord) -> None:
+async def _fetch_referenced_medications(
+    request: HookRequest, fetcher: FhirFetcher, record: PatientRecord
+) -> None:
     """Read the Medications that therapy refers to but the record lacks (optional data)."""
     pool = record.pool
     ids = sorted(unresolved_medication_ids(pool.by_type, pool.references))
     if not ids or request.fhirServer is None:
         return
-    template = PrefetchTemplate(REFERENCED_MEDICATIONS, "Medication?_id=" + ",".join(
-        ids[:MAX_REFERENCED_MEDICATIONS]), required=False)
+    template = PrefetchTemplate(
+        REFERENCED_MEDICATIONS,
+        "Medication?_id=" + ",".join(ids[:MAX_REFERENCED_MEDICATIONS]),
+        required=False,
+    )
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
     [result] = await fetcher.fetch(str(request.fhirServer), token, [template], {})
     if result.error is None:
@@ -111,17 +124,25 @@ def has_next_page(value: Any) -> bool:
         return False
     links = value.get("link")
     return isinstance(links, list) and any(
-        isinstance(link, dict) and link.get("relation") == "next" for link in links)
+        isinstance(link, dict) and link.get("relation") == "next" for link in links
+    )
 
 
-def _covered_elsewhere(prefetch: dict[str, Any], template: PrefetchTemplate,
-                       patient_id: str) -> bool:
+def _covered_elsewhere(
+    prefetch: dict[str, Any], template: PrefetchTemplate, patient_id: str
+) -> bool:
     """Whether another key brought complete resources of the template's type.
 
     The template's own key does not count: it failed, or holds only a first page, and a first
     page alone can show an old normal result while the newest, abnormal one is on page 3.
     """
     others = ResourcePool()
-    others.add_all((value for key, value in prefetch.items()
-                    if key != template.key and not has_next_page(value)), patient_id)
+    others.add_all(
+        (
+            value
+            for key, value in prefetch.items()
+            if key != template.key and not has_next_page(value)
+        ),
+        patient_id,
+    )
     return template.resource_type in others.by_type

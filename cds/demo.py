@@ -55,8 +55,11 @@ CURL_KID = "twitch-cds-demo-1"
 CURL_TOKEN_SECONDS = 8 * 3600
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 # The sandbox's "screen" for each hook (its query parameters `hook` and `screen`).
-SANDBOX_SCREENS = {"patient-view": "patient-view", "order-select": "rx-view",
-                   "order-sign": "rx-sign"}
+SANDBOX_SCREENS = {
+    "patient-view": "patient-view",
+    "order-select": "rx-view",
+    "order-sign": "rx-sign",
+}
 _DATE_TOKEN = re.compile(r"\{\{today - (\d+) days\}\}")
 _LISTENING = re.compile(r"^listening (http://\S+)$", re.MULTILINE)
 
@@ -100,15 +103,25 @@ def load_patients(demo_dir: Path = DEMO_DIR) -> list[DemoPatient]:
     for item in yaml.safe_load(manifest.read_text())["patients"]:
         path = demo_dir / "patients" / item["file"]
         bundle = json.loads(path.read_text())
-        ids = [e["resource"]["id"] for e in bundle["entry"]
-               if e["resource"]["resourceType"] == "Patient"]
+        ids = [
+            e["resource"]["id"]
+            for e in bundle["entry"]
+            if e["resource"]["resourceType"] == "Patient"
+        ]
         if len(ids) != 1:
             raise DemoError(f"{path}: expected exactly one Patient, found {len(ids)}")
-        patients.append(DemoPatient(
-            patient_id=ids[0], title=item["title"], shows=item["shows"], bundle_path=path,
-            cards={hook: list(codes) for hook, codes in item["cards"].items()},
-            exact=bool(item.get("exact", False)), absent=list(item.get("absent", [])),
-            draft_order=item.get("draft_order")))
+        patients.append(
+            DemoPatient(
+                patient_id=ids[0],
+                title=item["title"],
+                shows=item["shows"],
+                bundle_path=path,
+                cards={hook: list(codes) for hook, codes in item["cards"].items()},
+                exact=bool(item.get("exact", False)),
+                absent=list(item.get("absent", [])),
+                draft_order=item.get("draft_order"),
+            )
+        )
     return patients
 
 
@@ -126,8 +139,10 @@ def resolve_dates(value: Any, today: date) -> Any:
 def draft_medication_request(patient: DemoPatient, today: date) -> dict[str, Any]:
     """The draft order an EHR's prescribing screen holds once the clinician picked the drug."""
     return {
-        "resourceType": "MedicationRequest", "id": f"draft-{patient.patient_id}",
-        "status": "draft", "intent": "order",
+        "resourceType": "MedicationRequest",
+        "id": f"draft-{patient.patient_id}",
+        "status": "draft",
+        "intent": "order",
         "subject": {"reference": f"Patient/{patient.patient_id}"},
         "authoredOn": today.isoformat(),
         "medicationCodeableConcept": patient.draft_order,
@@ -140,8 +155,11 @@ def hook_context(patient: DemoPatient, hook: str, today: date) -> dict[str, Any]
     context: dict[str, Any] = {"patientId": patient.patient_id, "userId": "Practitioner/demo"}
     if hook in ("order-select", "order-sign"):
         draft = draft_medication_request(patient, today)
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": draft}]}
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": draft}],
+        }
         if hook == "order-select":
             context["selections"] = [f"MedicationRequest/{draft['id']}"]
     return context
@@ -153,8 +171,13 @@ def sandbox_link(discovery_url: str, fhir_url: str, patient_id: str, hook: str) 
     Parameter names as the sandbox reads them (cds-hooks/sandbox, MainView):
     `serviceDiscoveryURL`, `fhirServiceUrl`, `patientId`, `hook`, `screen`.
     """
-    query = {"serviceDiscoveryURL": discovery_url, "fhirServiceUrl": fhir_url,
-             "patientId": patient_id, "hook": hook, "screen": SANDBOX_SCREENS[hook]}
+    query = {
+        "serviceDiscoveryURL": discovery_url,
+        "fhirServiceUrl": fhir_url,
+        "patientId": patient_id,
+        "hook": hook,
+        "screen": SANDBOX_SCREENS[hook],
+    }
     return f"{SANDBOX_URL}?{urlencode(query)}"
 
 
@@ -166,7 +189,8 @@ class CurlSigner:
     """An ES384 key made for one demo run, trusted by the service, signing the curl tokens."""
 
     key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
+        default_factory=lambda: ec.generate_private_key(ec.SECP384R1())
+    )
 
     @property
     def jwks(self) -> dict[str, Any]:
@@ -176,10 +200,16 @@ class CurlSigner:
     def token(self, url: str) -> str:
         """A single-use token for `url` (the service remembers its `jti`)."""
         now = int(time.time())
-        claims = {"iss": CURL_ISSUER, "aud": url, "iat": now, "exp": now + CURL_TOKEN_SECONDS,
-                  "jti": str(uuid.uuid4())}
-        return jwt.encode(claims, self.key, algorithm="ES384",
-                          headers={"kid": CURL_KID, "typ": "JWT"})
+        claims = {
+            "iss": CURL_ISSUER,
+            "aud": url,
+            "iat": now,
+            "exp": now + CURL_TOKEN_SECONDS,
+            "jti": str(uuid.uuid4()),
+        }
+        return jwt.encode(
+            claims, self.key, algorithm="ES384", headers={"kid": CURL_KID, "typ": "JWT"}
+        )
 
 
 def trusted_issuers(signer: CurlSigner, existing: str | None) -> str:
@@ -192,9 +222,11 @@ def trusted_issuers(signer: CurlSigner, existing: str | None) -> str:
 
 
 def curl_line(service_url: str, token: str, body: dict[str, Any]) -> str:
-    return (f"curl -s {shlex.quote(service_url)} -H 'Content-Type: application/json' "
-            f"-H {shlex.quote('Authorization: Bearer ' + token)} "
-            f"-d {shlex.quote(json.dumps(body, separators=(',', ':')))}")
+    return (
+        f"curl -s {shlex.quote(service_url)} -H 'Content-Type: application/json' "
+        f"-H {shlex.quote('Authorization: Bearer ' + token)} "
+        f"-d {shlex.quote(json.dumps(body, separators=(',', ':')))}"
+    )
 
 
 # -- the local FHIR server --------------------------------------------------------------
@@ -208,11 +240,11 @@ def node_command() -> list[str]:
     experimental global is switched on.
     """
     try:
-        version = subprocess.run(["node", "--version"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+        version = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as error:
-        raise DemoError("node is needed for the local FHIR server (Debian: nodejs, npm)") \
-            from error
+        raise DemoError("node is needed for the local FHIR server (Debian: nodejs, npm)") from error
     major = int(version.lstrip("v").split(".")[0])
     return ["node", "--experimental-websocket"] if major < 22 else ["node"]
 
@@ -236,21 +268,29 @@ def ensure_node_modules(server_dir: Path = FHIR_SERVER_DIR) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if up_to_date():  # another process installed while we waited
             return
-        result = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=server_dir,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=server_dir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
             raise DemoError(f"npm ci failed in {server_dir}:\n{result.stderr}")
 
 
-def wait_for_fhir_server(process: subprocess.Popen[bytes], log_path: Path,
-                         timeout: float = 30.0) -> str:
+def wait_for_fhir_server(
+    process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0
+) -> str:
     """The base URL the node server printed, once its /healthz answers."""
     deadline = time.monotonic() + timeout
     base_url = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DemoError(f"FHIR server exited with {process.returncode}:\n"
-                            f"{log_path.read_text(errors='replace')}")
+            raise DemoError(
+                f"FHIR server exited with {process.returncode}:\n"
+                f"{log_path.read_text(errors='replace')}"
+            )
         if base_url is None and (match := _LISTENING.search(log_path.read_text())):
             base_url = match.group(1)
         if base_url is not None:
@@ -262,11 +302,13 @@ def wait_for_fhir_server(process: subprocess.Popen[bytes], log_path: Path,
 
 
 def load_bundle(fhir_url: str, bundle: dict[str, Any]) -> None:
-    response = httpx.post(f"{fhir_url}/", json=bundle, timeout=60.0,
-                          headers={"Content-Type": "application/fhir+json"})
+    response = httpx.post(
+        f"{fhir_url}/", json=bundle, timeout=60.0, headers={"Content-Type": "application/fhir+json"}
+    )
     if response.status_code != 200:
-        raise DemoError(f"loading a demo bundle failed ({response.status_code}): "
-                        f"{response.text[:500]}")
+        raise DemoError(
+            f"loading a demo bundle failed ({response.status_code}): {response.text[:500]}"
+        )
 
 
 # -- running both servers ---------------------------------------------------------------
@@ -317,32 +359,46 @@ def wait_for_service(process: subprocess.Popen[bytes], url: str, timeout: float 
 def discover_services(base_url: str, signer: CurlSigner) -> dict[str, str]:
     """hook -> service id, read from the running service's discovery (JWT-verified)."""
     url = f"{base_url}/cds-services"
-    response = httpx.get(url, headers={"Authorization": f"Bearer {signer.token(url)}"},
-                         timeout=10.0)
+    response = httpx.get(
+        url, headers={"Authorization": f"Bearer {signer.token(url)}"}, timeout=10.0
+    )
     response.raise_for_status()
     return {service["hook"]: service["id"] for service in response.json()["services"]}
 
 
-def describe(patients: list[DemoPatient], base_url: str, fhir_url: str,
-             services: dict[str, str], signer: CurlSigner, today: date) -> str:
+def describe(
+    patients: list[DemoPatient],
+    base_url: str,
+    fhir_url: str,
+    services: dict[str, str],
+    signer: CurlSigner,
+    today: date,
+) -> str:
     """The text printed once both servers run: per patient, sandbox links and curl lines."""
     discovery = f"{base_url}/cds-services"
     lines = [
-        "", "twitch-cds demo is running (Ctrl-C stops both servers).",
+        "",
+        "twitch-cds demo is running (Ctrl-C stops both servers).",
         f"  CDS service:  {discovery}   (JWT: trusts {SANDBOX_ISSUER} and this run's curl key)",
-        f"  FHIR server:  {fhir_url}   (R4, open, CORS for any origin)", "",
+        f"  FHIR server:  {fhir_url}   (R4, open, CORS for any origin)",
+        "",
     ]
     for number, patient in enumerate(patients, 1):
         lines.append(f"{number}. {patient.title}  [patientId {patient.patient_id}]")
-        lines += textwrap.wrap(patient.shows, width=96, initial_indent="   ",
-                               subsequent_indent="   ")
+        lines += textwrap.wrap(
+            patient.shows, width=96, initial_indent="   ", subsequent_indent="   "
+        )
         for hook, codes in patient.cards.items():
             expected = ", ".join(codes) if codes else "no cards"
             lines.append(f"   {hook}: expect {expected}")
             link = sandbox_link(discovery, fhir_url, patient.patient_id, hook)
             service_url = f"{discovery}/{services[hook]}"
-            body = {"hookInstance": str(uuid.uuid4()), "hook": hook, "fhirServer": fhir_url,
-                    "context": hook_context(patient, hook, today)}
+            body = {
+                "hookInstance": str(uuid.uuid4()),
+                "hook": hook,
+                "fhirServer": fhir_url,
+                "context": hook_context(patient, hook, today),
+            }
             curl = curl_line(service_url, signer.token(service_url), body)
             lines += [f"     sandbox: {link}", f"     curl:    {curl}"]
         lines.append("")
@@ -351,16 +407,26 @@ def describe(patients: list[DemoPatient], base_url: str, fhir_url: str,
 
 
 @contextlib.contextmanager
-def running_fhir_server(options: DemoOptions, workdir: Path
-                        ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_fhir_server(
+    options: DemoOptions, workdir: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The node FHIR server as a child process (its output in `workdir`), and its base URL."""
     ensure_node_modules()
     log_path = workdir / "fhir-server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*node_command(), "server.mjs", "--host", options.host,
-             "--port", str(options.fhir_port)],
-            cwd=FHIR_SERVER_DIR, stdout=log, stderr=subprocess.STDOUT)
+            [
+                *node_command(),
+                "server.mjs",
+                "--host",
+                options.host,
+                "--port",
+                str(options.fhir_port),
+            ],
+            cwd=FHIR_SERVER_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield wait_for_fhir_server(process, log_path), process
     finally:
@@ -368,16 +434,31 @@ def running_fhir_server(options: DemoOptions, workdir: Path
 
 
 @contextlib.contextmanager
-def running_service(options: DemoOptions, signer: CurlSigner
-                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_service(
+    options: DemoOptions, signer: CurlSigner
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`twitch-cds serve` as a child process (JSON log lines on our stdout), and its URL."""
-    env = {**os.environ, "TWITCH_CDS_AUTH": "jwt",
-           "TWITCH_CDS_TRUSTED_ISSUERS": trusted_issuers(
-               signer, os.environ.get("TWITCH_CDS_TRUSTED_ISSUERS"))}
+    env = {
+        **os.environ,
+        "TWITCH_CDS_AUTH": "jwt",
+        "TWITCH_CDS_TRUSTED_ISSUERS": trusted_issuers(
+            signer, os.environ.get("TWITCH_CDS_TRUSTED_ISSUERS")
+        ),
+    }
     base_url = f"http://{options.host}:{options.port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "cds.cli", "serve", "--host", options.host,
-         "--port", str(options.port)], env=env)
+        [
+            sys.executable,
+            "-m",
+            "cds.cli",
+            "serve",
+            "--host",
+            options.host,
+            "--port",
+            str(options.port),
+        ],
+        env=env,
+    )
     try:
         wait_for_service(process, base_url)
         yield base_url, process
@@ -390,17 +471,21 @@ def run(options: DemoOptions) -> None:
     patients = load_patients()
     today = date.today()
     signer = CurlSigner()
-    with tempfile.TemporaryDirectory(prefix="twitch-cds-demo-") as workdir, \
-            running_fhir_server(options, Path(workdir)) as (fhir_url, fhir), \
-            running_service(options, signer) as (base_url, service):
+    with (
+        tempfile.TemporaryDirectory(prefix="twitch-cds-demo-") as workdir,
+        running_fhir_server(options, Path(workdir)) as (fhir_url, fhir),
+        running_service(options, signer) as (base_url, service),
+    ):
         for patient in patients:
             load_bundle(fhir_url, patient.bundle(today))
         services = discover_services(base_url, signer)
         print(describe(patients, base_url, fhir_url, services, signer, today), flush=True)
         while fhir.poll() is None and service.poll() is None:
             time.sleep(0.5)
-        raise DemoError("a server stopped by itself: "
-                        f"FHIR server {fhir.returncode}, service {service.returncode}")
+        raise DemoError(
+            "a server stopped by itself: "
+            f"FHIR server {fhir.returncode}, service {service.returncode}"
+        )
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
@@ -429,9 +514,10 @@ def main(args: argparse.Namespace) -> int:
 def add_parser(commands: Any) -> None:
     """Registers `demo` on the CLI's subcommands."""
     defaults = DemoOptions()
-    demo = commands.add_parser("demo", help="run the service and a FHIR server with demo "
-                               "patients, for the CDS Hooks sandbox")
+    demo = commands.add_parser(
+        "demo",
+        help="run the service and a FHIR server with demo patients, for the CDS Hooks sandbox",
+    )
     demo.add_argument("--host", default=defaults.host, help="loopback address of both servers")
     demo.add_argument("--port", type=int, default=defaults.port, help="CDS service port")
-    demo.add_argument("--fhir-port", type=int, default=defaults.fhir_port,
-                      help="FHIR server port")
+    demo.add_argument("--fhir-port", type=int, default=defaults.fhir_port, help="FHIR server port")

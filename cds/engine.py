@@ -64,8 +64,10 @@ class RulesEngine:
         for ruleset, rules in knowledge.rulesets.items():
             name = f"{ruleset}-{self._suffix}"
             self._names[ruleset] = name
-            definition = {rule_name: {"all": rule.all, "run": self._action(rule_name, rule)}
-                          for rule_name, rule in rules.items()}
+            definition = {
+                rule_name: {"all": rule.all, "run": self._action(rule_name, rule)}
+                for rule_name, rule in rules.items()
+            }
             definition["catch-all"] = {**CATCH_ALL, "run": _ignore}
             definitions[name] = definition
         self._host.register_rulesets(definitions)
@@ -78,13 +80,21 @@ class RulesEngine:
             if finding.startswith("$"):
                 alias, attribute = finding[1:].split(".", 1)
                 finding = getattr(c, alias)[attribute]
-            evidence = tuple(ref for alias in outcome.cite
-                             if (ref := getattr(c, alias)["evidence"]) is not None)
+            evidence = tuple(
+                ref for alias in outcome.cite if (ref := getattr(c, alias)["evidence"]) is not None
+            )
             diagnosis = getattr(c, outcome.diagnosis)["evidence"] if outcome.diagnosis else None
             with self._lock:
-                self._collected.setdefault(c.s.sid, []).append(Finding(
-                    finding, outcome.indicator, evidence, rule_name, frozenset(outcome.tags),
-                    diagnosis))
+                self._collected.setdefault(c.s.sid, []).append(
+                    Finding(
+                        finding,
+                        outcome.indicator,
+                        evidence,
+                        rule_name,
+                        frozenset(outcome.tags),
+                        diagnosis,
+                    )
+                )
 
         return emit
 

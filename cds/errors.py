@@ -9,21 +9,37 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
-               405: "not-supported", 412: "incomplete", 413: "too-long", 415: "not-supported",
-               500: "exception"}
+ISSUE_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    412: "incomplete",
+    413: "too-long",
+    415: "not-supported",
+    500: "exception",
+}
 
 
-def operation_outcome(status: int, diagnostics: str | list[str],
-                      headers: dict[str, str] | None = None) -> JSONResponse:
+def operation_outcome(
+    status: int, diagnostics: str | list[str], headers: dict[str, str] | None = None
+) -> JSONResponse:
     messages = [diagnostics] if isinstance(diagnostics, str) else diagnostics
     body: dict[str, Any] = {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": ISSUE_CODES.get(status, "processing"),
-                   "diagnostics": message} for message in messages],
+        "issue": [
+            {
+                "severity": "error",
+                "code": ISSUE_CODES.get(status, "processing"),
+                "diagnostics": message,
+            }
+            for message in messages
+        ],
     }
-    return JSONResponse(body, status_code=status, headers=headers,
-                        media_type="application/fhir+json")
+    return JSONResponse(
+        body, status_code=status, headers=headers, media_type="application/fhir+json"
+    )
 
 
 def describe_validation_errors(errors: list[dict[str, Any]], limit: int = 10) -> list[str]:

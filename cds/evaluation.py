@@ -56,8 +56,11 @@ def read_resources_or_request(path: Path) -> dict[str, Any] | list[dict[str, Any
         return document
     if document.get("resourceType") == "Bundle":
         entries = document.get("entry") or []
-        return [e["resource"] for e in entries
-                if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        return [
+            e["resource"]
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
     if isinstance(document.get("resourceType"), str):
         return [document]
     raise EvaluationError("expected a hook request, a FHIR Bundle or a FHIR resource")
@@ -84,8 +87,11 @@ def request_for(resources: list[dict[str, Any]], service: Service) -> dict[str, 
     if len(patients) != 1 or not isinstance(patients[0].get("id"), str):
         raise EvaluationError(f"expected exactly one Patient with an id, found {len(patients)}")
     patient = patients[0]
-    drafts = ([r for r in resources if r.get("status") == "draft"]
-              if service.draft_orders != "none" else [])
+    drafts = (
+        [r for r in resources if r.get("status") == "draft"]
+        if service.draft_orders != "none"
+        else []
+    )
     record = [r for r in resources if r not in drafts and r is not patient]
     prefetch: dict[str, Any] = {}
     for template in service.prefetch:
@@ -93,21 +99,34 @@ def request_for(resources: list[dict[str, Any]], service: Service) -> dict[str, 
             prefetch[template.key] = patient
         else:
             prefetch[template.key] = _searchset(
-                [r for r in record if r.get("resourceType") == template.resource_type])
+                [r for r in record if r.get("resourceType") == template.resource_type]
+            )
     # Types no template asks for (Encounter, Claim...) travel too; the service ignores them.
-    prefetch["other"] = _searchset([r for r in record if r.get("resourceType") not in
-                                    {t.resource_type for t in service.prefetch}])
+    prefetch["other"] = _searchset(
+        [
+            r
+            for r in record
+            if r.get("resourceType") not in {t.resource_type for t in service.prefetch}
+        ]
+    )
     context: dict[str, Any] = {"patientId": patient["id"], "userId": CLI_USER}
     if drafts:
         context["draftOrders"] = _searchset(drafts)
         context["selections"] = [f"{r.get('resourceType')}/{r.get('id')}" for r in drafts]
-    return {"hook": service.hook, "hookInstance": str(uuid.uuid4()), "context": context,
-            "prefetch": prefetch}
+    return {
+        "hook": service.hook,
+        "hookInstance": str(uuid.uuid4()),
+        "context": context,
+        "prefetch": prefetch,
+    }
 
 
 def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset",
-            "entry": [{"resource": r} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+    }
 
 
 @dataclass(frozen=True)
@@ -117,24 +136,27 @@ class Evaluation:
     decision: Decision
 
 
-def evaluate(path: Path, catalog: dict[str, Service], pipeline: Pipeline, hook: str | None,
-             as_of: date) -> Evaluation:
+def evaluate(
+    path: Path, catalog: dict[str, Service], pipeline: Pipeline, hook: str | None, as_of: date
+) -> Evaluation:
     # The demo patients' dates are written relative to the day they are used; resolve them
     # against the evaluation date so a demo file evaluates as the demo shows it.
     content = resolve_dates(read_resources_or_request(path), as_of)
-    wanted = hook or (content.get("hook") if isinstance(content, dict) else None) \
-        or "patient-view"
+    wanted = hook or (content.get("hook") if isinstance(content, dict) else None) or "patient-view"
     services = [s for s in catalog.values() if s.hook == wanted]
     if not services:
-        raise EvaluationError(f"no service answers hook {wanted!r}; hooks: "
-                              + ", ".join(sorted({s.hook for s in catalog.values()})))
+        raise EvaluationError(
+            f"no service answers hook {wanted!r}; hooks: "
+            + ", ".join(sorted({s.hook for s in catalog.values()}))
+        )
     service = services[0]
     raw = content if isinstance(content, dict) else request_for(content, service)
     try:
         request = HookRequest.model_validate({**raw, "hook": service.hook})
     except ValidationError as error:
-        raise EvaluationError("; ".join(describe_validation_errors(
-            [dict(detail) for detail in error.errors()]))) from None
+        raise EvaluationError(
+            "; ".join(describe_validation_errors([dict(detail) for detail in error.errors()]))
+        ) from None
     record = asyncio.run(_assemble(request, service))
     return Evaluation(service, request, pipeline.decide(request, service, record.pool, as_of))
 
@@ -145,8 +167,10 @@ async def _assemble(request: HookRequest, service: Service) -> Any:
         try:
             return await assemble(request, service, FhirFetcher(client, [], 1.0, 1))
         except PreconditionFailed as failed:
-            raise EvaluationError("required data missing: " + "; ".join(
-                f"{key}: {reason}" for key, reason in sorted(failed.reasons.items()))) from None
+            raise EvaluationError(
+                "required data missing: "
+                + "; ".join(f"{key}: {reason}" for key, reason in sorted(failed.reasons.items()))
+            ) from None
 
 
 def render_table(cards: list[Card]) -> str:
@@ -156,10 +180,15 @@ def render_table(cards: list[Card]) -> str:
     blocks = []
     for card in cards:
         topic = card.source.topic.code if card.source.topic else "-"
-        lines = [f"[{card.indicator.upper()}] {card.summary}",
-                 f"  topic:  {topic}", f"  source: {card.source.label}"]
-        lines += [f"  evidence: {_plain(line.removeprefix('- '))}"
-                  for line in _evidence_lines(card.detail or "")]
+        lines = [
+            f"[{card.indicator.upper()}] {card.summary}",
+            f"  topic:  {topic}",
+            f"  source: {card.source.label}",
+        ]
+        lines += [
+            f"  evidence: {_plain(line.removeprefix('- '))}"
+            for line in _evidence_lines(card.detail or "")
+        ]
         lines += [f"  suggests: {s.label}" for s in card.suggestions or []]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -41,8 +41,10 @@ class SchemaNotCurrent(Exception):
 def collect(engine: Engine, knowledge: Knowledge) -> list[TopicFeedback]:
     """Feedback per topic, noisiest first (highest override rate, then most overridden)."""
     if schema_revision(engine) != head_revision():
-        raise SchemaNotCurrent("the database is not at the current schema; "
-                               "start the service once against it to migrate it")
+        raise SchemaNotCurrent(
+            "the database is not at the current schema; "
+            "start the service once against it to migrate it"
+        )
     texts = knowledge.findings.findings
     reason_names = {r.code: r.display for r in knowledge.findings.override_reasons}
     topics: dict[str, TopicFeedback] = {}
@@ -54,14 +56,22 @@ def collect(engine: Engine, knowledge: Knowledge) -> list[TopicFeedback]:
     topic_column = func.coalesce(card_issued.c.topic, UNKNOWN_TOPIC)
     with engine.connect() as connection:
         for code, issued in connection.execute(
-                select(card_issued.c.topic, func.count()).group_by(card_issued.c.topic)):
+            select(card_issued.c.topic, func.count()).group_by(card_issued.c.topic)
+        ):
             topic(code).issued = issued
         rows = connection.execute(
-            select(topic_column, feedback.c.outcome, feedback.c.override_reason_code,
-                   func.count(feedback.c.override_comment), func.count())
-            .select_from(feedback.outerjoin(card_issued,
-                                            card_issued.c.card_uuid == feedback.c.card_uuid))
-            .group_by(topic_column, feedback.c.outcome, feedback.c.override_reason_code))
+            select(
+                topic_column,
+                feedback.c.outcome,
+                feedback.c.override_reason_code,
+                func.count(feedback.c.override_comment),
+                func.count(),
+            )
+            .select_from(
+                feedback.outerjoin(card_issued, card_issued.c.card_uuid == feedback.c.card_uuid)
+            )
+            .group_by(topic_column, feedback.c.outcome, feedback.c.override_reason_code)
+        )
         for code, outcome, reason, comments, count in rows:
             entry = topic(code)
             entry.comments += comments
@@ -69,27 +79,36 @@ def collect(engine: Engine, knowledge: Knowledge) -> list[TopicFeedback]:
                 entry.accepted += count
             else:
                 entry.overridden += count
-                entry.reasons[reason_names.get(reason, reason) if reason else
-                              "(no reason given)"] += count
-    return sorted(topics.values(), key=lambda t: (-(t.override_rate or 0), -t.overridden,
-                                                  t.topic))
+                entry.reasons[
+                    reason_names.get(reason, reason) if reason else "(no reason given)"
+                ] += count
+    return sorted(topics.values(), key=lambda t: (-(t.override_rate or 0), -t.overridden, t.topic))
 
 
 def render_table(report: list[TopicFeedback]) -> str:
     if not report:
         return "No cards issued and no feedback received yet."
-    lines = [f"{'topic':<28} {'issued':>6} {'accepted':>8} {'overridden':>10} "
-             f"{'override rate':>13}  override reasons"]
+    lines = [
+        f"{'topic':<28} {'issued':>6} {'accepted':>8} {'overridden':>10} "
+        f"{'override rate':>13}  override reasons"
+    ]
     for entry in report:
         rate = f"{entry.override_rate:.0%}" if entry.override_rate is not None else "-"
         reasons = "; ".join(f"{name} ({count})" for name, count in entry.reasons.most_common())
         if entry.comments:
             reasons += f"{'; ' if reasons else ''}{entry.comments} with a comment"
-        lines.append(f"{entry.topic:<28} {entry.issued:>6} {entry.accepted:>8} "
-                     f"{entry.overridden:>10} {rate:>13}  {reasons or '-'}")
+        lines.append(
+            f"{entry.topic:<28} {entry.issued:>6} {entry.accepted:>8} "
+            f"{entry.overridden:>10} {rate:>13}  {reasons or '-'}"
+        )
     return "\n".join(lines)
 
 
 def render_json(report: list[TopicFeedback]) -> str:
-    return json.dumps([{**asdict(entry), "reasons": dict(entry.reasons),
-                        "override_rate": entry.override_rate} for entry in report], indent=2)
+    return json.dumps(
+        [
+            {**asdict(entry), "reasons": dict(entry.reasons), "override_rate": entry.override_rate}
+            for entry in report
+        ],
+        indent=2,
+    )

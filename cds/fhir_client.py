@@ -54,9 +54,12 @@ def is_allowed(base: str, allowed: list[str]) -> bool:
     for entry in allowed:
         rule = httpx.URL(entry)
         prefix = rule.path.rstrip("/")
-        if (url.scheme == rule.scheme and url.host == rule.host
-                and (rule.port is None or url.port == rule.port)
-                and (url.path.rstrip("/") == prefix or url.path.startswith(prefix + "/"))):
+        if (
+            url.scheme == rule.scheme
+            and url.host == rule.host
+            and (rule.port is None or url.port == rule.port)
+            and (url.path.rstrip("/") == prefix or url.path.startswith(prefix + "/"))
+        ):
             return True
     return False
 
@@ -79,20 +82,32 @@ def resolve_template(template: str, context: dict[str, Any]) -> str:
 class FhirFetcher:
     """Fetches prefetch templates from a FHIR server. One instance serves all requests."""
 
-    def __init__(self, client: httpx.AsyncClient, allowed_bases: list[str],
-                 timeout_seconds: float, max_pages: int) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        allowed_bases: list[str],
+        timeout_seconds: float,
+        max_pages: int,
+    ) -> None:
         self.client = client
         self.allowed_bases = allowed_bases
         self.timeout_seconds = timeout_seconds
         self.max_pages = max_pages
 
-    async def fetch(self, base: str, token: str | None, templates: list[PrefetchTemplate],
-                    context: dict[str, Any]) -> list[FetchResult]:
+    async def fetch(
+        self,
+        base: str,
+        token: str | None,
+        templates: list[PrefetchTemplate],
+        context: dict[str, Any],
+    ) -> list[FetchResult]:
         """Fetch every template concurrently; each result carries its resources or an error."""
         base = base.rstrip("/")
         if not is_allowed(base, self.allowed_bases):
-            return [FetchResult(t.key, [], "fhirServer is not an allowed FHIR base URL")
-                    for t in templates]
+            return [
+                FetchResult(t.key, [], "fhirServer is not an allowed FHIR base URL")
+                for t in templates
+            ]
         headers = {"Accept": "application/fhir+json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -109,8 +124,13 @@ class FhirFetcher:
         metrics.count_fhir_fallback(results)
         return results
 
-    async def _one(self, base: str, headers: dict[str, str], template: PrefetchTemplate,
-                   context: dict[str, Any]) -> FetchResult:
+    async def _one(
+        self,
+        base: str,
+        headers: dict[str, str],
+        template: PrefetchTemplate,
+        context: dict[str, Any],
+    ) -> FetchResult:
         try:
             url: str | None = f"{base}/{resolve_template(template.template, context)}"
             resources: list[dict[str, Any]] = []

@@ -36,13 +36,22 @@ class ConsolidatedFinding:
 def _merge(current: ConsolidatedFinding | None, finding: Finding) -> ConsolidatedFinding:
     diagnoses = (finding.diagnosis,) if finding.diagnosis else ()
     if current is None:
-        return ConsolidatedFinding(finding.code, finding.indicator, finding.evidence,
-                                   (finding.rule,), finding.tags, diagnoses)
+        return ConsolidatedFinding(
+            finding.code,
+            finding.indicator,
+            finding.evidence,
+            (finding.rule,),
+            finding.tags,
+            diagnoses,
+        )
     return ConsolidatedFinding(
-        current.code, current.indicator,
+        current.code,
+        current.indicator,
         current.evidence + tuple(e for e in finding.evidence if e not in current.evidence),
-        (*current.rules, finding.rule), current.tags | finding.tags,
-        current.diagnoses + tuple(d for d in diagnoses if d not in current.diagnoses))
+        (*current.rules, finding.rule),
+        current.tags | finding.tags,
+        current.diagnoses + tuple(d for d in diagnoses if d not in current.diagnoses),
+    )
 
 
 def consolidate(findings: list[Finding], knowledge: Knowledge) -> list[ConsolidatedFinding]:
@@ -51,12 +60,20 @@ def consolidate(findings: list[Finding], knowledge: Knowledge) -> list[Consolida
     merged: dict[str, ConsolidatedFinding] = {}
     for finding in sorted(findings, key=lambda f: -SEVERITY[f.indicator]):
         merged[finding.code] = _merge(merged.get(finding.code), finding)
-    merged = {code: f if "suspected" not in f.tags else ConsolidatedFinding(
-        f.code, f.indicator, f.evidence, f.rules, f.tags - OVERRULED_BY_SUSPECTED, f.diagnoses)
-        for code, f in merged.items()}
+    merged = {
+        code: f
+        if "suspected" not in f.tags
+        else ConsolidatedFinding(
+            f.code, f.indicator, f.evidence, f.rules, f.tags - OVERRULED_BY_SUSPECTED, f.diagnoses
+        )
+        for code, f in merged.items()
+    }
     serious = any(SEVERITY[f.indicator] > 0 for f in merged.values())
-    kept = [f for f in merged.values()
-            if not (texts[f.code].suppressed_by == "serious" and serious)]
+    kept = [
+        f for f in merged.values() if not (texts[f.code].suppressed_by == "serious" and serious)
+    ]
     order = list(texts)
-    return sorted(kept, key=lambda f: (-SEVERITY[f.indicator], not texts[f.code].red_flag,
-                                       order.index(f.code)))
+    return sorted(
+        kept,
+        key=lambda f: (-SEVERITY[f.indicator], not texts[f.code].red_flag, order.index(f.code)),
+    )

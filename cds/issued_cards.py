@@ -23,8 +23,9 @@ from cds.storage import FeedbackStore, IssuedCard
 
 
 class IssuedCards:
-    def __init__(self, store: FeedbackStore, interval: float = 1.0,
-                 max_pending: int = 50_000) -> None:
+    def __init__(
+        self, store: FeedbackStore, interval: float = 1.0, max_pending: int = 50_000
+    ) -> None:
         self.store = store
         self.interval = interval
         self.max_pending = max_pending  # bound while the database is down
@@ -32,9 +33,11 @@ class IssuedCards:
 
     def record(self, service_id: str, cards: Iterable[Card]) -> None:
         now = datetime.now(UTC)
-        self._pending += [IssuedCard(card.uuid, service_id, card.source.topic.code,
-                                     card.indicator, now)
-                          for card in cards if card.source.topic is not None]
+        self._pending += [
+            IssuedCard(card.uuid, service_id, card.source.topic.code, card.indicator, now)
+            for card in cards
+            if card.source.topic is not None
+        ]
         if len(self._pending) > self.max_pending:
             dropped = len(self._pending) - self.max_pending
             del self._pending[:dropped]
@@ -47,8 +50,7 @@ class IssuedCards:
         try:
             await run_in_threadpool(self.store.record_issued, batch)
         except Exception as error:  # kept for the next round; the hook calls go on
-            log.warning("issued cards not written", error=type(error).__name__,
-                        pending=len(batch))
+            log.warning("issued cards not written", error=type(error).__name__, pending=len(batch))
             self._pending = batch + self._pending
 
     async def run(self) -> None:

@@ -25,8 +25,16 @@ SYSTEMS = {
 }
 SexSpecific = float | dict[Literal["male", "female"], float]
 # The kinds of claim a source can support (rules/sources.yaml explains each).
-ClaimKind = Literal["referral", "red-flag-features", "benign-twitching", "cause-of-twitching",
-                    "drug-effect", "lab-cutoff", "score-cutoff", "calculation"]
+ClaimKind = Literal[
+    "referral",
+    "red-flag-features",
+    "benign-twitching",
+    "cause-of-twitching",
+    "drug-effect",
+    "lab-cutoff",
+    "score-cutoff",
+    "calculation",
+]
 
 
 class _Model(BaseModel):
@@ -81,23 +89,32 @@ class Threshold(_Model):
 
     @model_validator(mode="after")
     def _one_comparison(self) -> Threshold:
-        set_ = [k for k in ("below", "at_or_below", "above", "at_or_above") if getattr(self, k)
-                is not None]
+        set_ = [
+            k
+            for k in ("below", "at_or_below", "above", "at_or_above")
+            if getattr(self, k) is not None
+        ]
         if len(set_) != 1:
             raise ValueError(f"a threshold needs exactly one comparison, got {set_}")
         return self
 
     def limit(self, sex: str | None) -> tuple[str, float]:
         """The comparison and the limit for this sex (unknown sex: the less alarming limit)."""
-        op = next(k for k in ("below", "at_or_below", "above", "at_or_above")
-                  if getattr(self, k) is not None)
+        op = next(
+            k
+            for k in ("below", "at_or_below", "above", "at_or_above")
+            if getattr(self, k) is not None
+        )
         value = getattr(self, op)
         if isinstance(value, dict):
             if sex in value:
                 value = value[sex]
             else:
-                value = min(value.values()) if op.startswith(("below", "at_or_below")) \
+                value = (
+                    min(value.values())
+                    if op.startswith(("below", "at_or_below"))
                     else max(value.values())
+                )
         return op, float(value)
 
     def limit_in(self, unit: str | None) -> float | None:
@@ -108,8 +125,10 @@ class Threshold(_Model):
     def holds(self, value: float, sex: str | None) -> bool:
         op, limit = self.limit(sex)
         return {
-            "below": value < limit, "at_or_below": value <= limit,
-            "above": value > limit, "at_or_above": value >= limit,
+            "below": value < limit,
+            "at_or_below": value <= limit,
+            "above": value > limit,
+            "at_or_above": value >= limit,
         }[op]
 
 
@@ -126,8 +145,9 @@ class ImpossibleValue(_Model):
     at_or_below: float | None = None
 
     def holds(self, value: float) -> bool:
-        return ((self.below is not None and value < self.below)
-                or (self.at_or_below is not None and value <= self.at_or_below))
+        return (self.below is not None and value < self.below) or (
+            self.at_or_below is not None and value <= self.at_or_below
+        )
 
 
 class Analyte(_Model):
@@ -354,25 +374,37 @@ class Knowledge(_Model):
         """Every key one file uses must exist in the file that defines it."""
         problems = self._claims_have_sources()
         for code, text in self.findings.findings.items():
-            problems += [f"finding {code}: unknown analyte {a}"
-                         for a in text.labs if a not in self.labs.analytes]
+            problems += [
+                f"finding {code}: unknown analyte {a}"
+                for a in text.labs
+                if a not in self.labs.analytes
+            ]
         for name, analyte in self.labs.analytes.items():
             if analyte.finding and analyte.finding not in self.findings.findings:
                 problems.append(f"analyte {name}: no card text for {analyte.finding}")
         for name, ingredient in self.medications.ingredients.items():
             if ingredient.drug_class not in self.medications.classes:
                 problems.append(f"ingredient {name}: unknown class {ingredient.drug_class}")
-            problems += [f"ingredient {name}: unknown analyte {a}"
-                         for a in ingredient.lowers if a not in self.labs.analytes]
+            problems += [
+                f"ingredient {name}: unknown analyte {a}"
+                for a in ingredient.lowers
+                if a not in self.labs.analytes
+            ]
         for name, ingredients in self.medications.synonyms.items():
-            problems += [f"synonym {name}: unknown ingredient {i}"
-                         for i in ingredients if i not in self.medications.ingredients]
+            problems += [
+                f"synonym {name}: unknown ingredient {i}"
+                for i in ingredients
+                if i not in self.medications.ingredients
+            ]
         for name, analyte in self.labs.analytes.items():
             if analyte.outranked_by and analyte.outranked_by not in self.labs.analytes:
                 problems.append(f"analyte {name}: unknown outranking analyte")
         for pid, product in self.medications.products.items():
-            problems += [f"product {pid}: unknown ingredient {i}"
-                         for i in product.ingredients if i not in self.medications.ingredients]
+            problems += [
+                f"product {pid}: unknown ingredient {i}"
+                for i in product.ingredients
+                if i not in self.medications.ingredients
+            ]
         for cls in self.medications.classes.values():
             if cls.finding not in self.findings.findings:
                 problems.append(f"class {cls.label}: no card text for {cls.finding}")
@@ -381,13 +413,19 @@ class Knowledge(_Model):
                 finding = rule.then.finding
                 if not finding.startswith("$") and finding not in self.findings.findings:
                     problems.append(f"rule {rule_name}: no card text for {finding}")
-        problems += [f"value set {name}: no card text for {vs.diagnosis_of}"
-                     for name, vs in self.valuesets.items()
-                     if vs.diagnosis_of and vs.diagnosis_of not in self.findings.findings]
+        problems += [
+            f"value set {name}: no card text for {vs.diagnosis_of}"
+            for name, vs in self.valuesets.items()
+            if vs.diagnosis_of and vs.diagnosis_of not in self.findings.findings
+        ]
         observation_concepts = [o.concept for o in self.labs.scored_observations.values()] + [
-            o.concept for o in self.labs.coded_observations.values()]
-        problems += [f"observation concept {c} has no value set"
-                     for c in observation_concepts if c not in self.valuesets]
+            o.concept for o in self.labs.coded_observations.values()
+        ]
+        problems += [
+            f"observation concept {c} has no value set"
+            for c in observation_concepts
+            if c not in self.valuesets
+        ]
         if problems:
             raise ValueError("rules/ is inconsistent:\n  " + "\n  ".join(problems))
         return self
@@ -412,25 +450,38 @@ class Knowledge(_Model):
             for key in text.links:
                 problems += self._unsupported(f"finding {code} link", key, text.claims)
         for name, analyte in self.labs.analytes.items():
-            thresholds = {"low": analyte.low, "critical": analyte.critical,
-                          "high": analyte.high, **analyte.flags}
+            thresholds = {
+                "low": analyte.low,
+                "critical": analyte.critical,
+                "high": analyte.high,
+                **analyte.flags,
+            }
             for which, threshold in thresholds.items():
                 if threshold is not None:
-                    problems += self._unsupported(f"analyte {name} {which}", threshold.source,
-                                                  ["lab-cutoff"])
+                    problems += self._unsupported(
+                        f"analyte {name} {which}", threshold.source, ["lab-cutoff"]
+                    )
             if analyte.finding and analyte.low is not None:
-                problems += self._unsupported(f"analyte {name} low (card source)",
-                                              analyte.low.source, texts[analyte.finding].claims[:1])
+                problems += self._unsupported(
+                    f"analyte {name} low (card source)",
+                    analyte.low.source,
+                    texts[analyte.finding].claims[:1],
+                )
             if analyte.albumin_correction:
-                problems += self._unsupported(f"analyte {name} albumin correction",
-                                              analyte.albumin_correction.source, ["calculation"])
+                problems += self._unsupported(
+                    f"analyte {name} albumin correction",
+                    analyte.albumin_correction.source,
+                    ["calculation"],
+                )
         for name, scored in self.labs.scored_observations.items():
-            problems += self._unsupported(f"observation {name}", scored.positive.source,
-                                          ["score-cutoff"])
+            problems += self._unsupported(
+                f"observation {name}", scored.positive.source, ["score-cutoff"]
+            )
         for name, ingredient in self.medications.ingredients.items():
             if ingredient.mechanism_source:
-                problems += self._unsupported(f"ingredient {name} mechanism",
-                                              ingredient.mechanism_source, ["drug-effect"])
+                problems += self._unsupported(
+                    f"ingredient {name} mechanism", ingredient.mechanism_source, ["drug-effect"]
+                )
         return problems
 
 

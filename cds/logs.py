@@ -35,8 +35,9 @@ DISABLED_LOGGERS = ("uvicorn.access",)
 _TIMESTAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
-def _exception_without_message(_logger: Any, _method: str, event: MutableMapping[str, Any]
-                               ) -> MutableMapping[str, Any]:
+def _exception_without_message(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Replace `exc_info` by the exception's type(s) and frames, dropping messages."""
     exc_info = event.pop("exc_info", None)
     if not exc_info:
@@ -64,8 +65,9 @@ def describe_exception(exception: BaseException) -> str:
 
 
 def _describe_one(kind: type[BaseException], tb: TracebackType | None) -> str:
-    frames = [f"  {frame.filename}:{frame.lineno} in {frame.name}"
-              for frame in traceback.extract_tb(tb)]
+    frames = [
+        f"  {frame.filename}:{frame.lineno} in {frame.name}" for frame in traceback.extract_tb(tb)
+    ]
     return "\n".join([f"{kind.__module__}.{kind.__qualname__} (message withheld)", *frames])
 
 
@@ -96,8 +98,13 @@ def server_log_config(level: str = "INFO") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "cds.logs.json_formatter"}},
-        "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json",
-                                "stream": "ext://sys.stdout"}},
+        "handlers": {
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },
         "root": {"handlers": ["stdout"], "level": level.upper()},
         "loggers": {
             "uvicorn": {"level": "INFO"},

@@ -39,20 +39,31 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # from the same place, even if the variable is set later in this process.
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 
-REQUESTS = Counter("twitch_cds_http_requests", "HTTP requests answered",
-                   ["method", "route", "service", "status"])
-LATENCY = Histogram("twitch_cds_http_request_duration_seconds",
-                    "Time from request start to the end of the answer",
-                    ["method", "route", "service"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+REQUESTS = Counter(
+    "twitch_cds_http_requests", "HTTP requests answered", ["method", "route", "service", "status"]
+)
+LATENCY = Histogram(
+    "twitch_cds_http_request_duration_seconds",
+    "Time from request start to the end of the answer",
+    ["method", "route", "service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 CARDS = Counter("twitch_cds_cards", "Cards returned", ["service", "indicator", "topic"])
-FHIR_QUERIES = Counter("twitch_cds_fhir_fallback_queries",
-                       "Prefetch templates fetched from the EHR's FHIR server", ["key"])
-FHIR_FAILURES = Counter("twitch_cds_fhir_fallback_failures",
-                        "Prefetch templates the FHIR server did not deliver", ["key"])
-FEEDBACK = Counter("twitch_cds_feedback_entries",
-                   "New feedback entries stored, by the topic of the card they are about",
-                   ["service", "topic", "outcome"])
+FHIR_QUERIES = Counter(
+    "twitch_cds_fhir_fallback_queries",
+    "Prefetch templates fetched from the EHR's FHIR server",
+    ["key"],
+)
+FHIR_FAILURES = Counter(
+    "twitch_cds_fhir_fallback_failures",
+    "Prefetch templates the FHIR server did not deliver",
+    ["key"],
+)
+FEEDBACK = Counter(
+    "twitch_cds_feedback_entries",
+    "New feedback entries stored, by the topic of the card they are about",
+    ["service", "topic", "outcome"],
+)
 
 
 def exposition() -> tuple[bytes, str]:
@@ -64,8 +75,7 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def observe_request(method: str, route: str, service: str, status: int,
-                    seconds: float) -> None:
+def observe_request(method: str, route: str, service: str, status: int, seconds: float) -> None:
     """One answered request. `service` is a catalogue id or "" (discovery, probes...)."""
     REQUESTS.labels(method, route, service, str(status)).inc()
     LATENCY.labels(method, route, service).observe(seconds)

@@ -76,8 +76,7 @@ async def _discard_body(scope: Scope, receive: Receive, limit: int) -> None:
 class EdgeMiddleware:
     """Request id, body-size and content-type limits, security headers, one log line."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int,
-                 routes: Sequence[BaseRoute] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.routes = routes  # to name the route of requests answered before routing
@@ -103,10 +102,16 @@ class EdgeMiddleware:
                 return
             logged = True
             seconds, route = time.perf_counter() - started, _route(scope, self.routes)
-            log.info("request", method=scope["method"], route=route, status=status["code"],
-                     duration_ms=round(seconds * 1000, 2))
-            metrics.observe_request(scope["method"], route, metrics.service_of(scope),
-                                    status["code"], seconds)
+            log.info(
+                "request",
+                method=scope["method"],
+                route=route,
+                status=status["code"],
+                duration_ms=round(seconds * 1000, 2),
+            )
+            metrics.observe_request(
+                scope["method"], route, metrics.service_of(scope), status["code"], seconds
+            )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

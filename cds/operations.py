@@ -40,16 +40,20 @@ async def ready(request: Request) -> JSONResponse:
     passwords).
     """
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    checks = {"rules": runtime is not None and bool(runtime.catalog),
-              "database": runtime is not None and await run_in_threadpool(_database_answers,
-                                                                          runtime)}
+    checks = {
+        "rules": runtime is not None and bool(runtime.catalog),
+        "database": runtime is not None and await run_in_threadpool(_database_answers, runtime),
+    }
     status = 200 if all(checks.values()) else 503
     if status != 200:
         log.warning("not ready", failed=sorted(name for name, ok in checks.items() if not ok))
-    return JSONResponse({"status": "ready" if status == 200 else "not ready",
-                         "checks": {name: "ok" if ok else "failed"
-                                    for name, ok in checks.items()}},
-                        status_code=status)
+    return JSONResponse(
+        {
+            "status": "ready" if status == 200 else "not ready",
+            "checks": {name: "ok" if ok else "failed" for name, ok in checks.items()},
+        },
+        status_code=status,
+    )
 
 
 def _database_answers(runtime: Runtime) -> bool:

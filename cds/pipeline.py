@@ -33,8 +33,15 @@ def draft_orders(request: HookRequest, service: Service) -> list[dict[str, Any]]
     if service.draft_orders == "none" or not request.context.draftOrders:
         return []
     entries = request.context.draftOrders.get("entry")
-    orders = [e["resource"] for e in entries if isinstance(e, dict)
-              and isinstance(e.get("resource"), dict)] if isinstance(entries, list) else []
+    orders = (
+        [
+            e["resource"]
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
+        if isinstance(entries, list)
+        else []
+    )
     if service.draft_orders == "selected":
         selected = set(request.context.selections or [])
         orders = [o for o in orders if f"{o.get('resourceType')}/{o.get('id')}" in selected]
@@ -51,12 +58,12 @@ class Pipeline:
     cards: CardBuilder
     lookback_days: int
 
-    def decide(self, request: HookRequest, service: Service, pool: ResourcePool,
-               today: date) -> Decision:
-        facts = self.facts.build(pool.by_type, today, draft_orders(request, service),
-                                 pool.references)
-        findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts),
-                               self.knowledge)
-        context = CardContext(request.hookInstance, request.context.patientId,
-                              self.lookback_days)
+    def decide(
+        self, request: HookRequest, service: Service, pool: ResourcePool, today: date
+    ) -> Decision:
+        facts = self.facts.build(
+            pool.by_type, today, draft_orders(request, service), pool.references
+        )
+        findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts), self.knowledge)
+        context = CardContext(request.hookInstance, request.context.patientId, self.lookback_days)
         return Decision(self.cards.build(findings, facts, context), facts)

@@ -51,8 +51,10 @@ class ResourcePool:
             if depth < MAX_BUNDLE_DEPTH and isinstance(entries, list):
                 entries = [e for e in entries if isinstance(e, dict)]
                 self.references.update(
-                    (e["fullUrl"].strip(), e["resource"]) for e in entries
-                    if isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict))
+                    (e["fullUrl"].strip(), e["resource"])
+                    for e in entries
+                    if isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict)
+                )
                 for entry in entries:
                     self._add(entry.get("resource"), patient_id, depth + 1)
             return
@@ -96,8 +98,9 @@ def is_prefetched(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome")
 
 
-def unsatisfied(prefetch: dict[str, Any] | None,
-                templates: Iterable[PrefetchTemplate]) -> list[PrefetchTemplate]:
+def unsatisfied(
+    prefetch: dict[str, Any] | None, templates: Iterable[PrefetchTemplate]
+) -> list[PrefetchTemplate]:
     """The service's templates the client did not fill."""
     prefetch = prefetch or {}
     return [t for t in templates if not is_prefetched(prefetch.get(t.key))]

@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # cds.app imports this module to mount the router
     from cds.app import Runtime
 
 
-
 class OrjsonRequest(Request):
     """A request whose JSON body is parsed by orjson (several times faster than `json`)."""
 
@@ -92,12 +91,26 @@ class OrjsonRoute(APIRoute):
 
 
 router = APIRouter(route_class=OrjsonRoute)
-_OUTCOME_SCHEMA = {"type": "object", "required": ["resourceType", "issue"], "properties": {
-    "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
-    "issue": {"type": "array", "minItems": 1, "items": {
-        "type": "object", "required": ["severity", "code"], "properties": {
-            "severity": {"type": "string"}, "code": {"type": "string"},
-            "diagnostics": {"type": "string"}}}}}}
+_OUTCOME_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType", "issue"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+        "issue": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["severity", "code"],
+                "properties": {
+                    "severity": {"type": "string"},
+                    "code": {"type": "string"},
+                    "diagnostics": {"type": "string"},
+                },
+            },
+        },
+    },
+}
 
 
 def outcomes(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -108,7 +121,8 @@ def outcomes(*statuses: int) -> dict[int | str, dict[str, Any]]:
     content = {"application/fhir+json": {"schema": _OUTCOME_SCHEMA}}
     documented: dict[int | str, dict[str, Any]] = {
         status: {"description": HTTPStatus(status).phrase, "content": content}
-        for status in statuses}
+        for status in statuses
+    }
     documented["4XX"] = {"description": "Other client errors", "content": content}
     return documented
 
@@ -125,14 +139,14 @@ async def authenticate(request: Request) -> VerifiedClient | None:
     if rt.verifier is None:
         return None
     base = rt.settings.public_base_url
-    audience = (base.rstrip("/") + request.url.path) if base else \
-        str(request.url.replace(query=""))
+    audience = (base.rstrip("/") + request.url.path) if base else str(request.url.replace(query=""))
     try:
         client = await rt.verifier.verify(request.headers.get("authorization"), audience)
     except AuthError as error:
         log.info("authentication failed", reason=error.reason)
-        raise HTTPException(401, error.reason,
-                            headers={"WWW-Authenticate": error.www_authenticate}) from None
+        raise HTTPException(
+            401, error.reason, headers={"WWW-Authenticate": error.www_authenticate}
+        ) from None
     bind_contextvars(issuer=client.issuer)  # every later line of the request names the client
     return client
 
@@ -148,16 +162,24 @@ def find_service(request: Request, service_id: str) -> Service:
     return service
 
 
-@router.get("/cds-services", response_model=DiscoveryResponse, response_model_exclude_none=True,
-            responses=outcomes(401))
+@router.get(
+    "/cds-services",
+    response_model=DiscoveryResponse,
+    response_model_exclude_none=True,
+    responses=outcomes(401),
+)
 async def discovery(request: Request, _client: Client) -> DiscoveryResponse:
     return catalog.discovery(runtime(request).catalog)
 
 
-@router.post("/cds-services/{service_id}", response_model=CardsResponse,
-             responses=outcomes(400, 401, 404, 412, 413, 415))
-async def call_service(service_id: str, body: HookRequest, request: Request,
-                       client: Client) -> Response:
+@router.post(
+    "/cds-services/{service_id}",
+    response_model=CardsResponse,
+    responses=outcomes(400, 401, 404, 412, 413, 415),
+)
+async def call_service(
+    service_id: str, body: HookRequest, request: Request, client: Client
+) -> Response:
     rt = runtime(request)
     service = find_service(request, service_id)
     if body.hook != service.hook:
@@ -166,24 +188,37 @@ async def call_service(service_id: str, body: HookRequest, request: Request,
     try:
         record = await assemble(body, service, rt.fetcher)
     except PreconditionFailed as failed:
-        log.info("precondition failed", service=service.id, hook=service.hook,
-                 keys=sorted(failed.reasons))
-        return operation_outcome(412, [f"{key}: {reason}"
-                                       for key, reason in sorted(failed.reasons.items())])
+        log.info(
+            "precondition failed",
+            service=service.id,
+            hook=service.hook,
+            keys=sorted(failed.reasons),
+        )
+        return operation_outcome(
+            412, [f"{key}: {reason}" for key, reason in sorted(failed.reasons.items())]
+        )
     fetched_ms = (time.perf_counter() - started) * 1000
     decision = rt.pipeline.decide(body, service, record.pool, datetime.now(UTC).date())
     facts = decision.facts
     metrics.count_cards(service.id, decision.cards)
     rt.issued.record(service.id, decision.cards)
-    log.info("hook", service=service.id, hook=service.hook,
-             tenant=client.tenant if client else None,
-             resources=record.pool.count(), skipped=record.pool.skipped,
-             other_patient=record.pool.other_patient,
-             invalid_resources=facts.invalid_resources, unjudged=facts.unjudged_results,
-             fetched=record.fetched_keys, unavailable=sorted(record.unavailable),
-             facts=facts.kinds(), cards=len(decision.cards),
-             fetch_ms=round(fetched_ms, 2),
-             total_ms=round((time.perf_counter() - started) * 1000, 2))
+    log.info(
+        "hook",
+        service=service.id,
+        hook=service.hook,
+        tenant=client.tenant if client else None,
+        resources=record.pool.count(),
+        skipped=record.pool.skipped,
+        other_patient=record.pool.other_patient,
+        invalid_resources=facts.invalid_resources,
+        unjudged=facts.unjudged_results,
+        fetched=record.fetched_keys,
+        unavailable=sorted(record.unavailable),
+        facts=facts.kinds(),
+        cards=len(decision.cards),
+        fetch_ms=round(fetched_ms, 2),
+        total_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
     return cards_response(decision.cards)
 
 
@@ -193,10 +228,10 @@ def cards_response(cards: list[Card]) -> Response:
     return Response(orjson.dumps(answer), media_type="application/json")
 
 
-@router.post("/cds-services/{service_id}/feedback",
-             responses=outcomes(400, 401, 404, 413, 415))
-async def feedback(service_id: str, body: FeedbackRequest, request: Request,
-                   _client: Client) -> JSONResponse:
+@router.post("/cds-services/{service_id}/feedback", responses=outcomes(400, 401, 404, 413, 415))
+async def feedback(
+    service_id: str, body: FeedbackRequest, request: Request, _client: Client
+) -> JSONResponse:
     service = find_service(request, service_id)
     stored = await run_in_threadpool(runtime(request).store.store, service.id, body.feedback)
     metrics.count_feedback(service.id, stored)

@@ -28,12 +28,22 @@ from pydantic import ValidationError
 
 from cds.knowledge import SYSTEMS, load_knowledge
 
-FILES = ("sources.yaml", "valuesets.yaml", "labs.yaml", "medications.yaml", "findings.yaml",
-         "ruleset.yaml")
+FILES = (
+    "sources.yaml",
+    "valuesets.yaml",
+    "labs.yaml",
+    "medications.yaml",
+    "findings.yaml",
+    "ruleset.yaml",
+)
 LAB_GROUPS = ("analytes", "scored_observations", "coded_observations")
 # The keys of rule patterns that name something defined in another file.
-REFERENCES = {"concept": "value set", "analyte": "analyte", "class": "drug class",
-              "finding": "finding"}
+REFERENCES = {
+    "concept": "value set",
+    "analyte": "analyte",
+    "class": "drug class",
+    "finding": "finding",
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -43,8 +53,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.where}: {self.message}" if self.where else \
-            f"{self.file}: {self.message}"
+        return (
+            f"{self.file}: {self.where}: {self.message}"
+            if self.where
+            else f"{self.file}: {self.message}"
+        )
 
 
 def check(rules_dir: Path) -> list[Problem]:
@@ -92,15 +105,15 @@ def _source_references(documents: dict[str, Any]) -> Iterator[Problem]:
     for name, text in _mapping(_mapping(documents["findings.yaml"]).get("findings")).items():
         text = _mapping(text)
         cited += [("findings.yaml", f"findings.{name}.source", text.get("source"))]
-        cited += [("findings.yaml", f"findings.{name}.links", key)
-                  for key in text.get("links") or []]
+        cited += [
+            ("findings.yaml", f"findings.{name}.links", key) for key in text.get("links") or []
+        ]
     labs = _mapping(documents["labs.yaml"])
     for group in LAB_GROUPS:
         for name, item in _mapping(labs.get(group)).items():
             for key in ("low", "critical", "high", "positive", "albumin_correction"):
                 if isinstance(_mapping(item).get(key), dict):
-                    cited.append(("labs.yaml", f"{group}.{name}.{key}",
-                                  item[key].get("source")))
+                    cited.append(("labs.yaml", f"{group}.{name}.{key}", item[key].get("source")))
     for file, where, key in cited:
         if not key:
             yield Problem(file, where, "no source")
@@ -124,24 +137,31 @@ def _code_lists(documents: dict[str, Any]) -> Iterator[tuple[str, str, list[Any]
             answers = _mapping(item).get("positive_values")
             if answers:
                 # Answer codes are SNOMED unless stated (cds.facts reads them that way).
-                yield ("labs.yaml", f"{group}.{name}.positive_values",
-                       [{"system": "snomed", **a} for a in answers if isinstance(a, dict)],
-                       False)
+                yield (
+                    "labs.yaml",
+                    f"{group}.{name}.positive_values",
+                    [{"system": "snomed", **a} for a in answers if isinstance(a, dict)],
+                    False,
+                )
 
 
 def _codes(documents: dict[str, Any]) -> Iterator[Problem]:
     for file, place, codes, needs_source in _code_lists(documents):
         seen: Counter[tuple[str, str]] = Counter()
         for index, code in enumerate(codes):
-            where = f"{place}.codes[{index}]" if "positive_values" not in place else \
-                f"{place}[{index}]"
+            where = (
+                f"{place}.codes[{index}]" if "positive_values" not in place else f"{place}[{index}]"
+            )
             if not isinstance(code, dict) or "code" not in code:
                 yield Problem(file, where, "a code entry needs at least `code`")
                 continue
             system = code.get("system", "loinc")
             if system not in SYSTEMS:
-                yield Problem(file, where, f"unknown code system {system!r} (known: "
-                                           f"{', '.join(sorted(SYSTEMS))})")
+                yield Problem(
+                    file,
+                    where,
+                    f"unknown code system {system!r} (known: {', '.join(sorted(SYSTEMS))})",
+                )
             if needs_source and not code.get("source"):
                 yield Problem(file, where, f"code {code['code']} has no source")
             seen[(system, str(code["code"]))] += 1
@@ -158,8 +178,12 @@ def _units(labs: Any) -> Iterator[Problem]:
         unit, units = analyte.get("unit"), _mapping(analyte.get("units"))
         thresholds = [k for k in ("low", "critical", "high") if analyte.get(k)]
         if not unit:
-            yield Problem("labs.yaml", where, "no canonical `unit`: thresholds "
-                          f"{', '.join(thresholds) or '(none yet)'} would have no unit")
+            yield Problem(
+                "labs.yaml",
+                where,
+                "no canonical `unit`: thresholds "
+                f"{', '.join(thresholds) or '(none yet)'} would have no unit",
+            )
         elif units.get(unit) != 1.0:
             yield Problem("labs.yaml", where, f"unit {unit!r} must be in `units` with factor 1.0")
     for name, scored in _mapping(labs.get("scored_observations")).items():
@@ -201,22 +225,43 @@ def _rule_references(documents: dict[str, Any]) -> Iterator[Problem]:
                         yield Problem("ruleset.yaml", where, f"unknown {kind} {value!r}")
                 if pattern.get("kind") == "lab":
                     for test in _patterns(pattern):
-                        for flag in set(test) - {"kind", "analyte", "low", "critical", "high",
-                                                 "finding", "$and", "$or", "$ex", "$not"}:
-                            if not flag.startswith("$") and test.get(flag) is True \
-                                    and flag not in flags:
+                        for flag in set(test) - {
+                            "kind",
+                            "analyte",
+                            "low",
+                            "critical",
+                            "high",
+                            "finding",
+                            "$and",
+                            "$or",
+                            "$ex",
+                            "$not",
+                        }:
+                            if (
+                                not flag.startswith("$")
+                                and test.get(flag) is True
+                                and flag not in flags
+                            ):
                                 yield Problem("ruleset.yaml", where, f"unknown lab flag {flag!r}")
             finding = _mapping(_mapping(rule).get("then")).get("finding")
-            if isinstance(finding, str) and not finding.startswith("$") \
-                    and finding not in defined["finding"]:
+            if (
+                isinstance(finding, str)
+                and not finding.startswith("$")
+                and finding not in defined["finding"]
+            ):
                 yield Problem("ruleset.yaml", where, f"no card text for finding {finding!r}")
 
 
 def _model(rules_dir: Path) -> Iterator[Problem]:
     """What the service itself checks at start-up, as problems instead of one exception."""
-    files = {"sources": "sources.yaml", "valuesets": "valuesets.yaml", "labs": "labs.yaml",
-             "medications": "medications.yaml", "findings": "findings.yaml",
-             "rulesets": "ruleset.yaml"}
+    files = {
+        "sources": "sources.yaml",
+        "valuesets": "valuesets.yaml",
+        "labs": "labs.yaml",
+        "medications": "medications.yaml",
+        "findings": "findings.yaml",
+        "rulesets": "ruleset.yaml",
+    }
     try:
         load_knowledge(rules_dir)
     except ValidationError as error:
@@ -224,8 +269,7 @@ def _model(rules_dir: Path) -> Iterator[Problem]:
             location = [str(part) for part in detail["loc"]]
             message = detail["msg"].removeprefix("Value error, ")
             if location:
-                yield Problem(files.get(location[0], location[0]), ".".join(location[1:]),
-                              message)
+                yield Problem(files.get(location[0], location[0]), ".".join(location[1:]), message)
             else:
                 for line in message.splitlines()[1:] or [message]:
                     yield Problem("rules/", "", f"dangling reference: {line.strip()}")

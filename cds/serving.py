@@ -36,10 +36,18 @@ def serve(host: str, port: int, workers: int) -> None:
         # the workers) are JSON like the service's. The root level follows the service
         # setting; the app's settings validate it again at start.
         level = os.environ.get("TWITCH_CDS_LOG_LEVEL", "INFO").upper()
-        uvicorn.run("cds.app:create_app", factory=True, host=host, port=port,
-                    workers=workers, access_log=False, proxy_headers=False,
-                    server_header=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-                    log_config=server_log_config(level if level in _LEVELS else "INFO"))
+        uvicorn.run(
+            "cds.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            log_config=server_log_config(level if level in _LEVELS else "INFO"),
+        )
 
 
 def prepare_metrics_directory(directory: Path) -> None:

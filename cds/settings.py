@@ -27,8 +27,12 @@ class Settings(BaseSettings):
     trusted_issuers: dict[str, Any] = Field(default_factory=dict)
     public_base_url: str | None = None
     fhir_allowed_bases: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://127.0.0.1", "http://localhost",
-                                 "https://127.0.0.1", "https://localhost"]
+        default_factory=lambda: [
+            "http://127.0.0.1",
+            "http://localhost",
+            "https://127.0.0.1",
+            "https://localhost",
+        ]
     )
     fhir_timeout_seconds: float = Field(default=2.0, gt=0)
     fhir_max_pages: int = Field(default=10, ge=1)

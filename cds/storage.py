@@ -59,8 +59,9 @@ feedback = Table(
     Column("override_reason_code", String(512), nullable=True),
     Column("override_comment", Text, nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("service_id", "card_uuid", "outcome", "outcome_timestamp",
-                     name="uq_feedback_entry"),
+    UniqueConstraint(
+        "service_id", "card_uuid", "outcome", "outcome_timestamp", name="uq_feedback_entry"
+    ),
 )
 
 jwt_seen = Table(
@@ -114,8 +115,9 @@ def migrate(engine: Engine) -> None:
         return
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                               {"key": _MIGRATION_LOCK_KEY})
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -164,8 +166,9 @@ def _insert(engine: Engine) -> Any:
 def make_engine(url: str, **options: Any) -> Engine:
     """An engine with SQLite set up for concurrent writers and crash-safe commits."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               **options)
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **options
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -176,8 +179,9 @@ def make_engine(url: str, **options: Any) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, **{"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20,
-                                 **options})
+    return create_engine(
+        url, **{"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, **options}
+    )
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -254,15 +258,25 @@ class FeedbackStore:
         now = datetime.now(UTC)
         rows = [_row(service_id, entry, now) for entry in entries]
         # RETURNING, not rowcount: SQLAlchemy 2.1 with psycopg reports rowcount -1 here.
-        statement = (_insert(self.engine)(feedback).values(rows).on_conflict_do_nothing()
-                     .returning(feedback.c.card_uuid, feedback.c.outcome))
+        statement = (
+            _insert(self.engine)(feedback)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(feedback.c.card_uuid, feedback.c.outcome)
+        )
         with self.engine.begin() as connection:
             new = connection.execute(statement).all()
-            topics = dict(connection.execute(
-                select(card_issued.c.card_uuid, card_issued.c.topic)
-                .where(card_issued.c.card_uuid.in_({row.card_uuid for row in new}))).all())
-        return [StoredFeedback(row.card_uuid, row.outcome,
-                               topics.get(row.card_uuid, UNKNOWN_TOPIC)) for row in new]
+            topics = dict(
+                connection.execute(
+                    select(card_issued.c.card_uuid, card_issued.c.topic).where(
+                        card_issued.c.card_uuid.in_({row.card_uuid for row in new})
+                    )
+                ).all()
+            )
+        return [
+            StoredFeedback(row.card_uuid, row.outcome, topics.get(row.card_uuid, UNKNOWN_TOPIC))
+            for row in new
+        ]
 
     def record_issued(self, cards: Iterable[IssuedCard]) -> None:
         """Remember issued cards (a repeated hook call yields the same uuids: kept once)."""
@@ -272,8 +286,7 @@ class FeedbackStore:
             # limit (PostgreSQL's 65,535) however many cards accumulated, unlike one
             # multi-row VALUES, which is compiled anew for every row count.
             with self.engine.begin() as connection:
-                connection.execute(_insert(self.engine)(card_issued).on_conflict_do_nothing(),
-                                   rows)
+                connection.execute(_insert(self.engine)(card_issued).on_conflict_do_nothing(), rows)
 
     def count(self, service_id: str | None = None) -> int:
         query = select(func.count()).select_from(feedback)
@@ -294,17 +307,23 @@ class DatabaseReplayCache:
         now = int(time.time())
         # RETURNING, not rowcount: with psycopg, SQLAlchemy 2.1 reports rowcount -1 for this
         # INSERT, which `bool()` took for "new": every replayed jti was accepted.
-        statement = (_insert(self.engine)(jwt_seen).values(
-            issuer=issuer, jti=jti, expires_at=expires_at).on_conflict_do_nothing()
-            .returning(jwt_seen.c.jti))
+        statement = (
+            _insert(self.engine)(jwt_seen)
+            .values(issuer=issuer, jti=jti, expires_at=expires_at)
+            .on_conflict_do_nothing()
+            .returning(jwt_seen.c.jti)
+        )
         with self.engine.begin() as connection:
-            connection.execute(sql_delete(jwt_seen).where(
-                jwt_seen.c.issuer == issuer, jwt_seen.c.jti == jti,
-                jwt_seen.c.expires_at < now))
+            connection.execute(
+                sql_delete(jwt_seen).where(
+                    jwt_seen.c.issuer == issuer, jwt_seen.c.jti == jti, jwt_seen.c.expires_at < now
+                )
+            )
             return connection.execute(statement).first() is not None
 
     def purge_expired(self) -> int:
         with self.engine.begin() as connection:
             result = connection.execute(
-                sql_delete(jwt_seen).where(jwt_seen.c.expires_at < int(time.time())))
+                sql_delete(jwt_seen).where(jwt_seen.c.expires_at < int(time.time()))
+            )
             return result.rowcount or 0

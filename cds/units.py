@@ -38,8 +38,9 @@ def unit_factors(units: dict[str, float]) -> dict[str, float]:
     return {unit_key(unit): factor for unit, factor in units.items()}
 
 
-def convert(value: float, units: Iterable[str | None],
-            factors: dict[str, float]) -> tuple[float, str] | None:
+def convert(
+    value: float, units: Iterable[str | None], factors: dict[str, float]
+) -> tuple[float, str] | None:
     """`value` in the canonical unit and the unit it was read in, or None when no stated unit
     is convertible. `factors` is keyed by `unit_key`. A missing unit is not guessed: a bare
     1.4 could be mg/dL or mmol/L, a factor of 2.4 apart."""
@@ -50,4 +51,3 @@ def convert(value: float, units: Iterable[str | None],
         if factor is not None:
             return float(f"{value * factor:.{SIGNIFICANT_DIGITS}g}"), unit
     return None
-

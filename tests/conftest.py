@@ -37,8 +37,10 @@ def free_port() -> int:
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"auth": "none",
-                                  "database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}"}
+        values: dict[str, Any] = {
+            "auth": "none",
+            "database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
+        }
         values.update(overrides)
         return Settings(**values)
 
@@ -75,10 +77,21 @@ class LiveServer:
         self.log_path = log_path
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cds.cli", "serve", "--port", str(self.port),
-             "--workers", str(workers)],
-            env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)  # its own process group: stop() reaches every worker
+            [
+                sys.executable,
+                "-m",
+                "cds.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # its own process group: stop() reaches every worker
         self._wait()
 
     def _wait(self) -> None:
@@ -87,8 +100,7 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.base_url}/cds-services", timeout=1).status_code in (200,
-                                                                                          401):
+                if httpx.get(f"{self.base_url}/cds-services", timeout=1).status_code in (200, 401):
                     return
             except httpx.TransportError:
                 time.sleep(0.1)

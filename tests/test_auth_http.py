@@ -40,8 +40,15 @@ from tests.support.jwt_tokens import (
 from tests.support.paths import SANDBOX
 
 BASE = "http://testserver"  # what TestClient sends as scheme and Host
-FEEDBACK = {"feedback": [{"card": "0b0e7a1e-4b8d-4c1c-9d1e-4f5a6b7c8d9e", "outcome": "overridden",
-                          "outcomeTimestamp": "2026-11-26T10:00:00Z"}]}
+FEEDBACK = {
+    "feedback": [
+        {
+            "card": "0b0e7a1e-4b8d-4c1c-9d1e-4f5a6b7c8d9e",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-11-26T10:00:00Z",
+        }
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +64,23 @@ def jwt_client(make_client: Callable[..., TestClient], tokens: TokenFactory) -> 
 # --- the three authenticated endpoints ----------------------------------------------------
 
 
-def discovery(client: TestClient, headers: dict[str, str], path: str = "/cds-services"
-              ) -> httpx.Response:
+def discovery(
+    client: TestClient, headers: dict[str, str], path: str = "/cds-services"
+) -> httpx.Response:
     return client.get(path, headers=headers)
 
 
-def service_call(client: TestClient, headers: dict[str, str],
-                 path: str = f"/cds-services/{SERVICE_PV}") -> httpx.Response:
-    return client.post(path, json=hook_request(twitch(), lab("19123-9", 1.4, "mg/dL")),
-                       headers=headers)
+def service_call(
+    client: TestClient, headers: dict[str, str], path: str = f"/cds-services/{SERVICE_PV}"
+) -> httpx.Response:
+    return client.post(
+        path, json=hook_request(twitch(), lab("19123-9", 1.4, "mg/dL")), headers=headers
+    )
 
 
-def feedback(client: TestClient, headers: dict[str, str],
-             path: str = f"/cds-services/{SERVICE_PV}/feedback") -> httpx.Response:
+def feedback(
+    client: TestClient, headers: dict[str, str], path: str = f"/cds-services/{SERVICE_PV}/feedback"
+) -> httpx.Response:
     return client.post(path, json=FEEDBACK, headers=headers)
 
 
@@ -80,8 +91,9 @@ ENDPOINTS = {
 }
 
 
-def assert_unauthorized(response: httpx.Response, reason: str | None,
-                        secrets: list[str] = ()) -> None:
+def assert_unauthorized(
+    response: httpx.Response, reason: str | None, secrets: list[str] = ()
+) -> None:
     """401 + WWW-Authenticate (RFC 6750) + an OperationOutcome that leaks nothing."""
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]
@@ -103,8 +115,7 @@ def assert_unauthorized(response: httpx.Response, reason: str | None,
 
 def secrets_of(tokens: TokenFactory, token: str | None = None) -> list[str]:
     """What must never be echoed: key numbers and every segment of the presented token."""
-    return key_material(tokens.jwks) + [part for part in (token or "").split(".")
-                                         if len(part) >= 8]
+    return key_material(tokens.jwks) + [part for part in (token or "").split(".") if len(part) >= 8]
 
 
 # --- accepted tokens ------------------------------------------------------------------------
@@ -113,21 +124,24 @@ def secrets_of(tokens: TokenFactory, token: str | None = None) -> list[str]:
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
 @pytest.mark.parametrize("endpoint", sorted(ENDPOINTS))
 def test_valid_token_for_the_exact_url_is_accepted(
-        jwt_client: TestClient, tokens: TokenFactory, alg: str, endpoint: str) -> None:
+    jwt_client: TestClient, tokens: TokenFactory, alg: str, endpoint: str
+) -> None:
     call, path = ENDPOINTS[endpoint]
     response = call(jwt_client, bearer(tokens.token(BASE + path, alg=alg)))
     assert response.status_code == 200, response.text
 
 
 def test_authenticated_service_call_answers_with_cards(
-        jwt_client: TestClient, tokens: TokenFactory) -> None:
+    jwt_client: TestClient, tokens: TokenFactory
+) -> None:
     path = f"/cds-services/{SERVICE_PV}"
     response = service_call(jwt_client, bearer(tokens.token(BASE + path)))
     assert "hypomagnesemia" in cards_by_code(response.json())
 
 
 def test_every_service_id_has_its_own_audience(
-        jwt_client: TestClient, tokens: TokenFactory) -> None:
+    jwt_client: TestClient, tokens: TokenFactory
+) -> None:
     for service in (SERVICE_PV, SERVICE_OS, SERVICE_SIGN):
         path = f"/cds-services/{service}/feedback"
         assert feedback(jwt_client, bearer(tokens.token(BASE + path)), path).status_code == 200
@@ -136,14 +150,17 @@ def test_every_service_id_has_its_own_audience(
 
 
 def test_query_string_is_not_part_of_the_audience(
-        jwt_client: TestClient, tokens: TokenFactory) -> None:
-    response = discovery(jwt_client, bearer(tokens.token(f"{BASE}/cds-services")),
-                         "/cds-services?patient=p1")
+    jwt_client: TestClient, tokens: TokenFactory
+) -> None:
+    response = discovery(
+        jwt_client, bearer(tokens.token(f"{BASE}/cds-services")), "/cds-services?patient=p1"
+    )
     assert response.status_code == 200
 
 
 def test_one_element_audience_array_is_accepted(
-        jwt_client: TestClient, tokens: TokenFactory) -> None:
+    jwt_client: TestClient, tokens: TokenFactory
+) -> None:
     response = discovery(jwt_client, bearer(tokens.token([f"{BASE}/cds-services"])))
     assert response.status_code == 200
 
@@ -158,40 +175,53 @@ def now() -> int:
 
 
 REJECTIONS: dict[str, tuple[Callable[[TokenFactory], str], str]] = {
-    "expired": (lambda t: t.token(SERVICE_URL, iat=now() - 900, exp=now() - 300),
-                "token expired"),
-    "expired RS384": (lambda t: t.token(SERVICE_URL, alg="RS384", iat=now() - 900,
-                                        exp=now() - 300), "token expired"),
-    "issued in the future": (lambda t: t.token(SERVICE_URL, iat=now() + 600, exp=now() + 900),
-                             "token not yet valid"),
-    "nbf in the future": (lambda t: t.token(SERVICE_URL, nbf=now() + 600, exp=now() + 900),
-                          "token not yet valid"),
-    "discovery url on the service": (lambda t: t.token(f"{BASE}/cds-services"),
-                                     "audience mismatch"),
-    "feedback url on the service": (lambda t: t.token(SERVICE_URL + "/feedback"),
-                                    "audience mismatch"),
-    "https instead of http": (lambda t: t.token(SERVICE_URL.replace("http:", "https:")),
-                              "audience mismatch"),
-    "two audiences": (lambda t: t.token([SERVICE_URL, "https://attacker.example"]),
-                      "audience mismatch"),
-    "wrong iss": (lambda t: t.token(SERVICE_URL, iss="https://evil.example.org"),
-                  "unknown issuer"),
+    "expired": (lambda t: t.token(SERVICE_URL, iat=now() - 900, exp=now() - 300), "token expired"),
+    "expired RS384": (
+        lambda t: t.token(SERVICE_URL, alg="RS384", iat=now() - 900, exp=now() - 300),
+        "token expired",
+    ),
+    "issued in the future": (
+        lambda t: t.token(SERVICE_URL, iat=now() + 600, exp=now() + 900),
+        "token not yet valid",
+    ),
+    "nbf in the future": (
+        lambda t: t.token(SERVICE_URL, nbf=now() + 600, exp=now() + 900),
+        "token not yet valid",
+    ),
+    "discovery url on the service": (
+        lambda t: t.token(f"{BASE}/cds-services"),
+        "audience mismatch",
+    ),
+    "feedback url on the service": (
+        lambda t: t.token(SERVICE_URL + "/feedback"),
+        "audience mismatch",
+    ),
+    "https instead of http": (
+        lambda t: t.token(SERVICE_URL.replace("http:", "https:")),
+        "audience mismatch",
+    ),
+    "two audiences": (
+        lambda t: t.token([SERVICE_URL, "https://attacker.example"]),
+        "audience mismatch",
+    ),
+    "wrong iss": (lambda t: t.token(SERVICE_URL, iss="https://evil.example.org"), "unknown issuer"),
     "no iss": (lambda t: t.token(SERVICE_URL, iss=DROP), "unknown issuer"),
-    "unknown kid": (lambda t: t.token(SERVICE_URL, headers={"kid": "not-ours"}),
-                    "unknown kid"),
+    "unknown kid": (lambda t: t.token(SERVICE_URL, headers={"kid": "not-ours"}), "unknown kid"),
     "no kid": (lambda t: t.token(SERVICE_URL, headers={"kid": DROP}), "missing kid"),
     "bad signature": (lambda t: t.token(SERVICE_URL, key=new_ec_key()), "invalid signature"),
     "tampered payload": (lambda t: _tampered(t), "invalid signature"),
     "RS384 token naming the EC key": (
         lambda t: t.token(SERVICE_URL, alg="RS384", headers={"kid": t.ec_kid}),
-        "algorithm does not match key"),
+        "algorithm does not match key",
+    ),
     "alg none": (lambda t: t.alg_none(SERVICE_URL), "algorithm not allowed"),
-    "HS256 keyed with the public key": (lambda t: t.hs256_with_public_key(SERVICE_URL),
-                                        "algorithm not allowed"),
+    "HS256 keyed with the public key": (
+        lambda t: t.hs256_with_public_key(SERVICE_URL),
+        "algorithm not allowed",
+    ),
     "no jti": (lambda t: t.token(SERVICE_URL, jti=DROP), "missing jti"),
     "no exp": (lambda t: t.token(SERVICE_URL, exp=DROP), "missing exp"),
-    "typ not JWT": (lambda t: t.token(SERVICE_URL, headers={"typ": "at+jwt"}),
-                    "typ must be JWT"),
+    "typ not JWT": (lambda t: t.token(SERVICE_URL, headers={"typ": "at+jwt"}), "typ must be JWT"),
     "not a JWT": (lambda t: "not-a-jwt", "malformed token"),
     "three junk segments": (lambda t: "Zm9v.YmFy.YmF6", "malformed token"),
     "oversized": (lambda t: "a" * 9000 + ".b.c", "malformed token"),
@@ -206,7 +236,8 @@ def _tampered(tokens: TokenFactory) -> str:
 
 @pytest.mark.parametrize("case", sorted(REJECTIONS))
 def test_rejected_token_is_401_operation_outcome(
-        jwt_client: TestClient, tokens: TokenFactory, case: str) -> None:
+    jwt_client: TestClient, tokens: TokenFactory, case: str
+) -> None:
     make, reason = REJECTIONS[case]
     token = make(tokens)
     response = service_call(jwt_client, bearer(token))
@@ -214,35 +245,44 @@ def test_rejected_token_is_401_operation_outcome(
 
 
 @pytest.mark.parametrize("endpoint", sorted(ENDPOINTS))
-@pytest.mark.parametrize("headers", [{}, {"Authorization": ""}, {"Authorization": "Basic dTpw"}],
-                         ids=["absent", "empty", "basic"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": ""}, {"Authorization": "Basic dTpw"}],
+    ids=["absent", "empty", "basic"],
+)
 def test_missing_bearer_token_is_a_bare_challenge(
-        jwt_client: TestClient, endpoint: str, headers: dict[str, str]) -> None:
+    jwt_client: TestClient, endpoint: str, headers: dict[str, str]
+) -> None:
     call, _ = ENDPOINTS[endpoint]
     assert_unauthorized(call(jwt_client, headers), None)
 
 
 def test_replayed_jti_is_refused_on_second_use(
-        jwt_client: TestClient, tokens: TokenFactory) -> None:
+    jwt_client: TestClient, tokens: TokenFactory
+) -> None:
     token = tokens.token(SERVICE_URL)
     assert service_call(jwt_client, bearer(token)).status_code == 200
-    assert_unauthorized(service_call(jwt_client, bearer(token)), "token replayed",
-                        secrets_of(tokens, token))
+    assert_unauthorized(
+        service_call(jwt_client, bearer(token)), "token replayed", secrets_of(tokens, token)
+    )
     # A fresh signature over the same jti is the same nonce, hence also a replay.
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    assert_unauthorized(service_call(jwt_client, bearer(tokens.token(SERVICE_URL, jti=jti))),
-                        "token replayed")
+    assert_unauthorized(
+        service_call(jwt_client, bearer(tokens.token(SERVICE_URL, jti=jti))), "token replayed"
+    )
 
 
 def test_authentication_comes_before_any_other_answer(
-        jwt_client: TestClient, tokens: TokenFactory) -> None:
+    jwt_client: TestClient, tokens: TokenFactory
+) -> None:
     """Without a valid token nothing is revealed: not which services exist, nor the schema."""
-    assert_unauthorized(jwt_client.post("/cds-services/nope", json=hook_request(twitch())),
-                        None)
+    assert_unauthorized(jwt_client.post("/cds-services/nope", json=hook_request(twitch())), None)
     assert_unauthorized(jwt_client.post(f"/cds-services/{SERVICE_PV}", json={"hook": 1}), None)
     token = tokens.token(f"{BASE}/cds-services/nope")
-    assert_unauthorized(jwt_client.post(f"/cds-services/{SERVICE_PV}", json={},
-                                        headers=bearer(token)), "audience mismatch")
+    assert_unauthorized(
+        jwt_client.post(f"/cds-services/{SERVICE_PV}", json={}, headers=bearer(token)),
+        "audience mismatch",
+    )
 
 
 def test_health_check_needs_no_token(jwt_client: TestClient) -> None:
@@ -261,8 +301,7 @@ def test_cors_preflight_needs_no_token(jwt_client: TestClient) -> None:
         assert "authorization" in response.headers["access-control-allow-headers"].lower()
 
 
-def test_401_carries_cors_headers_so_a_browser_client_can_read_it(
-        jwt_client: TestClient) -> None:
+def test_401_carries_cors_headers_so_a_browser_client_can_read_it(jwt_client: TestClient) -> None:
     response = jwt_client.get("/cds-services", headers={"Origin": "http://127.0.0.1:8080"})
     assert_unauthorized(response, None)
     assert response.headers["access-control-allow-origin"] == "*"
@@ -273,42 +312,53 @@ def test_401_carries_cors_headers_so_a_browser_client_can_read_it(
 
 @pytest.mark.parametrize("base", ["https://cds.example.org", "https://cds.example.org/"])
 def test_public_base_url_is_the_audience(
-        make_client: Callable[..., TestClient], tokens: TokenFactory, base: str) -> None:
-    client = make_client(auth="jwt", trusted_issuers=tokens.trusted_issuers(),
-                         public_base_url=base)
+    make_client: Callable[..., TestClient], tokens: TokenFactory, base: str
+) -> None:
+    client = make_client(auth="jwt", trusted_issuers=tokens.trusted_issuers(), public_base_url=base)
     public = f"https://cds.example.org/cds-services/{SERVICE_PV}"
     assert service_call(client, bearer(tokens.token(public))).status_code == 200
     assert feedback(client, bearer(tokens.token(public + "/feedback"))).status_code == 200
     # Behind a proxy the URL the service sees is not the one the client called.
-    assert_unauthorized(service_call(client, bearer(tokens.token(SERVICE_URL))),
-                        "audience mismatch")
+    assert_unauthorized(
+        service_call(client, bearer(tokens.token(SERVICE_URL))), "audience mismatch"
+    )
 
 
 # --- issuers configured with jwks_file / jwks_url -----------------------------------------
 
 
 def test_sandbox_shaped_token_verifies_with_jwks_file(
-        make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
     """The sandbox's header and claims (ES384, kid, jku), signed with our own P-384 key.
 
     The issuer's keys come from a file, so the token's jku (the sandbox URL) is not used.
     """
     captured = json.loads((SANDBOX / "jwt.decoded-example.json").read_text())
     header, claims = captured["header"], captured["payload"]
-    assert (claims["iss"], header["jku"], header["alg"]) == (SANDBOX_ISSUER, SANDBOX_JKU,
-                                                             "ES384")
+    assert (claims["iss"], header["jku"], header["alg"]) == (SANDBOX_ISSUER, SANDBOX_JKU, "ES384")
     key = new_ec_key()
     jwks_file = tmp_path / "sandbox-jwks.json"
-    jwks_file.write_text(json.dumps({"keys": [public_jwk(key, header["kid"], use="sig",
-                                                         alg="ES384")]}))
-    client = make_client(auth="jwt",
-                         trusted_issuers={SANDBOX_ISSUER: {"jwks_file": str(jwks_file)}})
+    jwks_file.write_text(
+        json.dumps({"keys": [public_jwk(key, header["kid"], use="sig", alg="ES384")]})
+    )
+    client = make_client(
+        auth="jwt", trusted_issuers={SANDBOX_ISSUER: {"jwks_file": str(jwks_file)}}
+    )
     now = int(time.time())
-    token = jwt.encode({**claims, "aud": SERVICE_URL, "iat": now, "exp": now + 300}, key,
-                       algorithm="ES384", headers=header)
+    token = jwt.encode(
+        {**claims, "aud": SERVICE_URL, "iat": now, "exp": now + 300},
+        key,
+        algorithm="ES384",
+        headers=header,
+    )
     assert service_call(client, bearer(token)).status_code == 200
-    impostor = jwt.encode({**claims, "aud": SERVICE_URL, "iat": now, "exp": now + 300,
-                           "jti": "other"}, new_ec_key(), algorithm="ES384", headers=header)
+    impostor = jwt.encode(
+        {**claims, "aud": SERVICE_URL, "iat": now, "exp": now + 300, "jti": "other"},
+        new_ec_key(),
+        algorithm="ES384",
+        headers=header,
+    )
     assert_unauthorized(service_call(client, bearer(impostor)), "invalid signature")
 
 
@@ -318,8 +368,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def https_jwks(tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-               ) -> Iterator[Callable[[], JwksServer]]:
+def https_jwks(
+    tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[], JwksServer]]:
     """Local https JWKS servers, trusted by the service through SSL_CERT_FILE."""
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
     servers: list[JwksServer] = []
@@ -347,23 +398,30 @@ class ShiftedClock:
 
 
 def test_jku_not_on_the_allow_list_is_refused_without_any_fetch(
-        make_client: Callable[..., TestClient], tokens: TokenFactory,
-        https_jwks: Callable[[], JwksServer]) -> None:
+    make_client: Callable[..., TestClient],
+    tokens: TokenFactory,
+    https_jwks: Callable[[], JwksServer],
+) -> None:
     issuer_server, attacker = https_jwks(), https_jwks()
     issuer_server.documents["/jwks.json"] = tokens.jwks
     attacker.documents["/jwks.json"] = tokens.jwks
-    client = make_client(auth="jwt", trusted_issuers={
-        tokens.issuer: {"jwks_url": issuer_server.url("/jwks.json")}})
+    client = make_client(
+        auth="jwt", trusted_issuers={tokens.issuer: {"jwks_url": issuer_server.url("/jwks.json")}}
+    )
     for jku in (attacker.url("/jwks.json"), issuer_server.url("/other.json"), SANDBOX_JKU):
         token = tokens.token(SERVICE_URL, headers={"jku": jku})
-        assert_unauthorized(service_call(client, bearer(token)), "jku not trusted",
-                            secrets_of(tokens, token))
+        assert_unauthorized(
+            service_call(client, bearer(token)), "jku not trusted", secrets_of(tokens, token)
+        )
     assert issuer_server.total_hits == 0 and attacker.total_hits == 0
 
 
 def test_jwks_url_issuer_keys_are_fetched_cached_and_rotated(
-        make_client: Callable[..., TestClient], tokens: TokenFactory,
-        https_jwks: Callable[[], JwksServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    make_client: Callable[..., TestClient],
+    tokens: TokenFactory,
+    https_jwks: Callable[[], JwksServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     server = https_jwks()
     url = server.url("/jwks.json")
     server.documents["/jwks.json"] = tokens.jwks
@@ -392,36 +450,47 @@ def test_jwks_url_issuer_keys_are_fetched_cached_and_rotated(
 
 
 def test_unreachable_jwks_url_is_401_not_500(
-        make_client: Callable[..., TestClient], tokens: TokenFactory,
-        https_jwks: Callable[[], JwksServer]) -> None:
+    make_client: Callable[..., TestClient],
+    tokens: TokenFactory,
+    https_jwks: Callable[[], JwksServer],
+) -> None:
     server = https_jwks()
-    client = make_client(auth="jwt", trusted_issuers={
-        tokens.issuer: {"jwks_url": server.url("/missing.json")}})
-    assert_unauthorized(service_call(client, bearer(tokens.token(SERVICE_URL))),
-                        "issuer keys unavailable")
+    client = make_client(
+        auth="jwt", trusted_issuers={tokens.issuer: {"jwks_url": server.url("/missing.json")}}
+    )
+    assert_unauthorized(
+        service_call(client, bearer(tokens.token(SERVICE_URL))), "issuer keys unavailable"
+    )
 
 
 # --- a real server --------------------------------------------------------------------------
 
 
 def test_real_server_verifies_tokens_and_refuses_replays(
-        start_server: Callable[..., LiveServer], tokens: TokenFactory) -> None:
-    server = start_server(TWITCH_CDS_AUTH="jwt",
-                          TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers()))
+    start_server: Callable[..., LiveServer], tokens: TokenFactory
+) -> None:
+    server = start_server(
+        TWITCH_CDS_AUTH="jwt", TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers())
+    )
     base = server.base_url
     token = tokens.token(f"{base}/cds-services", alg="RS384")
     assert httpx.get(f"{base}/cds-services", headers=bearer(token)).status_code == 200
-    assert_unauthorized(httpx.get(f"{base}/cds-services", headers=bearer(token)),
-                        "token replayed", secrets_of(tokens, token))
+    assert_unauthorized(
+        httpx.get(f"{base}/cds-services", headers=bearer(token)),
+        "token replayed",
+        secrets_of(tokens, token),
+    )
     assert_unauthorized(httpx.get(f"{base}/cds-services"), None)
 
     url = f"{base}/cds-services/{SERVICE_PV}"
     request = hook_request(twitch(), lab("19123-9", 1.4, "mg/dL"))
     response = httpx.post(url, json=request, headers=bearer(tokens.token(url)), timeout=10)
     assert "hypomagnesemia" in cards_by_code(response.json())
-    assert_unauthorized(httpx.post(url, json=request,
-                                   headers=bearer(tokens.token(f"{base}/cds-services"))),
-                        "audience mismatch")
-    response = httpx.post(f"{url}/feedback", json=FEEDBACK,
-                          headers=bearer(tokens.token(f"{url}/feedback")))
+    assert_unauthorized(
+        httpx.post(url, json=request, headers=bearer(tokens.token(f"{base}/cds-services"))),
+        "audience mismatch",
+    )
+    response = httpx.post(
+        f"{url}/feedback", json=FEEDBACK, headers=bearer(tokens.token(f"{url}/feedback"))
+    )
     assert response.status_code == 200

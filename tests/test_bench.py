@@ -16,8 +16,9 @@ import pytest
 from bench import expected, load
 from bench.cases import CASE_NAMES, CASES, body
 
-pytestmark = pytest.mark.skipif(shutil.which("wrk") is None,
-                                reason="wrk not installed (scripts/install-test-deps.sh)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk not installed (scripts/install-test-deps.sh)"
+)
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
@@ -31,8 +32,12 @@ def test_smoke_run_gives_numbers_for_both_servers_and_the_expected_cards(tmp_pat
     assert report["cards_identical"], "\n".join(report["problems"])
     assert exit_code == 0
     measured = {(r["server"], r["case"], r["concurrency"]) for r in report["results"]}
-    assert measured == {(server, case, concurrency) for server in load.SERVERS
-                        for case in load.SMOKE.cases for concurrency in load.SMOKE.concurrency}
+    assert measured == {
+        (server, case, concurrency)
+        for server in load.SERVERS
+        for case in load.SMOKE.cases
+        for concurrency in load.SMOKE.concurrency
+    }
     for row in report["results"]:
         assert row["errors"] == 0, row
         assert row["requests"] > 0 and row["rps"] > 0, row
@@ -61,8 +66,14 @@ def test_a_changed_card_is_reported_with_the_command_that_regenerates_the_snapsh
 
 def test_bench_bodies_have_the_sizes_the_benchmark_names() -> None:
     sizes = {case.name: len(body(case.build())) for case in CASES}
-    resources = {case.name: sum(len(v.get("entry", [])) for v in case.build()["prefetch"].values()
-                                if v.get("resourceType") == "Bundle") for case in CASES}
+    resources = {
+        case.name: sum(
+            len(v.get("entry", []))
+            for v in case.build()["prefetch"].values()
+            if v.get("resourceType") == "Bundle"
+        )
+        for case in CASES
+    }
     assert resources["small"] == 14  # a complaint, 10 labs, 3 medications
     assert 90 <= resources["medium"] <= 110
     assert resources["large"] == 1111  # the Synthea record's 1,110 resources + the complaint

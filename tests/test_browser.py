@@ -38,8 +38,10 @@ PATIENTS = load_patients()
 ACCEPT_ON = "demo-mnd-dysphagia"  # its red-flag card's referral suggestion is clicked
 DISMISS_ON = "demo-low-mg-ppi"  # a card is dismissed with an override reason
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or not node_available(),
-                                reason="needs /usr/bin/chromium (Debian chromium) and node")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or not node_available(),
+    reason="needs /usr/bin/chromium (Debian chromium) and node",
+)
 
 
 def case_name(patient: DemoPatient, hook: str) -> str:
@@ -67,8 +69,9 @@ def static_page() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser_run(static_page: str, tmp_path_factory: pytest.TempPathFactory
-                ) -> Iterator[tuple[dict[str, Any], RunningDemo]]:
+def browser_run(
+    static_page: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, Any], RunningDemo]]:
     """Every demo patient and hook through the page in Chromium, once for the module."""
     ensure_node_modules(BROWSER_DIR)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -77,30 +80,50 @@ def browser_run(static_page: str, tmp_path_factory: pytest.TempPathFactory
     env = {"TWITCH_CDS_TRUSTED_ISSUERS": json.dumps(tokens.trusted_issuers())}
     with RunningDemo(workdir, env) as demo:
         page_config = {
-            "discovery": demo.discovery_url, "fhirServer": demo.fhir_url,
-            "issuer": tokens.issuer, "kid": tokens.ec_kid,
+            "discovery": demo.discovery_url,
+            "fhirServer": demo.fhir_url,
+            "issuer": tokens.issuer,
+            "kid": tokens.ec_kid,
             "privateJwk": ECAlgorithm.to_jwk(tokens.ec_key, as_dict=True),
         }
-        plan = {"pageUrl": static_page, "screenshotDir": str(ARTIFACTS), "cases": [
-            {"name": case_name(patient, hook),
-             "config": {**page_config, "patientId": patient.patient_id, "hook": hook,
-                        "draftOrder": patient.draft_order},
-             "accept": patient.patient_id == ACCEPT_ON and hook == "patient-view",
-             "dismiss": patient.patient_id == DISMISS_ON and hook == "patient-view"}
-            for patient, hook in CASES]}
+        plan = {
+            "pageUrl": static_page,
+            "screenshotDir": str(ARTIFACTS),
+            "cases": [
+                {
+                    "name": case_name(patient, hook),
+                    "config": {
+                        **page_config,
+                        "patientId": patient.patient_id,
+                        "hook": hook,
+                        "draftOrder": patient.draft_order,
+                    },
+                    "accept": patient.patient_id == ACCEPT_ON and hook == "patient-view",
+                    "dismiss": patient.patient_id == DISMISS_ON and hook == "patient-view",
+                }
+                for patient, hook in CASES
+            ],
+        }
         plan_path = workdir / "plan.json"
         plan_path.write_text(json.dumps(plan))
-        driven = subprocess.run(["node", "drive.mjs", str(plan_path)], cwd=BROWSER_DIR,
-                                capture_output=True, text=True, timeout=600)
+        driven = subprocess.run(
+            ["node", "drive.mjs", str(plan_path)],
+            cwd=BROWSER_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert driven.returncode == 0, driven.stderr
         results = {result["name"]: result for result in json.loads(driven.stdout)["results"]}
         yield results, demo
 
 
-@pytest.mark.parametrize(("patient", "hook"), CASES,
-                         ids=[case_name(patient, hook) for patient, hook in CASES])
+@pytest.mark.parametrize(
+    ("patient", "hook"), CASES, ids=[case_name(patient, hook) for patient, hook in CASES]
+)
 def test_each_demo_patient_shows_its_cards(
-        browser_run: tuple[dict[str, Any], RunningDemo], patient: DemoPatient, hook: str) -> None:
+    browser_run: tuple[dict[str, Any], RunningDemo], patient: DemoPatient, hook: str
+) -> None:
     result = browser_run[0][case_name(patient, hook)]
     assert result["errors"] == []
     shown = [card["topic"] for card in result["cards"]]
@@ -120,16 +143,19 @@ def test_each_demo_patient_shows_its_cards(
 
 
 def test_links_and_override_reasons_are_rendered(
-        browser_run: tuple[dict[str, Any], RunningDemo]) -> None:
+    browser_run: tuple[dict[str, Any], RunningDemo],
+) -> None:
     cards = [card for result in browser_run[0].values() for card in result["cards"]]
     assert any(card["links"] for card in cards)
     assert all(card["overrideReasons"] for card in cards)
 
 
 def test_red_flags_offer_a_referral_in_the_page(
-        browser_run: tuple[dict[str, Any], RunningDemo]) -> None:
-    result = browser_run[0][case_name(next(p for p in PATIENTS if p.patient_id == ACCEPT_ON),
-                                      "patient-view")]
+    browser_run: tuple[dict[str, Any], RunningDemo],
+) -> None:
+    result = browser_run[0][
+        case_name(next(p for p in PATIENTS if p.patient_id == ACCEPT_ON), "patient-view")
+    ]
     red_flags = [card for card in result["cards"] if card["topic"].startswith("red-flag-")]
     assert red_flags and all(card["suggestions"] for card in red_flags)
     assert red_flags[0]["indicator"] == "critical"
@@ -139,16 +165,24 @@ def _feedback_rows(database_url: str) -> list[dict[str, Any]]:
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(text(
-                "SELECT card_uuid, outcome, accepted_suggestions, override_reason_code "
-                "FROM feedback")).mappings().all()
+            rows = (
+                connection.execute(
+                    text(
+                        "SELECT card_uuid, outcome, accepted_suggestions, override_reason_code "
+                        "FROM feedback"
+                    )
+                )
+                .mappings()
+                .all()
+            )
         return [dict(row) for row in rows]
     finally:
         engine.dispose()
 
 
 def test_suggestion_click_and_dismissal_are_stored_as_feedback(
-        browser_run: tuple[dict[str, Any], RunningDemo]) -> None:
+    browser_run: tuple[dict[str, Any], RunningDemo],
+) -> None:
     results, demo = browser_run
     accepted = results[f"{ACCEPT_ON}.patient-view"]["accepted"]
     overridden = results[f"{DISMISS_ON}.patient-view"]["overridden"]
@@ -163,6 +197,5 @@ def test_suggestion_click_and_dismissal_are_stored_as_feedback(
 
 
 def test_no_console_error_in_any_page(browser_run: tuple[dict[str, Any], RunningDemo]) -> None:
-    errors = {name: result["errors"] for name, result in browser_run[0].items()
-              if result["errors"]}
+    errors = {name: result["errors"] for name, result in browser_run[0].items() if result["errors"]}
     assert errors == {}

@@ -23,32 +23,43 @@ from tests.support.fhir import (
 )
 from tests.test_clinical_coverage import SMOKING, normal_workup
 
-RAW_STATUS = re.compile(r"\((draft|active|final|amended|corrected|stopped|completed|"
-                        r"intended|recurrence|relapse)\)")
+RAW_STATUS = re.compile(
+    r"\((draft|active|final|amended|corrected|stopped|completed|"
+    r"intended|recurrence|relapse)\)"
+)
 
 
 client = module_client()
 
 
-
-
-@pytest.mark.parametrize(("rxnorm", "written"), [
-    ("predniSONE 20 MG Oral Tablet", "Prednisone 20 mg oral tablet"),
-    ("Hydrochlorothiazide 25 MG Oral Tablet", "Hydrochlorothiazide 25 mg oral tablet"),
-    ("1 ML furosemide 10 MG/ML Injection", "1 mL furosemide 10 mg/mL injection"),
-    ("omeprazole 20 MG Delayed Release Oral Capsule [Prilosec]",
-     "Omeprazole 20 mg delayed release oral capsule [Prilosec]"),
-    ("Lasix 40mg", "Lasix 40mg"),                         # typed by a prescriber: as written
-    ("hydrOXYzine", "Hydroxyzine"),                       # tall-man letters alone
-])
+@pytest.mark.parametrize(
+    ("rxnorm", "written"),
+    [
+        ("predniSONE 20 MG Oral Tablet", "Prednisone 20 mg oral tablet"),
+        ("Hydrochlorothiazide 25 MG Oral Tablet", "Hydrochlorothiazide 25 mg oral tablet"),
+        ("1 ML furosemide 10 MG/ML Injection", "1 mL furosemide 10 mg/mL injection"),
+        (
+            "omeprazole 20 MG Delayed Release Oral Capsule [Prilosec]",
+            "Omeprazole 20 mg delayed release oral capsule [Prilosec]",
+        ),
+        ("Lasix 40mg", "Lasix 40mg"),  # typed by a prescriber: as written
+        ("hydrOXYzine", "Hydroxyzine"),  # tall-man letters alone
+    ],
+)
 def test_drug_names_as_prescribers_write_them(rxnorm: str, written: str) -> None:
     assert prescriber_name(rxnorm) == written
 
 
 def test_no_summary_carries_a_raw_fhir_status(client: TestClient) -> None:
-    found = cards(client, twitch(), medication("312617", "predniSONE 5 MG Oral Tablet"),
-                  medication("4603", "furosemide 40 MG Oral Tablet"),
-                  lab("2823-3", 3.1, "mmol/L"), condition("M62.81"), condition("F41.1"))
+    found = cards(
+        client,
+        twitch(),
+        medication("312617", "predniSONE 5 MG Oral Tablet"),
+        medication("4603", "furosemide 40 MG Oral Tablet"),
+        lab("2823-3", 3.1, "mmol/L"),
+        condition("M62.81"),
+        condition("F41.1"),
+    )
     assert len(found) >= 4
     for code, card in found.items():
         assert not RAW_STATUS.search(card["summary"]), (code, card["summary"])
@@ -58,19 +69,22 @@ def test_no_summary_carries_a_raw_fhir_status(client: TestClient) -> None:
 
 
 def test_smoking_answer_is_not_a_concatenated_display(client: TestClient) -> None:
-    card = cards(client, twitch(), coded_observation(SMOKING, "449868002"),
-                 *normal_workup())["nicotine"]
+    card = cards(client, twitch(), coded_observation(SMOKING, "449868002"), *normal_workup())[
+        "nicotine"
+    ]
     assert "smokes tobacco daily" in card["summary"]
     assert "status:" not in card["summary"].lower()
     assert "**Smokes tobacco daily**" in card["detail"]
     assert "LOINC 72166-2" in card["detail"]
 
 
-@pytest.mark.parametrize(("code", "words"), [("MTH", "mother"), ("FTH", "father"),
-                                             ("SIS", "sister"), ("PGRMTH",
-                                                                 "paternal grandmother")])
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [("MTH", "mother"), ("FTH", "father"), ("SIS", "sister"), ("PGRMTH", "paternal grandmother")],
+)
 def test_family_relationship_in_words(client: TestClient, code: str, words: str) -> None:
-    card = cards(client, twitch(), family_history("73297009", SNOMED, relation=code),
-                 *normal_workup())["red-flag-muscular-dystrophy"]
+    card = cards(
+        client, twitch(), family_history("73297009", SNOMED, relation=code), *normal_workup()
+    )["red-flag-muscular-dystrophy"]
     assert words in card["summary"] and words in card["detail"]
     assert code not in card["summary"] and f"({code}" not in card["detail"]

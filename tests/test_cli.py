@@ -29,14 +29,26 @@ COMMANDS = ["serve", "evaluate", "rules", "check-rules", "discovery", "feedback-
 
 def run(*argv: str) -> tuple[int, str, str]:
     """`twitch-cds ARGV...` as a user runs it: its own process, exit status, stdout, stderr."""
-    result = subprocess.run([sys.executable, "-m", "cds.cli", *argv], capture_output=True,
-                            text=True, cwd=PROJECT_ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cds.cli", *argv],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
+    )
     return result.returncode, result.stdout, result.stderr
 
 
 def write_bundle(path: Path, *resources: dict[str, Any]) -> Path:
-    path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
-                                "entry": [{"resource": r} for r in resources]}))
+    path.write_text(
+        json.dumps(
+            {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": r} for r in resources],
+            }
+        )
+    )
     return path
 
 
@@ -46,8 +58,13 @@ def topics(response_json: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "cds.cli", command, "--help"],
-                            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "cds.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: twitch-cds {command}")
 
@@ -56,7 +73,8 @@ def test_every_command_has_help(command: str) -> None:
 
 
 def test_evaluate_bundle_ndjson_and_request_give_the_services_cards(
-        tmp_path: Path, client: TestClient) -> None:
+    tmp_path: Path, client: TestClient
+) -> None:
     record = [patient(), twitch(), lab("19123-9", 1.4, "mg/dL", when=days_ago(3))]
     bundle = write_bundle(tmp_path / "record.json", *record)
     ndjson = tmp_path / "export.ndjson"
@@ -68,15 +86,25 @@ def test_evaluate_bundle_ndjson_and_request_give_the_services_cards(
     status, out, _ = run("evaluate", str(ndjson), "--json")
     assert status == 0 and topics(json.loads(out)) == topics(from_bundle)
 
-    request = {"hookInstance": "0b0e7a1e-4b8d-4c1c-9d1e-4f5a6b7c8d9e", "hook": "patient-view",
-               "context": {"patientId": "p1"},
-               "prefetch": {"patient": record[0],
-                            "conditions": {"resourceType": "Bundle", "type": "searchset",
-                                           "entry": [{"resource": record[1]}]},
-                            "observations": {"resourceType": "Bundle", "type": "searchset",
-                                             "entry": [{"resource": record[2]}]},
-                            "medicationRequests": {"resourceType": "Bundle",
-                                                   "type": "searchset"}}}
+    request = {
+        "hookInstance": "0b0e7a1e-4b8d-4c1c-9d1e-4f5a6b7c8d9e",
+        "hook": "patient-view",
+        "context": {"patientId": "p1"},
+        "prefetch": {
+            "patient": record[0],
+            "conditions": {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": record[1]}],
+            },
+            "observations": {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": record[2]}],
+            },
+            "medicationRequests": {"resourceType": "Bundle", "type": "searchset"},
+        },
+    }
     (tmp_path / "request.json").write_text(json.dumps(request))
     status, out, _ = run("evaluate", str(tmp_path / "request.json"), "--json")
     over_http = client.post(f"/cds-services/{SERVICE_PV}", json=request).json()
@@ -86,8 +114,9 @@ def test_evaluate_bundle_ndjson_and_request_give_the_services_cards(
 
 
 def test_evaluate_prints_a_readable_table(tmp_path: Path) -> None:
-    bundle = write_bundle(tmp_path / "r.json", patient(), twitch(),
-                          lab("2601-3", 0.58, "mmol/L", when=days_ago(2)))
+    bundle = write_bundle(
+        tmp_path / "r.json", patient(), twitch(), lab("2601-3", 0.58, "mmol/L", when=days_ago(2))
+    )
     status, out, _ = run("evaluate", str(bundle))
     assert status == 0
     assert out.startswith(f"{SERVICE_PV} (patient-view), as of ")
@@ -97,8 +126,9 @@ def test_evaluate_prints_a_readable_table(tmp_path: Path) -> None:
 
 
 def test_evaluate_as_of_makes_an_old_export_current(tmp_path: Path) -> None:
-    bundle = write_bundle(tmp_path / "r.json", patient(), twitch(),
-                          lab("19123-9", 1.4, "mg/dL", when="2019-03-01"))
+    bundle = write_bundle(
+        tmp_path / "r.json", patient(), twitch(), lab("19123-9", 1.4, "mg/dL", when="2019-03-01")
+    )
     _, today, _ = run("evaluate", str(bundle), "--json")
     _, then, _ = run("evaluate", str(bundle), "--json", "--as-of", "2019-03-10")
     assert "hypomagnesemia" not in topics(json.loads(today))  # stale today
@@ -106,8 +136,12 @@ def test_evaluate_as_of_makes_an_old_export_current(tmp_path: Path) -> None:
 
 
 def test_evaluate_order_sign_reads_draft_orders(tmp_path: Path) -> None:
-    bundle = write_bundle(tmp_path / "r.json", patient(), twitch(),
-                          medication("312615", "predniSONE 20 MG Oral Tablet", status="draft"))
+    bundle = write_bundle(
+        tmp_path / "r.json",
+        patient(),
+        twitch(),
+        medication("312615", "predniSONE 20 MG Oral Tablet", status="draft"),
+    )
     status, out, _ = run("evaluate", str(bundle), "--hook", "order-sign", "--json")
     assert status == 0 and topics(json.loads(out)) == ["corticosteroid"]
 
@@ -121,19 +155,24 @@ def test_evaluate_a_synthea_patient() -> None:
 def test_evaluate_a_demo_patient_resolves_its_relative_dates() -> None:
     """The demo files write dates as `{{today - N days}}`: evaluated as the demo shows them."""
     demo = yaml.safe_load((PROJECT_ROOT / "demo" / "patients.yaml").read_text())["patients"][0]
-    status, out, _ = run("evaluate", str(PROJECT_ROOT / "demo" / "patients" / demo["file"]),
-                         "--json")
+    status, out, _ = run(
+        "evaluate", str(PROJECT_ROOT / "demo" / "patients" / demo["file"]), "--json"
+    )
     assert status == 0
     assert set(demo["cards"]["patient-view"]) <= set(topics(json.loads(out)))
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("[1, 2]", "expected a JSON object"),
-    ('{"resourceType": "Bundle", "entry": []}', "expected exactly one Patient"),
-    ('{"resourceType": "Patient", "id": "p1"}\nnot json\n', "line 2: not JSON"),
-])
-def test_evaluate_bad_files_exit_2_with_a_reason(tmp_path: Path, content: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[1, 2]", "expected a JSON object"),
+        ('{"resourceType": "Bundle", "entry": []}', "expected exactly one Patient"),
+        ('{"resourceType": "Patient", "id": "p1"}\nnot json\n', "line 2: not JSON"),
+    ],
+)
+def test_evaluate_bad_files_exit_2_with_a_reason(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
     status, out, err = run("evaluate", str(path))
@@ -167,21 +206,30 @@ def broken_rules(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> Pat
     return rules
 
 
-def test_check_rules_lists_every_problem_with_its_place(
-        tmp_path: Path) -> None:
-    rules = broken_rules(tmp_path, {
-        "valuesets.yaml": [(
-            '    - {system: snomed, code: "82470000", display: Fasciculation, status: V2, '
-            'source: HPO}\n',
-            '    - {system: snomed, code: "82470000", display: Fasciculation, status: V2, '
-            'source: HPO}\n'
-            '    - {system: snomed, code: "82470000", display: Fasciculation again}\n'
-            '    - {system: snowmed, code: "1234", display: Typo, source: HPO}\n')],
-        "labs.yaml": [("    unit: mg/dL\n    units: {mg/dL: 1.0, mmol/L: 2.4305",
-                       "    units: {mg/dL: 1.0, mmol/L: 2.4305")],
-        "ruleset.yaml": [("{concept: fluid-loss}", "{concept: fluid-lost}")],
-        "findings.yaml": [("    source: hallmark-magnesium\n", "    source: nowhere\n")],
-    })
+def test_check_rules_lists_every_problem_with_its_place(tmp_path: Path) -> None:
+    rules = broken_rules(
+        tmp_path,
+        {
+            "valuesets.yaml": [
+                (
+                    '    - {system: snomed, code: "82470000", display: Fasciculation, status: V2, '
+                    "source: HPO}\n",
+                    '    - {system: snomed, code: "82470000", display: Fasciculation, status: V2, '
+                    "source: HPO}\n"
+                    '    - {system: snomed, code: "82470000", display: Fasciculation again}\n'
+                    '    - {system: snowmed, code: "1234", display: Typo, source: HPO}\n',
+                )
+            ],
+            "labs.yaml": [
+                (
+                    "    unit: mg/dL\n    units: {mg/dL: 1.0, mmol/L: 2.4305",
+                    "    units: {mg/dL: 1.0, mmol/L: 2.4305",
+                )
+            ],
+            "ruleset.yaml": [("{concept: fluid-loss}", "{concept: fluid-lost}")],
+            "findings.yaml": [("    source: hallmark-magnesium\n", "    source: nowhere\n")],
+        },
+    )
     status, out, _ = run("check-rules", "--rules-dir", str(rules))
     assert status == 1
     for expected in [
@@ -196,8 +244,7 @@ def test_check_rules_lists_every_problem_with_its_place(
         assert expected in out, out
 
 
-def test_check_rules_reports_invalid_yaml_with_its_line(
-        tmp_path: Path) -> None:
+def test_check_rules_reports_invalid_yaml_with_its_line(tmp_path: Path) -> None:
     rules = broken_rules(tmp_path, {"sources.yaml": [("nice-ng127:\n", "nice-ng127: [\n")]})
     status, out, _ = run("check-rules", "--rules-dir", str(rules))
     assert status == 1 and "sources.yaml: line " in out and "not valid YAML" in out
@@ -212,25 +259,39 @@ def test_discovery_prints_what_the_service_publishes(client: TestClient) -> None
 
 
 def test_feedback_report_per_topic_with_override_rate_and_reasons(
-        tmp_path: Path, make_client: Callable[..., TestClient]) -> None:
+    tmp_path: Path, make_client: Callable[..., TestClient]
+) -> None:
     database = f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
     client = make_client(database_url=database)
     cards: dict[str, list[str]] = {}
     for _ in range(3):
-        request = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-                   "context": {"patientId": "p1"}, "prefetch": {
-                       "patient": patient(), "conditions": _searchset(twitch()),
-                       "observations": _searchset(lab("19123-9", 1.4, "mg/dL")),
-                       "medicationRequests": _searchset()}}
+        request = {
+            "hookInstance": str(uuid.uuid4()),
+            "hook": "patient-view",
+            "context": {"patientId": "p1"},
+            "prefetch": {
+                "patient": patient(),
+                "conditions": _searchset(twitch()),
+                "observations": _searchset(lab("19123-9", 1.4, "mg/dL")),
+                "medicationRequests": _searchset(),
+            },
+        }
         for card in client.post(f"/cds-services/{SERVICE_PV}", json=request).json()["cards"]:
             cards.setdefault(card["source"]["topic"]["code"], []).append(card["uuid"])
     magnesium, workup = cards["hypomagnesemia"], cards["workup-incomplete"]
-    reason = {"reason": {"system": "https://github.com/twitch-cds/twitch-cds/CodeSystem/finding",
-                         "code": "already-addressed"}}
+    reason = {
+        "reason": {
+            "system": "https://github.com/twitch-cds/twitch-cds/CodeSystem/finding",
+            "code": "already-addressed",
+        }
+    }
     entries = [
         {"card": magnesium[0], "outcome": "overridden", "overrideReason": reason},
-        {"card": magnesium[1], "outcome": "overridden",
-         "overrideReason": {**reason, "userComment": "patient told me she is on supplements"}},
+        {
+            "card": magnesium[1],
+            "outcome": "overridden",
+            "overrideReason": {**reason, "userComment": "patient told me she is on supplements"},
+        },
         {"card": magnesium[2], "outcome": "accepted", "acceptedSuggestions": [{"id": "s1"}]},
         {"card": workup[0], "outcome": "accepted", "acceptedSuggestions": [{"id": "s2"}]},
     ]
@@ -240,15 +301,24 @@ def test_feedback_report_per_topic_with_override_rate_and_reasons(
     response = client.post(f"/cds-services/{SERVICE_PV}/feedback", json={"feedback": entries})
     assert response.json()["stored"] == 4
     metrics = client.get("/metrics").text
-    assert ('twitch_cds_feedback_entries_total{outcome="overridden",service="fasciculation-pv",'
-            'topic="hypomagnesemia"}') in metrics
+    assert (
+        'twitch_cds_feedback_entries_total{outcome="overridden",service="fasciculation-pv",'
+        'topic="hypomagnesemia"}'
+    ) in metrics
 
     status, out, _ = run("feedback-report", "--database-url", database, "--json")
     assert status == 0
     report = {entry["topic"]: entry for entry in json.loads(out)}
     assert report["hypomagnesemia"] | {"reasons": None} == {
-        "topic": "hypomagnesemia", "title": "Low magnesium", "issued": 3, "accepted": 1,
-        "overridden": 2, "comments": 1, "reasons": None, "override_rate": 2 / 3}
+        "topic": "hypomagnesemia",
+        "title": "Low magnesium",
+        "issued": 3,
+        "accepted": 1,
+        "overridden": 2,
+        "comments": 1,
+        "reasons": None,
+        "override_rate": 2 / 3,
+    }
     assert report["hypomagnesemia"]["reasons"] == {"Already addressed": 2}
     assert report["workup-incomplete"]["override_rate"] == 0
     assert next(iter(report)) == "hypomagnesemia"  # noisiest first
@@ -261,5 +331,8 @@ def test_feedback_report_per_topic_with_override_rate_and_reasons(
 
 
 def _searchset(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset",
-            "entry": [{"resource": r} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+    }

@@ -23,12 +23,18 @@ from tests.support.postgres import PostgresBinariesNotFound, find_postgres_bindi
 ROOT = Path(__file__).resolve().parents[1]
 needs_podman = pytest.mark.skipif(
     shutil.which("podman") is None or os.geteuid() != 0,
-    reason="needs podman, as root (scripts/install-test-deps.sh installs it)")
+    reason="needs podman, as root (scripts/install-test-deps.sh installs it)",
+)
 
 
 def smoke(*args: str) -> str:
-    result = subprocess.run(["bash", "scripts/container-smoke.sh", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "scripts/container-smoke.sh", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     print(result.stdout)
     return result.stdout
@@ -37,9 +43,14 @@ def smoke(*args: str) -> str:
 @needs_podman
 def test_image_builds_runs_answers_and_stops_gracefully() -> None:
     output = smoke()
-    for check in ("runs as uid 10001", "no compiler in the final image",
-                  "the image's HEALTHCHECK passes", "hook call returned the magnesium card",
-                  "a replayed token is refused", "SIGTERM: graceful stop"):
+    for check in (
+        "runs as uid 10001",
+        "no compiler in the final image",
+        "the image's HEALTHCHECK passes",
+        "hook call returned the magnesium card",
+        "a replayed token is refused",
+        "SIGTERM: graceful stop",
+    ):
         assert f"ok: {check}" in output, output
 
 
@@ -50,17 +61,18 @@ def test_scale_out_replicas_share_replay_cache_and_feedback() -> None:
     except PostgresBinariesNotFound:
         pytest.skip("needs the PostgreSQL server binaries")
     output = smoke("--scale-out")
-    for check in ("a token used at replica 1 is refused at replica 2",
-                  "through the proxy, the same token twice: [200, 401]",
-                  "feedback sent to both replicas stored once"):
+    for check in (
+        "a token used at replica 1 is refused at replica 2",
+        "through the proxy, the same token twice: [200, 401]",
+        "feedback sent to both replicas stored once",
+    ):
         assert f"ok: {check}" in output, output
 
 
 def test_dockerfiles_pass_hadolint() -> None:
     hadolint = str(Path(sys.executable).parent / "hadolint")
     for dockerfile in ("Dockerfile", "deploy/proxy/Dockerfile"):
-        result = subprocess.run([hadolint, dockerfile], cwd=ROOT, capture_output=True,
-                                text=True)
+        result = subprocess.run([hadolint, dockerfile], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -76,11 +88,14 @@ def test_compose_replicas_share_the_database_and_the_proxy_names_them() -> None:
     assert "@postgres:5432/" in environment["TWITCH_CDS_DATABASE_URL"]
     assert replicas[0]["depends_on"]["postgres"]["condition"] == "service_healthy"
     known = {f"TWITCH_CDS_{name.upper()}" for name in Settings.model_fields} | {
-        f"TWITCH_CDS_{name}" for name in ("HOST", "PORT", "WORKERS")}
+        f"TWITCH_CDS_{name}" for name in ("HOST", "PORT", "WORKERS")
+    }
     assert set(environment) <= known
     proxy = services["proxy"]["environment"]
-    assert {proxy["TWITCH_CDS_REPLICA_1"], proxy["TWITCH_CDS_REPLICA_2"]} == {"cds-1:8080",
-                                                                              "cds-2:8080"}
+    assert {proxy["TWITCH_CDS_REPLICA_1"], proxy["TWITCH_CDS_REPLICA_2"]} == {
+        "cds-1:8080",
+        "cds-2:8080",
+    }
     config = (ROOT / "deploy/proxy/haproxy.cfg").read_text()
     assert '"${TWITCH_CDS_REPLICA_1}"' in config and '"${TWITCH_CDS_REPLICA_2}"' in config
     assert "uri /ready" in config

@@ -42,35 +42,46 @@ needs_node = pytest.mark.skipif(not node_available(), reason="needs node and npm
 
 def preflight(method: str, request_headers: str) -> dict[str, str]:
     """A Chromium preflight from the sandbox page to a server on the tester's machine."""
-    return {"Origin": SANDBOX_ORIGIN, "Access-Control-Request-Method": method,
-            "Access-Control-Request-Headers": request_headers,
-            "Access-Control-Request-Private-Network": "true"}
+    return {
+        "Origin": SANDBOX_ORIGIN,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": request_headers,
+        "Access-Control-Request-Private-Network": "true",
+    }
 
 
 # -- the demo patients --------------------------------------------------------------------
 
-PREFETCH_TYPES = {"conditions": ("Condition",), "observations": ("Observation",),
-                  "medicationRequests": ("MedicationRequest", "Medication"),
-                  "medicationStatements": ("MedicationStatement",),
-                  "familyHistory": ("FamilyMemberHistory",)}
+PREFETCH_TYPES = {
+    "conditions": ("Condition",),
+    "observations": ("Observation",),
+    "medicationRequests": ("MedicationRequest", "Medication"),
+    "medicationStatements": ("MedicationStatement",),
+    "familyHistory": ("FamilyMemberHistory",),
+}
 
 
 def full_prefetch(patient: DemoPatient) -> dict[str, Any]:
     """Every prefetch key filled from the patient's bundle, as a complete EHR would send it."""
     resources = [entry["resource"] for entry in patient.bundle(date.today())["entry"]]
     prefetch: dict[str, Any] = {
-        key: {"resourceType": "Bundle", "type": "searchset",
-              "entry": [{"resource": r} for r in resources if r["resourceType"] in types]}
-        for key, types in PREFETCH_TYPES.items()}
+        key: {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in resources if r["resourceType"] in types],
+        }
+        for key, types in PREFETCH_TYPES.items()
+    }
     prefetch["patient"] = next(r for r in resources if r["resourceType"] == "Patient")
     return prefetch
-
 
 
 def test_demo_dates_are_relative_to_the_day_they_are_loaded() -> None:
     bundle = {"a": ["{{today - 7 days}}T08:30:00Z", {"b": "{{today - 0 days}}"}], "n": 3}
     assert resolve_dates(bundle, date(2027, 3, 2)) == {
-        "a": ["2027-02-23T08:30:00Z", {"b": "2027-03-02"}], "n": 3}
+        "a": ["2027-02-23T08:30:00Z", {"b": "2027-03-02"}],
+        "n": 3,
+    }
 
 
 def test_demo_patients_are_valid_synthetic_r4_transactions() -> None:
@@ -81,21 +92,27 @@ def test_demo_patients_are_valid_synthetic_r4_transactions() -> None:
         assert "{{" not in json.dumps(bundle)
         for entry in bundle["entry"]:
             resource = entry["resource"]
-            assert entry["request"] == {"method": "PUT",
-                                        "url": f"{resource['resourceType']}/{resource['id']}"}
+            assert entry["request"] == {
+                "method": "PUT",
+                "url": f"{resource['resourceType']}/{resource['id']}",
+            }
             assert resource["meta"]["tag"][0]["code"] == "synthetic"
             get_fhir_model_class(resource["resourceType"]).model_validate(resource)
 
 
 def test_every_demo_pathway_of_the_issue_is_there() -> None:
     shown = {code for patient in PATIENTS for codes in patient.cards.values() for code in codes}
-    assert {"hypomagnesemia", "vitamin-d-deficiency", "corticosteroid",
-            "red-flag-motor-neuron-disease", "red-flag-neuropathy"} <= shown
+    assert {
+        "hypomagnesemia",
+        "vitamin-d-deficiency",
+        "corticosteroid",
+        "red-flag-motor-neuron-disease",
+        "red-flag-neuropathy",
+    } <= shown
     assert any(p.exact and p.cards == {"patient-view": ["lifestyle-review"]} for p in PATIENTS)
     assert any(p.exact and p.cards == {"patient-view": []} for p in PATIENTS)
     order_patients = [p for p in PATIENTS if "order-select" in p.cards]
-    assert order_patients and all(p.draft_order and "order-sign" in p.cards
-                                  for p in order_patients)
+    assert order_patients and all(p.draft_order and "order-sign" in p.cards for p in order_patients)
 
 
 def test_demo_patients_get_their_cards_through_the_http_api(client: TestClient) -> None:
@@ -105,9 +122,15 @@ def test_demo_patients_get_their_cards_through_the_http_api(client: TestClient) 
     for patient in PATIENTS:
         prefetch = full_prefetch(patient)
         for hook, expected in patient.cards.items():
-            response = client.post(f"/cds-services/{services[hook]}", json={
-                "hookInstance": "0b0e7a1e-4b8d-4c1c-9d1e-4f5a6b7c8d9e", "hook": hook,
-                "context": hook_context(patient, hook, today), "prefetch": prefetch})
+            response = client.post(
+                f"/cds-services/{services[hook]}",
+                json={
+                    "hookInstance": "0b0e7a1e-4b8d-4c1c-9d1e-4f5a6b7c8d9e",
+                    "hook": hook,
+                    "context": hook_context(patient, hook, today),
+                    "prefetch": prefetch,
+                },
+            )
             shown = [card["source"]["topic"]["code"] for card in response.json()["cards"]]
             assert set(expected) <= set(shown), (patient.patient_id, hook, shown)
             if patient.exact:
@@ -128,22 +151,27 @@ def test_readme_says_what_every_demo_patient_shows() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     section = readme.split("## Try it in the CDS Hooks sandbox", 1)[1].split("\n## ", 1)[0]
     for patient in PATIENTS:
-        row = next(line for line in section.splitlines()
-                   if line.startswith(f"| `{patient.patient_id}` |"))
+        row = next(
+            line for line in section.splitlines() if line.startswith(f"| `{patient.patient_id}` |")
+        )
         for codes in patient.cards.values():
             assert all(f"`{code}`" in row for code in codes), patient.patient_id
 
 
 def test_sandbox_link_uses_the_sandbox_query_parameters() -> None:
     """Names as cds-hooks/sandbox's MainView reads them; order hooks open their Rx screen."""
-    link = sandbox_link("http://127.0.0.1:8000/cds-services", "http://127.0.0.1:8081", "p-1",
-                        "order-select")
+    link = sandbox_link(
+        "http://127.0.0.1:8000/cds-services", "http://127.0.0.1:8081", "p-1", "order-select"
+    )
     parts = urlsplit(link)
     assert f"{parts.scheme}://{parts.netloc}" == SANDBOX_ORIGIN
     assert parse_qs(parts.query) == {
         "serviceDiscoveryURL": ["http://127.0.0.1:8000/cds-services"],
-        "fhirServiceUrl": ["http://127.0.0.1:8081"], "patientId": ["p-1"],
-        "hook": ["order-select"], "screen": ["rx-view"]}
+        "fhirServiceUrl": ["http://127.0.0.1:8081"],
+        "patientId": ["p-1"],
+        "hook": ["order-select"],
+        "screen": ["rx-view"],
+    }
     sign = parse_qs(urlsplit(sandbox_link("d", "f", "p", "order-sign")).query)
     assert sign["screen"] == ["rx-sign"]
 
@@ -152,11 +180,11 @@ def test_sandbox_link_uses_the_sandbox_query_parameters() -> None:
 
 
 def test_service_allows_private_network_access_on_preflight(client: TestClient) -> None:
-    for path, method, headers in (("/cds-services", "GET", "authorization"),
-                                  ("/cds-services/fasciculation-pv", "POST",
-                                   "authorization,content-type"),
-                                  ("/cds-services/fasciculation-pv/feedback", "POST",
-                                   "authorization,content-type")):
+    for path, method, headers in (
+        ("/cds-services", "GET", "authorization"),
+        ("/cds-services/fasciculation-pv", "POST", "authorization,content-type"),
+        ("/cds-services/fasciculation-pv/feedback", "POST", "authorization,content-type"),
+    ):
         response = client.options(path, headers=preflight(method, headers))
         assert response.status_code == 200
         assert response.headers["access-control-allow-origin"] == "*"
@@ -178,32 +206,37 @@ def fhir_with_demo_patients() -> Iterator[FhirTestServer]:
 
 
 def test_fhir_server_answers_preflights_with_private_network_access(
-        fhir_with_demo_patients: FhirTestServer) -> None:
+    fhir_with_demo_patients: FhirTestServer,
+) -> None:
     base = fhir_with_demo_patients.base_url
-    response = httpx.options(f"{base}/Observation/_search",
-                             headers=preflight("POST", "authorization,content-type"))
+    response = httpx.options(
+        f"{base}/Observation/_search", headers=preflight("POST", "authorization,content-type")
+    )
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == "*"
     assert response.headers["access-control-allow-private-network"] == "true"
     assert "POST" in response.headers["access-control-allow-methods"]
     assert response.headers["access-control-allow-headers"] == "authorization,content-type"
-    plain = httpx.options(f"{base}/metadata", headers={
-        "Origin": SANDBOX_ORIGIN, "Access-Control-Request-Method": "GET"})
+    plain = httpx.options(
+        f"{base}/metadata",
+        headers={"Origin": SANDBOX_ORIGIN, "Access-Control-Request-Method": "GET"},
+    )
     assert "access-control-allow-private-network" not in plain.headers
 
 
-def test_fhir_server_serves_what_the_sandbox_reads(
-        fhir_with_demo_patients: FhirTestServer) -> None:
+def test_fhir_server_serves_what_the_sandbox_reads(fhir_with_demo_patients: FhirTestServer) -> None:
     """/metadata (R4), the patient, and prefetch by form-encoded POST _search, with CORS."""
     base, origin = fhir_with_demo_patients.base_url, {"Origin": SANDBOX_ORIGIN}
     metadata = httpx.get(f"{base}/metadata", headers=origin)
     assert metadata.headers["access-control-allow-origin"] == "*"
     assert metadata.json()["fhirVersion"].startswith("4.")
-    patient = httpx.get(f"{base}/Patient/demo-mnd-dysphagia",
-                        headers={**origin, "Accept": "application/json+fhir"})
+    patient = httpx.get(
+        f"{base}/Patient/demo-mnd-dysphagia", headers={**origin, "Accept": "application/json+fhir"}
+    )
     assert patient.json()["resourceType"] == "Patient"
-    search = httpx.post(f"{base}/Condition/_search", headers=origin,
-                        data={"patient": "demo-mnd-dysphagia"})
+    search = httpx.post(
+        f"{base}/Condition/_search", headers=origin, data={"patient": "demo-mnd-dysphagia"}
+    )
     assert search.headers["access-control-allow-origin"] == "*"
     codes = {e["resource"]["code"]["coding"][0]["code"] for e in search.json()["entry"]}
     assert {"R25.3", "40739000", "26544005"} <= codes
@@ -221,13 +254,19 @@ def test_demo_binds_only_to_loopback() -> None:
 
 
 def _printed_links(output: str) -> list[dict[str, list[str]]]:
-    return [parse_qs(urlsplit(line.split("sandbox:", 1)[1].strip()).query)
-            for line in output.splitlines() if line.strip().startswith("sandbox:")]
+    return [
+        parse_qs(urlsplit(line.split("sandbox:", 1)[1].strip()).query)
+        for line in output.splitlines()
+        if line.strip().startswith("sandbox:")
+    ]
 
 
 def _printed_curls(output: str) -> list[str]:
-    return [line.split("curl:", 1)[1].strip() for line in output.splitlines()
-            if line.strip().startswith("curl:")]
+    return [
+        line.split("curl:", 1)[1].strip()
+        for line in output.splitlines()
+        if line.strip().startswith("curl:")
+    ]
 
 
 @needs_node
@@ -247,8 +286,11 @@ def test_demo_command_serves_prints_links_and_stops_on_ctrl_c(tmp_path: Path) ->
         curls = _printed_curls(output)
         assert len(curls) == len(expected)
         for curl, (patient_id, hook) in zip(curls, expected, strict=True):
-            answer = json.loads(subprocess.run(shlex.split(curl), capture_output=True,
-                                               text=True, timeout=30, check=True).stdout)
+            answer = json.loads(
+                subprocess.run(
+                    shlex.split(curl), capture_output=True, text=True, timeout=30, check=True
+                ).stdout
+            )
             patient = next(p for p in PATIENTS if p.patient_id == patient_id)
             shown = {card["source"]["topic"]["code"] for card in answer["cards"]}
             assert set(patient.cards[hook]) <= shown, (patient_id, hook, shown)

@@ -81,8 +81,11 @@ def assert_cards(response: httpx.Response) -> dict[str, dict[str, Any]]:
 def with_extra(*extra: Any, key: str = "extra") -> dict[str, Any]:
     """The good record, plus `extra` as the entries of a Bundle under another key."""
     request = hook_request(*good_record())
-    request["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset",
-                                "entry": [{"resource": item} for item in extra]}
+    request["prefetch"][key] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": item} for item in extra],
+    }
     return request
 
 
@@ -129,8 +132,7 @@ def test_deeply_nested_resource_is_skipped(client: TestClient, depth: int) -> No
     assert "hypomagnesemia" in cards
 
 
-def test_deep_json_does_not_hurt_a_real_server(
-        start_server: Callable[..., LiveServer]) -> None:
+def test_deep_json_does_not_hurt_a_real_server(start_server: Callable[..., LiveServer]) -> None:
     server = start_server()
     url = f"{server.base_url}{URL}"
     headers = {"Content-Type": "application/json"}
@@ -149,10 +151,18 @@ def test_deep_json_does_not_hurt_a_real_server(
 
 def near_limit(request: dict[str, Any], key: str, item: Any, *, as_entries: bool) -> bytes:
     """`request` with prefetch[key] holding as many copies of `item` as fit under the limit."""
+
     def encode(count: int) -> bytes:
         items = [item] * count
-        value = ({"resourceType": "Bundle", "type": "searchset",
-                  "entry": [{"resource": i} for i in items]} if as_entries else items)
+        value = (
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": i} for i in items],
+            }
+            if as_entries
+            else items
+        )
         body = {**request, "prefetch": {**request["prefetch"], key: value}}
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -171,17 +181,20 @@ HUGE: dict[str, tuple[str, Any, bool]] = {
     "bundle of Basic": ("junk", {"resourceType": "Basic", "id": "b"}, True),
     "bundle of one repeated lab": ("labs", lab(POTASSIUM, 4.0, "mmol/L"), True),
     "bundle of unitless labs": ("labs", {**lab(POTASSIUM, 4.0, None), "id": None}, True),
-    "bundle of invalid labs": ("labs", {**lab(POTASSIUM, 4.0, "mmol/L"), "id": None,
-                                        "subject": 7}, True),
+    "bundle of invalid labs": (
+        "labs",
+        {**lab(POTASSIUM, 4.0, "mmol/L"), "id": None, "subject": 7},
+        True,
+    ),
     "bundle of twitch conditions": ("problems", {**twitch(), "id": None}, True),
-    "bundle of drugs by name": ("drugs", {**medication(None, "predniSONE"), "id": None},
-                                True),
+    "bundle of drugs by name": ("drugs", {**medication(None, "predniSONE"), "id": None}, True),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HUGE))
 def test_body_just_under_the_limit_is_answered_in_bounded_time(
-        client: TestClient, case: str) -> None:
+    client: TestClient, case: str
+) -> None:
     key, item, as_entries = HUGE[case]
     body = near_limit(hook_request(*good_record()), key, item, as_entries=as_entries)
     started = time.perf_counter()
@@ -191,30 +204,49 @@ def test_body_just_under_the_limit_is_answered_in_bounded_time(
     assert elapsed < 20, f"{case}: {elapsed:.1f} s"
 
 
-@pytest.mark.parametrize("body", [
-    b'{"hook": "patient-\xff\xfeview"}',
-    b'{"hookInstance": "\xc3\x28"}',
-    b'\xff\xff\xff\xff',
-    b'{"context": {"patientId": "p\xed\xa0\x80"}}',  # an encoded surrogate: invalid UTF-8
-    b'{"hook": "patient-view"' + b"\x80" * 1000 + b"}",
-], ids=["in a string", "bad continuation", "only garbage", "encoded surrogate", "long run"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"hook": "patient-\xff\xfeview"}',
+        b'{"hookInstance": "\xc3\x28"}',
+        b"\xff\xff\xff\xff",
+        b'{"context": {"patientId": "p\xed\xa0\x80"}}',  # an encoded surrogate: invalid UTF-8
+        b'{"hook": "patient-view"' + b"\x80" * 1000 + b"}",
+    ],
+    ids=["in a string", "bad continuation", "only garbage", "encoded surrogate", "long run"],
+)
 def test_invalid_utf8_is_400(client: TestClient, body: bytes) -> None:
     assert about_the_body(assert_outcome(post(client, body), 400))
 
 
-@pytest.mark.parametrize("body", [b"", b"null", b"[]", b'"x"', b"42", b"true", b"{}",
-                                  b'{"hook": "patient-view",', b"{'hook': 1}", b"\x00"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"null",
+        b"[]",
+        b'"x"',
+        b"42",
+        b"true",
+        b"{}",
+        b'{"hook": "patient-view",',
+        b"{'hook': 1}",
+        b"\x00",
+    ],
+)
 def test_body_that_is_not_a_request_object_is_400(client: TestClient, body: bytes) -> None:
     assert_outcome(post(client, body), 400)
 
 
 def test_json_extensions_python_accepts_do_not_break_the_answer(client: TestClient) -> None:
     """NaN/Infinity literals, 400-digit numbers, lone surrogate escapes, duplicate keys."""
-    request = json.dumps(hook_request(*good_record(), lab(POTASSIUM, 1234.5, "mmol/L"),
-                                      medication("312617", "DISPLAY"))).encode()
+    request = json.dumps(
+        hook_request(
+            *good_record(), lab(POTASSIUM, 1234.5, "mmol/L"), medication("312617", "DISPLAY")
+        )
+    ).encode()
     for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400"):
-        assert "hypomagnesemia" in assert_cards(post(client, request.replace(b"1234.5",
-                                                                             literal)))
+        assert "hypomagnesemia" in assert_cards(post(client, request.replace(b"1234.5", literal)))
     body = request.replace(b"DISPLAY", b"\\ud800 predniSONE \\udfff")
     assert "hypomagnesemia" in assert_cards(post(client, body))
     body = request.replace(b'"hook": "patient-view"', b'"hook": 7, "hook": "patient-view"')
@@ -224,8 +256,9 @@ def test_json_extensions_python_accepts_do_not_break_the_answer(client: TestClie
 @pytest.mark.parametrize("value", [b"1" + b"0" * 400, b"-" + b"9" * 4000])
 def test_integer_too_big_for_a_float_is_skipped(client: TestClient, value: bytes) -> None:
     request = json.dumps(hook_request(*good_record(), lab(POTASSIUM, 1234.5, "mmol/L")))
-    assert "hypomagnesemia" in assert_cards(post(client, request.encode().replace(
-        b"1234.5", value)))
+    assert "hypomagnesemia" in assert_cards(
+        post(client, request.encode().replace(b"1234.5", value))
+    )
 
 
 # --- wrong types in every top-level and context field --------------------------------------
@@ -233,21 +266,66 @@ def test_integer_too_big_for_a_float_is_skipped(client: TestClient, value: bytes
 WRONG: list[tuple[str, Any]] = [
     *[("hook", v) for v in (7, None, True, [], {}, "", "x" * 600)],
     *[("hookInstance", v) for v in (7, None, [], {}, "", SENTINEL, "1234")],
-    *[("fhirServer", v) for v in (7, [], {}, "", SENTINEL, "ftp://ehr.example.org/fhir",
-                                  "javascript:alert(1)")],
-    *[("fhirAuthorization", v) for v in (
-        7, SENTINEL, [], {}, {"access_token": SENTINEL},
-        {"access_token": SENTINEL, "token_type": "Basic", "expires_in": 300,
-         "scope": "patient/*.read", "subject": "s"},
-        {"access_token": SENTINEL, "token_type": "Bearer", "expires_in": "soon",
-         "scope": "patient/*.read", "subject": "s"},
-        {"access_token": [SENTINEL], "token_type": "Bearer", "expires_in": 300,
-         "scope": "patient/*.read", "subject": "s"})],
+    *[
+        ("fhirServer", v)
+        for v in (7, [], {}, "", SENTINEL, "ftp://ehr.example.org/fhir", "javascript:alert(1)")
+    ],
+    *[
+        ("fhirAuthorization", v)
+        for v in (
+            7,
+            SENTINEL,
+            [],
+            {},
+            {"access_token": SENTINEL},
+            {
+                "access_token": SENTINEL,
+                "token_type": "Basic",
+                "expires_in": 300,
+                "scope": "patient/*.read",
+                "subject": "s",
+            },
+            {
+                "access_token": SENTINEL,
+                "token_type": "Bearer",
+                "expires_in": "soon",
+                "scope": "patient/*.read",
+                "subject": "s",
+            },
+            {
+                "access_token": [SENTINEL],
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "patient/*.read",
+                "subject": "s",
+            },
+        )
+    ],
     *[("context", v) for v in (None, SENTINEL, 7, [], {}, [{"patientId": "p1"}])],
     *[("prefetch", v) for v in (SENTINEL, 7, True, [], [{"resourceType": "Patient"}])],
-    *[("context.patientId", v) for v in (
-        None, 42, 4.2, True, [], {}, ["p1"], "", "../../etc/passwd", "p" * 65, "p1\n",
-        "Patient/p1", "p1 OR 1=1", "p1&_has=x", "p\u00e91", f"{SENTINEL}?", ".", "..")],
+    *[
+        ("context.patientId", v)
+        for v in (
+            None,
+            42,
+            4.2,
+            True,
+            [],
+            {},
+            ["p1"],
+            "",
+            "../../etc/passwd",
+            "p" * 65,
+            "p1\n",
+            "Patient/p1",
+            "p1 OR 1=1",
+            "p1&_has=x",
+            "p\u00e91",
+            f"{SENTINEL}?",
+            ".",
+            "..",
+        )
+    ],
     *[("context.userId", v) for v in (42, True, [], {}, ["Practitioner/1"])],
     *[("context.encounterId", v) for v in (42, [], {})],
     *[("context.selections", v) for v in ("MedicationRequest/1", 7, {}, [1], [None], [[]])],
@@ -255,10 +333,12 @@ WRONG: list[tuple[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("field", "value"), WRONG,
-                         ids=[f"{f}={json.dumps(v)[:30]}" for f, v in WRONG])
+@pytest.mark.parametrize(
+    ("field", "value"), WRONG, ids=[f"{f}={json.dumps(v)[:30]}" for f, v in WRONG]
+)
 def test_wrong_type_or_value_is_400_naming_the_field(
-        client: TestClient, field: str, value: Any) -> None:
+    client: TestClient, field: str, value: Any
+) -> None:
     request = hook_request(*good_record())
     target = request["context"] if field.startswith("context.") else request
     target[field.removeprefix("context.")] = value
@@ -276,43 +356,98 @@ def test_missing_required_field_is_400_naming_it(client: TestClient, field: str)
 
 def test_unknown_and_optional_fields_are_tolerated(client: TestClient) -> None:
     request = hook_request(*good_record())
-    request.update(extension={"org.example.x": [1, {"y": None}]}, somethingNew=[{}],
-                   fhirServer=None, fhirAuthorization=None)
-    request["context"].update(userId=None, encounterId=None, extension={"a": 1},
-                              futureField={"b": [1, 2]})
+    request.update(
+        extension={"org.example.x": [1, {"y": None}]},
+        somethingNew=[{}],
+        fhirServer=None,
+        fhirAuthorization=None,
+    )
+    request["context"].update(
+        userId=None, encounterId=None, extension={"a": 1}, futureField={"b": [1, 2]}
+    )
     assert "hypomagnesemia" in assert_cards(post(client, request))
 
 
-@pytest.mark.parametrize(("service", "hook"), [
-    (SERVICE_PV, "order-select"), (SERVICE_PV, "encounter-start"), (SERVICE_PV, "PATIENT-VIEW"),
-    (SERVICE_PV, "patient-view "), (SERVICE_PV, SENTINEL), (SERVICE_OS, "patient-view"),
-    (SERVICE_SIGN, "order-select"), (SERVICE_SIGN, "appointment-book"),
-])
+@pytest.mark.parametrize(
+    ("service", "hook"),
+    [
+        (SERVICE_PV, "order-select"),
+        (SERVICE_PV, "encounter-start"),
+        (SERVICE_PV, "PATIENT-VIEW"),
+        (SERVICE_PV, "patient-view "),
+        (SERVICE_PV, SENTINEL),
+        (SERVICE_OS, "patient-view"),
+        (SERVICE_SIGN, "order-select"),
+        (SERVICE_SIGN, "appointment-book"),
+    ],
+)
 def test_hook_the_service_does_not_answer_is_400(
-        client: TestClient, service: str, hook: str) -> None:
+    client: TestClient, service: str, hook: str
+) -> None:
     request = hook_request(*good_record(), hook=hook)
     message = assert_outcome(post(client, request, f"/cds-services/{service}"), 400)
     assert service in message
 
 
-@pytest.mark.parametrize("body", [
-    {"feedback": None}, {"feedback": [None]}, {"feedback": [SENTINEL]},
-    {"feedback": [{"card": 7, "outcome": "overridden",
-                   "outcomeTimestamp": "2026-11-26T10:00:00Z"}]},
-    {"feedback": [{"card": "c", "outcome": ["accepted"],
-                   "outcomeTimestamp": "2026-11-26T10:00:00Z"}]},
-    {"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": 1764150000}]},
-    {"feedback": [{"card": "c", "outcome": "overridden",
-                   "outcomeTimestamp": "2026-11-26T10:00:00"}]},
-    {"feedback": [{"card": "c", "outcome": "overridden", "overrideReason": SENTINEL,
-                   "outcomeTimestamp": "2026-11-26T10:00:00Z"}]},
-    {"feedback": [{"card": "c", "outcome": "accepted", "acceptedSuggestions": {"id": "s"},
-                   "outcomeTimestamp": "2026-11-26T10:00:00Z"}]},
-    {"feedback": [{"card": "c" * 600, "outcome": "overridden",
-                   "outcomeTimestamp": "2026-11-26T10:00:00Z"}]},
-    {"feedback": [{"card": "c", "outcome": "overridden",
-                   "outcomeTimestamp": "2026-11-26T10:00:00Z"}] * 1001},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"feedback": None},
+        {"feedback": [None]},
+        {"feedback": [SENTINEL]},
+        {
+            "feedback": [
+                {"card": 7, "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z"}
+            ]
+        },
+        {
+            "feedback": [
+                {"card": "c", "outcome": ["accepted"], "outcomeTimestamp": "2026-11-26T10:00:00Z"}
+            ]
+        },
+        {"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": 1764150000}]},
+        {
+            "feedback": [
+                {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00"}
+            ]
+        },
+        {
+            "feedback": [
+                {
+                    "card": "c",
+                    "outcome": "overridden",
+                    "overrideReason": SENTINEL,
+                    "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                }
+            ]
+        },
+        {
+            "feedback": [
+                {
+                    "card": "c",
+                    "outcome": "accepted",
+                    "acceptedSuggestions": {"id": "s"},
+                    "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                }
+            ]
+        },
+        {
+            "feedback": [
+                {
+                    "card": "c" * 600,
+                    "outcome": "overridden",
+                    "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                }
+            ]
+        },
+        {
+            "feedback": [
+                {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-26T10:00:00Z"}
+            ]
+            * 1001
+        },
+    ],
+)
 def test_malformed_feedback_is_400(client: TestClient, body: dict[str, Any]) -> None:
     assert_outcome(post(client, body, f"{URL}/feedback"), 400)
 
@@ -332,93 +467,134 @@ ODD_ENTRIES: dict[str, Any] = {
     "null": None,
     "list": [lab(POTASSIUM, 2.0, "mmol/L")],
     "empty object": {},
-    "OperationOutcome": {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "forbidden"}]},
+    "OperationOutcome": {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "forbidden"}],
+    },
     "nested Bundle": bundle(lab(POTASSIUM, 4.0, "mmol/L")),
-    "Bundle nested 10 deep": (lambda b: [b := {"resourceType": "Bundle", "entry": [
-        {"resource": b}]} for _ in range(10)][-1])(bundle(lab(POTASSIUM, 2.0, "mmol/L"))),
+    "Bundle nested 10 deep": (
+        lambda b: [b := {"resourceType": "Bundle", "entry": [{"resource": b}]} for _ in range(10)][
+            -1
+        ]
+    )(bundle(lab(POTASSIUM, 2.0, "mmol/L"))),
     "Patient of another id": patient("male", patient_id="p2"),
     "Patient without id": {"resourceType": "Patient", "gender": "male"},
     "Patient with odd gender": {"resourceType": "Patient", "id": "p1", "gender": ["x"]},
     "subject a string": {**lab(POTASSIUM, 2.0, "mmol/L"), "subject": "Patient/p1"},
     "subject a list": {**lab(POTASSIUM, 2.0, "mmol/L"), "subject": [{"reference": "x"}]},
-    "subject reference a number": {**lab(POTASSIUM, 2.0, "mmol/L"), "subject": {
-        "reference": 7}},
-    "subject a contained patient": {**lab(POTASSIUM, 2.0, "mmol/L"), "subject": {
-        "reference": "#p"}},
+    "subject reference a number": {**lab(POTASSIUM, 2.0, "mmol/L"), "subject": {"reference": 7}},
+    "subject a contained patient": {
+        **lab(POTASSIUM, 2.0, "mmol/L"),
+        "subject": {"reference": "#p"},
+    },
     "id a number": {**lab(POTASSIUM, 2.0, "mmol/L"), "id": 7},
     "id an object": {**condition("26544005", SNOMED), "id": {"a": 1}},
     "code a string": {**lab(POTASSIUM, 2.0, "mmol/L"), "code": POTASSIUM},
-    "coding an object": {**lab(POTASSIUM, 2.0, "mmol/L"), "code": {"coding": {
-        "system": LOINC, "code": POTASSIUM}}},
-    "coding entries not objects": {**lab(POTASSIUM, 2.0, "mmol/L"), "code": {"coding": [
-        LOINC, 7, None]}},
-    "code a number": {**lab(POTASSIUM, 2.0, "mmol/L"), "code": {"coding": [
-        {"system": LOINC, "code": 2823}]}},
+    "coding an object": {
+        **lab(POTASSIUM, 2.0, "mmol/L"),
+        "code": {"coding": {"system": LOINC, "code": POTASSIUM}},
+    },
+    "coding entries not objects": {
+        **lab(POTASSIUM, 2.0, "mmol/L"),
+        "code": {"coding": [LOINC, 7, None]},
+    },
+    "code a number": {
+        **lab(POTASSIUM, 2.0, "mmol/L"),
+        "code": {"coding": [{"system": LOINC, "code": 2823}]},
+    },
     "clinicalStatus a string": {**condition("26544005", SNOMED), "clinicalStatus": "active"},
-    "clinicalStatus code a list": {**condition("26544005", SNOMED), "clinicalStatus": {
-        "coding": [{"code": ["active"]}]}},
+    "clinicalStatus code a list": {
+        **condition("26544005", SNOMED),
+        "clinicalStatus": {"coding": [{"code": ["active"]}]},
+    },
     "status a number": {**lab(POTASSIUM, 2.0, "mmol/L"), "status": 7},
-    "effectiveDateTime a list": {**lab(POTASSIUM, 2.0, "mmol/L"), "effectiveDateTime": [
-        "2026"]},
+    "effectiveDateTime a list": {**lab(POTASSIUM, 2.0, "mmol/L"), "effectiveDateTime": ["2026"]},
     "effectivePeriod a string": {**lab(POTASSIUM, 2.0, "mmol/L"), "effectivePeriod": "x"},
-    "referenceRange an object": {**lab(POTASSIUM, 2.0, "mmol/L"), "referenceRange": {
-        "low": 3}},
-    "referenceRange of strings": {**lab(POTASSIUM, 2.0, "mmol/L"), "referenceRange": [
-        {"low": {"value": "3.5", "unit": "mmol/L"}, "high": "5"}]},
+    "referenceRange an object": {**lab(POTASSIUM, 2.0, "mmol/L"), "referenceRange": {"low": 3}},
+    "referenceRange of strings": {
+        **lab(POTASSIUM, 2.0, "mmol/L"),
+        "referenceRange": [{"low": {"value": "3.5", "unit": "mmol/L"}, "high": "5"}],
+    },
     "medicationReference a string": {**medication(None), "medicationReference": "x"},
     "medicationReference to nowhere": {
         **{k: v for k, v in medication().items() if k != "medicationCodeableConcept"},
-        "medicationReference": {"reference": "Medication/missing"}},
+        "medicationReference": {"reference": "Medication/missing"},
+    },
     "Medication with no code": {"resourceType": "Medication", "id": "m1"},
     "family condition an object": {**family_history("73297009"), "condition": {"code": 1}},
-    "family relationship odd": {**family_history("73297009"), "relationship": {
-        "coding": [{"display": ["x"]}]}},
+    "family relationship odd": {
+        **family_history("73297009"),
+        "relationship": {"coding": [{"display": ["x"]}]},
+    },
     "family status a number": {**family_history("73297009"), "status": 7},
 }
 ODD_SCALARS: dict[str, Any] = {  # containers where FHIR has scalars; numbers beyond a float
     "Observation status a list": {**lab(POTASSIUM, 2.0, "mmol/L"), "status": ["final"]},
     "Observation status an object": {**lab(POTASSIUM, 2.0, "mmol/L"), "status": {"a": 1}},
-    "LOINC code a list": {**lab(POTASSIUM, 2.0, "mmol/L"), "code": {"coding": [
-        {"system": LOINC, "code": [POTASSIUM]}]}},
+    "LOINC code a list": {
+        **lab(POTASSIUM, 2.0, "mmol/L"),
+        "code": {"coding": [{"system": LOINC, "code": [POTASSIUM]}]},
+    },
     "coded answer a list": {
-        "resourceType": "Observation", "id": "s1", "status": "final",
-        "effectiveDateTime": days_ago(3), "code": {"coding": [{"system": LOINC,
-                                                                "code": "72166-2"}]},
-        "valueCodeableConcept": {"coding": [{"system": SNOMED, "code": ["77176002"]}]}},
-    "MedicationRequest status a list": {**medication("312617", "predniSONE"),
-                                        "status": ["active"]},
+        "resourceType": "Observation",
+        "id": "s1",
+        "status": "final",
+        "effectiveDateTime": days_ago(3),
+        "code": {"coding": [{"system": LOINC, "code": "72166-2"}]},
+        "valueCodeableConcept": {"coding": [{"system": SNOMED, "code": ["77176002"]}]},
+    },
+    "MedicationRequest status a list": {**medication("312617", "predniSONE"), "status": ["active"]},
     "Medication id a list": {"resourceType": "Medication", "id": ["m1"]},
     "contained a number": {
         **{k: v for k, v in medication().items() if k != "medicationCodeableConcept"},
-        "medicationReference": {"reference": "#m"}, "contained": 7},
-    "reference range bound beyond float": {**lab(POTASSIUM, 2.0, "mmol/L"), "referenceRange": [
-        {"low": {"value": 10**400, "unit": "mmol/L"}}]},
+        "medicationReference": {"reference": "#m"},
+        "contained": 7,
+    },
+    "reference range bound beyond float": {
+        **lab(POTASSIUM, 2.0, "mmol/L"),
+        "referenceRange": [{"low": {"value": 10**400, "unit": "mmol/L"}}],
+    },
 }
 
 
 @pytest.mark.parametrize("case", sorted({**ODD_ENTRIES, **ODD_SCALARS}))
 def test_odd_bundle_entry_is_skipped_and_the_rest_still_counts(
-        client: TestClient, case: str) -> None:
+    client: TestClient, case: str
+) -> None:
     odd = {**ODD_ENTRIES, **ODD_SCALARS}[case]
     for key in ("extra", "observations"):  # under an unknown key and under a contract key
         request = hook_request(*good_record())
         entries = request["prefetch"].get(key, {}).get("entry", [])
-        request["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset",
-                                    "entry": [*entries, {"resource": odd}, odd, {"x": odd}]}
+        request["prefetch"][key] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [*entries, {"resource": odd}, odd, {"x": odd}],
+        }
         assert "hypomagnesemia" in assert_cards(post(client, request)), key
 
 
-@pytest.mark.parametrize("value", [
-    None, {}, [], "x", 7, True, {"resourceType": "Bundle"},
-    {"resourceType": "Bundle", "type": "searchset", "total": 0},
-    {"resourceType": "Bundle", "entry": None}, {"resourceType": "Bundle", "entry": {}},
-    {"resourceType": "Bundle", "entry": {"resource": lab(POTASSIUM, 2.0, "mmol/L")}},
-    {"resourceType": "Bundle", "entry": "x"}, {"resourceType": "Bundle", "entry": 7},
-    {"resourceType": "Bundle", "entry": [[], [None], {}]},
-    {"resourceType": "OperationOutcome", "issue": []},
-    [lab(POTASSIUM, 2.0, "mmol/L")],
-], ids=lambda v: json.dumps(v)[:40])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        {},
+        [],
+        "x",
+        7,
+        True,
+        {"resourceType": "Bundle"},
+        {"resourceType": "Bundle", "type": "searchset", "total": 0},
+        {"resourceType": "Bundle", "entry": None},
+        {"resourceType": "Bundle", "entry": {}},
+        {"resourceType": "Bundle", "entry": {"resource": lab(POTASSIUM, 2.0, "mmol/L")}},
+        {"resourceType": "Bundle", "entry": "x"},
+        {"resourceType": "Bundle", "entry": 7},
+        {"resourceType": "Bundle", "entry": [[], [None], {}]},
+        {"resourceType": "OperationOutcome", "issue": []},
+        [lab(POTASSIUM, 2.0, "mmol/L")],
+    ],
+    ids=lambda v: json.dumps(v)[:40],
+)
 def test_odd_value_under_an_extra_key_is_ignored(client: TestClient, value: Any) -> None:
     request = hook_request(*good_record())
     request["prefetch"]["extra"] = value
@@ -426,22 +602,29 @@ def test_odd_value_under_an_extra_key_is_ignored(client: TestClient, value: Any)
 
 
 @pytest.mark.parametrize("key", ["medicationRequests", "medicationStatements", "familyHistory"])
-@pytest.mark.parametrize("value", [
-    {"resourceType": "Bundle", "type": "searchset"},
-    {"resourceType": "Bundle", "type": "searchset", "entry": {}},
-    {"resourceType": "Bundle", "type": "searchset", "entry": "none"},
-    {"resourceType": "Bundle", "type": "searchset", "entry": [None, 7, "x"]},
-], ids=["no entry", "entry an object", "entry a string", "entry of junk"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"resourceType": "Bundle", "type": "searchset"},
+        {"resourceType": "Bundle", "type": "searchset", "entry": {}},
+        {"resourceType": "Bundle", "type": "searchset", "entry": "none"},
+        {"resourceType": "Bundle", "type": "searchset", "entry": [None, 7, "x"]},
+    ],
+    ids=["no entry", "entry an object", "entry a string", "entry of junk"],
+)
 def test_empty_or_broken_bundles_under_contract_keys_answer_200(
-        client: TestClient, key: str, value: Any) -> None:
+    client: TestClient, key: str, value: Any
+) -> None:
     request = hook_request(*good_record())
     request["prefetch"][key] = value
     assert "hypomagnesemia" in assert_cards(post(client, request))
 
 
 def operation_outcome() -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "forbidden", "diagnostics": "not allowed"}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "forbidden", "diagnostics": "not allowed"}],
+    }
 
 
 def test_operation_outcome_under_optional_keys_still_answers(client: TestClient) -> None:
@@ -452,7 +635,8 @@ def test_operation_outcome_under_optional_keys_still_answers(client: TestClient)
 
 
 def test_operation_outcome_under_a_key_covered_by_another_key_still_answers(
-        client: TestClient) -> None:
+    client: TestClient,
+) -> None:
     """The observations came under a key of the client's own naming."""
     request = hook_request(twitch())
     request["prefetch"]["observations"] = operation_outcome()
@@ -462,14 +646,19 @@ def test_operation_outcome_under_a_key_covered_by_another_key_still_answers(
 
 @pytest.mark.parametrize("key", ["conditions", "observations", "medicationRequests"])
 def test_operation_outcome_under_a_required_key_without_fhir_server_is_412(
-        client: TestClient, key: str) -> None:
-    request = hook_request(twitch(), lab(MAGNESIUM, 1.4, "mg/dL"),
-                           medication("312617", "predniSONE"))
+    client: TestClient, key: str
+) -> None:
+    request = hook_request(
+        twitch(), lab(MAGNESIUM, 1.4, "mg/dL"), medication("312617", "predniSONE")
+    )
     request["prefetch"][key] = operation_outcome()
     request["prefetch"].pop("extra", None)
     # Keep the resource type from arriving under another key, so the key is really missing.
-    kind = {"conditions": "Condition", "observations": "Observation",
-            "medicationRequests": "MedicationRequest"}[key]
+    kind = {
+        "conditions": "Condition",
+        "observations": "Observation",
+        "medicationRequests": "MedicationRequest",
+    }[key]
     for other in request["prefetch"].values():
         if isinstance(other.get("entry"), list):
             other["entry"] = [e for e in other["entry"] if e["resource"]["resourceType"] != kind]
@@ -494,8 +683,9 @@ def test_twitch_of_another_patient_opens_no_gate(client: TestClient) -> None:
 
 def test_another_patients_lab_is_not_this_patients_lab(client: TestClient) -> None:
     request = hook_request(twitch(), lab(MAGNESIUM, 2.0, "mg/dL"))
-    request["prefetch"]["extra"] = bundle(lab(MAGNESIUM, 0.9, "mg/dL", when=days_ago(1),
-                                              patient_id="p2"))
+    request["prefetch"]["extra"] = bundle(
+        lab(MAGNESIUM, 0.9, "mg/dL", when=days_ago(1), patient_id="p2")
+    )
     assert "hypomagnesemia" not in assert_cards(post(client, request))
 
 
@@ -523,8 +713,9 @@ ZONELESS = f"{(today() - timedelta(days=3)).isoformat()}T08:30:00"
 
 
 @pytest.mark.parametrize("fmt", sorted(date_formats()))
-@pytest.mark.parametrize("field", ["effectiveDateTime", "effectiveInstant",
-                                   "effectivePeriod.start", "issued"])
+@pytest.mark.parametrize(
+    "field", ["effectiveDateTime", "effectiveInstant", "effectivePeriod.start", "issued"]
+)
 def test_lab_dated_in_any_fhir_format(client: TestClient, fmt: str, field: str) -> None:
     value, is_instant = date_formats()[fmt]
     magnesium = lab(MAGNESIUM, 1.4, "mg/dL")
@@ -565,18 +756,39 @@ def test_condition_dated_in_any_fhir_format(client: TestClient, fmt: str, field:
 
 @pytest.mark.parametrize("field", ["onsetDateTime", "recordedDate"])
 def test_condition_dated_without_a_zone_is_skipped_as_invalid(
-        client: TestClient, field: str) -> None:
+    client: TestClient, field: str
+) -> None:
     complaint = {**twitch(), field: ZONELESS}
     response = post(client, hook_request(complaint, lab(MAGNESIUM, 1.4, "mg/dL")))
     assert response.status_code == 200
     assert response.json() == {"cards": []}
 
 
-@pytest.mark.parametrize("value", [
-    "", "yesterday", "2026-13-01", "2026-02-30", "2026-11-26T25:00:00Z", "26-11-2026",
-    "0000-01-01", "9999-12-31T23:59:59Z", "+2026-01-01", "2026-W48", "2026-11-26 10:00",
-    20261126, 2026.5, True, None, [], {}, ["2026-11-26"], {"start": "2026-11-26"},
-    "2026-11-26" + "0" * 10_000])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "yesterday",
+        "2026-13-01",
+        "2026-02-30",
+        "2026-11-26T25:00:00Z",
+        "26-11-2026",
+        "0000-01-01",
+        "9999-12-31T23:59:59Z",
+        "+2026-01-01",
+        "2026-W48",
+        "2026-11-26 10:00",
+        20261126,
+        2026.5,
+        True,
+        None,
+        [],
+        {},
+        ["2026-11-26"],
+        {"start": "2026-11-26"},
+        "2026-11-26" + "0" * 10_000,
+    ],
+)
 def test_odd_dates_never_break_the_answer(client: TestClient, value: Any) -> None:
     potassium = {**lab(POTASSIUM, 2.0, "mmol/L"), "effectiveDateTime": value, "issued": value}
     condition_ = {**condition("26544005", SNOMED), "onsetDateTime": value}
@@ -592,44 +804,61 @@ def magnesium_with(quantity: Any) -> dict[str, Any]:
     return {**lab(MAGNESIUM, 1.4, "mg/dL"), "valueQuantity": quantity}
 
 
-@pytest.mark.parametrize("quantity", [
-    {"value": 1.4},
-    {"value": 1.4, "unit": ""},
-    {"value": 1.4, "unit": "   "},
-    {"value": 1.4, "unit": "furlongs/fortnight", "system": "http://unitsofmeasure.org",
-     "code": "[fur]/[fortnight]"},
-    {"value": 1.4, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "kg"},
-    {"value": 1.4, "unit": 7},
-    {"value": 1.4, "code": ["mg/dL"]},
-    {"value": "1.4", "unit": "mg/dL"},
-    {"value": "low", "unit": "mg/dL"},
-    {"value": None, "unit": "mg/dL"},
-    {"value": True, "unit": "mg/dL"},
-    {"value": [1.4], "unit": "mg/dL"},
-    {"value": {"v": 1.4}, "unit": "mg/dL"},
-    {"unit": "mg/dL"},
-    {},
-    "1.4 mg/dL",
-    1.4,
-    [{"value": 1.4, "unit": "mg/dL"}],
-    None,
-], ids=lambda q: json.dumps(q)[:50])
+@pytest.mark.parametrize(
+    "quantity",
+    [
+        {"value": 1.4},
+        {"value": 1.4, "unit": ""},
+        {"value": 1.4, "unit": "   "},
+        {
+            "value": 1.4,
+            "unit": "furlongs/fortnight",
+            "system": "http://unitsofmeasure.org",
+            "code": "[fur]/[fortnight]",
+        },
+        {"value": 1.4, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "kg"},
+        {"value": 1.4, "unit": 7},
+        {"value": 1.4, "code": ["mg/dL"]},
+        {"value": "1.4", "unit": "mg/dL"},
+        {"value": "low", "unit": "mg/dL"},
+        {"value": None, "unit": "mg/dL"},
+        {"value": True, "unit": "mg/dL"},
+        {"value": [1.4], "unit": "mg/dL"},
+        {"value": {"v": 1.4}, "unit": "mg/dL"},
+        {"unit": "mg/dL"},
+        {},
+        "1.4 mg/dL",
+        1.4,
+        [{"value": 1.4, "unit": "mg/dL"}],
+        None,
+    ],
+    ids=lambda q: json.dumps(q)[:50],
+)
 def test_quantity_that_cannot_be_judged_gives_no_lab_card(
-        client: TestClient, quantity: Any) -> None:
+    client: TestClient, quantity: Any
+) -> None:
     """Units are never assumed: a bare 1.4 may be mg/dL or mmol/L."""
     cards = assert_cards(post(client, hook_request(twitch(), magnesium_with(quantity))))
     assert "hypomagnesemia" not in cards
     assert "Magnesium" in cards["workup-incomplete"]["detail"]
 
 
-@pytest.mark.parametrize("quantity", [
-    {"value": 1.4, "unit": "mg/dL"},  # display unit only, no UCUM code
-    {"value": 1.4, "code": "mg/dL"},
-    {"value": 0.58, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
-    {"value": 1.4, "unit": "milligram per decilitre", "system": "http://unitsofmeasure.org",
-     "code": "mg/dL"},
-    {"value": 14, "unit": "mg/L", "system": "http://unitsofmeasure.org", "code": "mg/L"},
-], ids=lambda q: json.dumps(q)[:50])
+@pytest.mark.parametrize(
+    "quantity",
+    [
+        {"value": 1.4, "unit": "mg/dL"},  # display unit only, no UCUM code
+        {"value": 1.4, "code": "mg/dL"},
+        {"value": 0.58, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+        {
+            "value": 1.4,
+            "unit": "milligram per decilitre",
+            "system": "http://unitsofmeasure.org",
+            "code": "mg/dL",
+        },
+        {"value": 14, "unit": "mg/L", "system": "http://unitsofmeasure.org", "code": "mg/L"},
+    ],
+    ids=lambda q: json.dumps(q)[:50],
+)
 def test_quantity_with_a_known_unit_is_converted(client: TestClient, quantity: Any) -> None:
     cards = assert_cards(post(client, hook_request(twitch(), magnesium_with(quantity))))
     assert "hypomagnesemia" in cards
@@ -638,23 +867,31 @@ def test_quantity_with_a_known_unit_is_converted(client: TestClient, quantity: A
 @pytest.mark.parametrize("value", [0, -1.4, 1e-300, 1e300, 123456789012345678])
 def test_absurd_numbers_still_give_valid_cards(client: TestClient, value: float) -> None:
     """Not clinically meaningful, but never a 500 nor a malformed card."""
-    assert_cards(post(client, hook_request(twitch(), lab(MAGNESIUM, value, "mg/dL"),
-                                           lab(POTASSIUM, value, "mmol/L"))))
+    assert_cards(
+        post(
+            client,
+            hook_request(twitch(), lab(MAGNESIUM, value, "mg/dL"), lab(POTASSIUM, value, "mmol/L")),
+        )
+    )
 
 
 # --- codes ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("coding", [
-    {"code": "R25.3"},
-    {"system": "", "code": "R25.3"},
-    {"system": "http://example.org/other", "code": "R25.3"},
-    {"system": ICD10},
-    {"system": ICD10, "code": ""},
-    {"system": ICD10, "code": "r25.3"},
-    {"system": ICD10, "code": "R25.3 "},
-    {"display": "Fasciculation"},
-], ids=lambda c: json.dumps(c)[:50])
+@pytest.mark.parametrize(
+    "coding",
+    [
+        {"code": "R25.3"},
+        {"system": "", "code": "R25.3"},
+        {"system": "http://example.org/other", "code": "R25.3"},
+        {"system": ICD10},
+        {"system": ICD10, "code": ""},
+        {"system": ICD10, "code": "r25.3"},
+        {"system": ICD10, "code": "R25.3 "},
+        {"display": "Fasciculation"},
+    ],
+    ids=lambda c: json.dumps(c)[:50],
+)
 def test_twitch_code_without_its_system_opens_no_gate(client: TestClient, coding: Any) -> None:
     complaint = {**twitch(), "code": {"coding": [coding], "text": "Fasciculation R25.3"}}
     response = post(client, hook_request(complaint, lab(MAGNESIUM, 1.4, "mg/dL")))
@@ -662,13 +899,17 @@ def test_twitch_code_without_its_system_opens_no_gate(client: TestClient, coding
     assert response.json() == {"cards": []}
 
 
-@pytest.mark.parametrize("code", [
-    {"coding": [{"code": MAGNESIUM}]},
-    {"coding": [{"system": SNOMED, "code": MAGNESIUM}]},
-    {"text": "Magnesium"},
-    {"coding": []},
-    {},
-], ids=lambda c: json.dumps(c)[:50])
+@pytest.mark.parametrize(
+    "code",
+    [
+        {"coding": [{"code": MAGNESIUM}]},
+        {"coding": [{"system": SNOMED, "code": MAGNESIUM}]},
+        {"text": "Magnesium"},
+        {"coding": []},
+        {},
+    ],
+    ids=lambda c: json.dumps(c)[:50],
+)
 def test_lab_code_without_loinc_system_is_not_a_lab(client: TestClient, code: Any) -> None:
     magnesium = {**lab(MAGNESIUM, 1.4, "mg/dL"), "code": code}
     cards = assert_cards(post(client, hook_request(twitch(), magnesium)))
@@ -688,24 +929,58 @@ def test_drug_code_without_system_falls_back_to_the_name_only(client: TestClient
 # --- draft orders (order-select / order-sign) -------------------------------------------------
 
 
-@pytest.mark.parametrize("draft_orders", [
-    {"resourceType": "Bundle"},
-    {"resourceType": "Bundle", "entry": None},
-    {"resourceType": "Bundle", "entry": {}},
-    {"resourceType": "Bundle", "entry": "x"},
-    {"resourceType": "Bundle", "entry": [None, 7, "x", [], {}, {"resource": None},
-                                         {"resource": "MedicationRequest/1"}]},
-    {"resourceType": "Bundle", "entry": [{"resource": {
-        "resourceType": "MedicationRequest", "id": "request-123", "status": {"a": 1},
-        "medicationCodeableConcept": "predniSONE", "category": {"text": "x"}}}]},
-    {"resourceType": "Bundle", "entry": [{"resource": {
-        "resourceType": "MedicationRequest", "id": ["request-123"], "status": "draft",
-        "medicationCodeableConcept": {"coding": {"code": "312617"}, "text": 7}}}]},
-    {"entry": [{"resource": {"resourceType": "MedicationOrder", "id": "request-123"}}]},
-], ids=lambda d: json.dumps(d)[:50])
+@pytest.mark.parametrize(
+    "draft_orders",
+    [
+        {"resourceType": "Bundle"},
+        {"resourceType": "Bundle", "entry": None},
+        {"resourceType": "Bundle", "entry": {}},
+        {"resourceType": "Bundle", "entry": "x"},
+        {
+            "resourceType": "Bundle",
+            "entry": [
+                None,
+                7,
+                "x",
+                [],
+                {},
+                {"resource": None},
+                {"resource": "MedicationRequest/1"},
+            ],
+        },
+        {
+            "resourceType": "Bundle",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "MedicationRequest",
+                        "id": "request-123",
+                        "status": {"a": 1},
+                        "medicationCodeableConcept": "predniSONE",
+                        "category": {"text": "x"},
+                    }
+                }
+            ],
+        },
+        {
+            "resourceType": "Bundle",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "MedicationRequest",
+                        "id": ["request-123"],
+                        "status": "draft",
+                        "medicationCodeableConcept": {"coding": {"code": "312617"}, "text": 7},
+                    }
+                }
+            ],
+        },
+        {"entry": [{"resource": {"resourceType": "MedicationOrder", "id": "request-123"}}]},
+    ],
+    ids=lambda d: json.dumps(d)[:50],
+)
 @pytest.mark.parametrize("service", [SERVICE_OS, SERVICE_SIGN])
-def test_odd_draft_orders_answer_200(client: TestClient, draft_orders: Any,
-                                     service: str) -> None:
+def test_odd_draft_orders_answer_200(client: TestClient, draft_orders: Any, service: str) -> None:
     hook = "order-select" if service == SERVICE_OS else "order-sign"
     context: dict[str, Any] = {"draftOrders": draft_orders}
     if service == SERVICE_OS:
@@ -717,6 +992,7 @@ def test_odd_draft_orders_answer_200(client: TestClient, draft_orders: Any,
 
 
 # --- free text from the record in card markdown ------------------------------------------------
+
 
 # EHR free text (drug names, relations) must be inert in card markdown: the CDS Hooks
 # sandbox renders it with raw HTML enabled.
@@ -739,4 +1015,3 @@ def test_html_and_markdown_in_record_text_is_escaped_in_cards(client: TestClient
 def test_good_record_alone_gives_the_magnesium_card(client: TestClient) -> None:
     """Guards every test above: they rely on this card being there with good data."""
     assert "hypomagnesemia" in assert_cards(post(client, hook_request(*good_record())))
-

@@ -12,8 +12,14 @@ from tests.support.cards import assert_no_empty_values
 from tests.support.fhir import hook_request, twitch
 from tests.support.paths import SANDBOX
 
-CONTRACT_KEYS = {"patient", "conditions", "observations", "medicationRequests",
-                 "medicationStatements", "familyHistory"}
+CONTRACT_KEYS = {
+    "patient",
+    "conditions",
+    "observations",
+    "medicationRequests",
+    "medicationStatements",
+    "familyHistory",
+}
 
 
 def assert_operation_outcome(response, status: int) -> str:
@@ -31,15 +37,22 @@ def test_discovery_lists_one_service_per_hook_with_contract_prefetch(client: Tes
     services = response.json()["services"]
     assert_no_empty_values(response.json())
     assert {s["hook"]: s["id"] for s in services} == {
-        "patient-view": SERVICE_PV, "order-select": SERVICE_OS, "order-sign": SERVICE_SIGN}
+        "patient-view": SERVICE_PV,
+        "order-select": SERVICE_OS,
+        "order-sign": SERVICE_SIGN,
+    }
     for service in services:
         assert service["title"] and service["description"]
         assert set(service["prefetch"]) == CONTRACT_KEYS
         assert service["prefetch"]["patient"] == "Patient/{{context.patientId}}"
         observations = service["prefetch"]["observations"]
         assert observations.startswith("Observation?patient={{context.patientId}}&code=")
-        for code in ("http://loinc.org|19123-9", "http://loinc.org|17861-6",
-                     "http://loinc.org|62292-8", "http://snomed.info/sct|82470000"):
+        for code in (
+            "http://loinc.org|19123-9",
+            "http://loinc.org|17861-6",
+            "http://loinc.org|62292-8",
+            "http://snomed.info/sct|82470000",
+        ):
             assert code in observations
         assert "${" not in observations
 
@@ -47,40 +60,47 @@ def test_discovery_lists_one_service_per_hook_with_contract_prefetch(client: Tes
 def test_unknown_service_is_404_operation_outcome(client: TestClient) -> None:
     response = client.post("/cds-services/nope", json=hook_request(twitch()))
     assert_operation_outcome(response, 404)
-    assert_operation_outcome(client.post("/cds-services/nope/feedback",
-                                         json={"feedback": []}), 400)
+    assert_operation_outcome(client.post("/cds-services/nope/feedback", json={"feedback": []}), 400)
 
 
 def test_hook_not_matching_the_service_is_400(client: TestClient) -> None:
     request = hook_request(twitch(), hook="order-sign")
-    message = assert_operation_outcome(client.post(f"/cds-services/{SERVICE_PV}",
-                                                   json=request), 400)
+    message = assert_operation_outcome(
+        client.post(f"/cds-services/{SERVICE_PV}", json=request), 400
+    )
     assert "patient-view" in message
 
 
 def test_malformed_json_is_400(client: TestClient) -> None:
-    response = client.post(f"/cds-services/{SERVICE_PV}", content=b'{"hook": "patient-view",',
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        f"/cds-services/{SERVICE_PV}",
+        content=b'{"hook": "patient-view",',
+        headers={"Content-Type": "application/json"},
+    )
     assert "malformed JSON" in assert_operation_outcome(response, 400)
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda r: r.pop("hookInstance"),
-    lambda r: r.update(hookInstance="not-a-uuid"),
-    lambda r: r["context"].pop("patientId"),
-    lambda r: r["context"].update(patientId=42),
-    lambda r: r["context"].update(patientId="../../etc/passwd"),
-    lambda r: r.update(context="p1"),
-    lambda r: r.update(prefetch=["not", "an", "object"]),
-    lambda r: r.update(fhirServer="not a url"),
-    lambda r: r.update(fhirAuthorization={"access_token": "x"}),
-    lambda r: r.update(hook=7),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: r.pop("hookInstance"),
+        lambda r: r.update(hookInstance="not-a-uuid"),
+        lambda r: r["context"].pop("patientId"),
+        lambda r: r["context"].update(patientId=42),
+        lambda r: r["context"].update(patientId="../../etc/passwd"),
+        lambda r: r.update(context="p1"),
+        lambda r: r.update(prefetch=["not", "an", "object"]),
+        lambda r: r.update(fhirServer="not a url"),
+        lambda r: r.update(fhirAuthorization={"access_token": "x"}),
+        lambda r: r.update(hook=7),
+    ],
+)
 def test_wrong_or_missing_fields_are_400_naming_the_field(client: TestClient, mutate) -> None:
     request = hook_request(twitch())
     mutate(request)
-    message = assert_operation_outcome(client.post(f"/cds-services/{SERVICE_PV}",
-                                                   json=request), 400)
+    message = assert_operation_outcome(
+        client.post(f"/cds-services/{SERVICE_PV}", json=request), 400
+    )
     assert "/etc/passwd" not in message  # errors never echo input values
 
 
@@ -92,14 +112,19 @@ def test_body_over_the_limit_is_413(make_client) -> None:
 
 
 def test_wrong_content_type_is_415(client: TestClient) -> None:
-    response = client.post(f"/cds-services/{SERVICE_PV}", content=json.dumps(
-        hook_request(twitch())), headers={"Content-Type": "text/plain"})
+    response = client.post(
+        f"/cds-services/{SERVICE_PV}",
+        content=json.dumps(hook_request(twitch())),
+        headers={"Content-Type": "text/plain"},
+    )
     assert_operation_outcome(response, 415)
 
 
 def test_security_headers_on_every_response(client: TestClient) -> None:
-    for response in (client.get("/cds-services"),
-                     client.post("/cds-services/nope", json=hook_request())):
+    for response in (
+        client.get("/cds-services"),
+        client.post("/cds-services/nope", json=hook_request()),
+    ):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["x-request-id"]

@@ -79,8 +79,11 @@ def log_records(server: LiveServer) -> list[dict[str, Any]]:
 
 
 def assert_no_error_logged(server: LiveServer) -> None:
-    errors = [r for r in log_records(server)
-              if r.get("level") in ("error", "critical") or "exception" in r]
+    errors = [
+        r
+        for r in log_records(server)
+        if r.get("level") in ("error", "critical") or "exception" in r
+    ]
     assert not errors, errors[:3]
 
 
@@ -90,8 +93,9 @@ def client_limits(connections: int) -> httpx.Limits:
     Otherwise httpx may pick a connection that sat idle for ~5 s just as the server closes it:
     the request meets a reset (seen once in 20,000 calls). EHR clients need the same setting.
     """
-    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
-                        keepalive_expiry=2.0)
+    return httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0
+    )
 
 
 async def run_bounded(jobs: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> None:
@@ -109,7 +113,8 @@ async def run_bounded(jobs: int, concurrency: int, job: Callable[[int], Awaitabl
 
 
 def test_twenty_thousand_patient_view_calls_without_error_and_with_flat_memory(
-        start_server: StartServer) -> None:
+    start_server: StartServer,
+) -> None:
     """Zero errors and the same cards for every call; workers' RSS after warm-up vs at the end.
 
     The client is `tests.support.raw_http.RawConnection`: 32 keep-alive connections, each used
@@ -169,14 +174,16 @@ def test_twenty_thousand_patient_view_calls_without_error_and_with_flat_memory(
 
     warmup_seconds, rss_after_warmup, seconds, rss_at_end = asyncio.run(run())
     growth = rss_at_end / rss_after_warmup - 1
-    print(f"\npatient-view load: {LOAD_CALLS} calls, concurrency {LOAD_CONCURRENCY}, "
-          f"2 workers, body {len(body) / 1024:.1f} KiB; warm-up {LOAD_WARMUP} calls in "
-          f"{warmup_seconds:.1f} s ({LOAD_WARMUP / warmup_seconds:.0f} req/s); "
-          f"then {LOAD_CALLS - LOAD_WARMUP} calls in {seconds:.1f} s "
-          f"({(LOAD_CALLS - LOAD_WARMUP) / seconds:.0f} req/s); failed: {failed}; "
-          f"workers' RSS {rss_after_warmup:.1f} MB after warm-up, {rss_at_end:.1f} MB at the "
-          f"end ({growth:+.1%}); RSS MB every 2,000 calls: {rss_series}; CPU seconds per "
-          f"worker: {worker_cpu_seconds(server)}")
+    print(
+        f"\npatient-view load: {LOAD_CALLS} calls, concurrency {LOAD_CONCURRENCY}, "
+        f"2 workers, body {len(body) / 1024:.1f} KiB; warm-up {LOAD_WARMUP} calls in "
+        f"{warmup_seconds:.1f} s ({LOAD_WARMUP / warmup_seconds:.0f} req/s); "
+        f"then {LOAD_CALLS - LOAD_WARMUP} calls in {seconds:.1f} s "
+        f"({(LOAD_CALLS - LOAD_WARMUP) / seconds:.0f} req/s); failed: {failed}; "
+        f"workers' RSS {rss_after_warmup:.1f} MB after warm-up, {rss_at_end:.1f} MB at the "
+        f"end ({growth:+.1%}); RSS MB every 2,000 calls: {rss_series}; CPU seconds per "
+        f"worker: {worker_cpu_seconds(server)}"
+    )
     assert failed == 0, failures
     assert growth < MAX_RSS_GROWTH, rss_series
     assert_no_error_logged(server)
@@ -190,16 +197,25 @@ def test_twenty_thousand_patient_view_calls_without_error_and_with_flat_memory(
 
 def feedback_entry(card: str, index: int) -> dict[str, Any]:
     if index % 2:
-        return {"card": card, "outcome": "accepted", "acceptedSuggestions": [{"id": f"s-{card}"}],
-                "outcomeTimestamp": f"2026-11-26T10:{index // 60 % 60:02d}:{index % 60:02d}Z"}
-    return {"card": card, "outcome": "overridden",
-            "overrideReason": {"reason": {"code": "not-relevant",
-                                          "system": "https://example.org/override"}},
-            "outcomeTimestamp": f"2026-11-26T11:{index // 60 % 60:02d}:{index % 60:02d}Z"}
+        return {
+            "card": card,
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": f"s-{card}"}],
+            "outcomeTimestamp": f"2026-11-26T10:{index // 60 % 60:02d}:{index % 60:02d}Z",
+        }
+    return {
+        "card": card,
+        "outcome": "overridden",
+        "overrideReason": {
+            "reason": {"code": "not-relevant", "system": "https://example.org/override"}
+        },
+        "outcomeTimestamp": f"2026-11-26T11:{index // 60 % 60:02d}:{index % 60:02d}Z",
+    }
 
 
 def test_two_thousand_concurrent_feedback_posts_store_each_entry_once(
-        start_server: StartServer, db_url: str, db: Engine) -> None:
+    start_server: StartServer, db_url: str, db: Engine
+) -> None:
     server = start_server(workers=2, TWITCH_CDS_DATABASE_URL=db_url)
     url = f"{server.base_url}/cds-services/{SERVICE_PV}/feedback"
     rng = random.Random(5)
@@ -233,9 +249,11 @@ def test_two_thousand_concurrent_feedback_posts_store_each_entry_once(
 
     seconds = asyncio.run(post_all())
     cards = stored_cards(db)
-    print(f"\nfeedback on {db.dialect.name}: {len(posts)} concurrent posts in {seconds:.1f} s "
-          f"({len(posts) / seconds:.0f}/s), {len(distinct)} distinct entries, "
-          f"{len(cards)} rows stored")
+    print(
+        f"\nfeedback on {db.dialect.name}: {len(posts)} concurrent posts in {seconds:.1f} s "
+        f"({len(posts) / seconds:.0f}/s), {len(distinct)} distinct entries, "
+        f"{len(cards)} rows stored"
+    )
     assert problems == []
     assert len(answers) == len(posts)
     assert sum(a["stored"] for a in answers) == len(distinct)  # each reported new once
@@ -248,7 +266,8 @@ def test_two_thousand_concurrent_feedback_posts_store_each_entry_once(
 
 
 def test_sigkill_mid_load_loses_no_acknowledged_feedback(
-        start_server: StartServer, db_url: str, db: Engine) -> None:
+    start_server: StartServer, db_url: str, db: Engine
+) -> None:
     server = start_server(workers=2, TWITCH_CDS_DATABASE_URL=db_url)
     url = f"{server.base_url}/cds-services/{SERVICE_PV}/feedback"
     acknowledged: list[str] = []
@@ -268,7 +287,8 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(
                     sent.append(card)
                     try:
                         response = await client.post(
-                            url, json={"feedback": [feedback_entry(card, index)]})
+                            url, json={"feedback": [feedback_entry(card, index)]}
+                        )
                     except httpx.TransportError:
                         stop.set()  # the server is gone: unknown outcome, not acknowledged
                         return
@@ -284,17 +304,20 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(
     assert killed_at, "the server was not killed"
     in_database = set(stored_cards(db))
     lost = sorted(set(acknowledged) - in_database)
-    print(f"\nSIGKILL on {db.dialect.name}: {len(acknowledged)} entries acknowledged "
-          f"(kill after {killed_at[0]}), {len(sent)} sent, {len(in_database)} in the "
-          f"database, lost: {len(lost)}")
+    print(
+        f"\nSIGKILL on {db.dialect.name}: {len(acknowledged)} entries acknowledged "
+        f"(kill after {killed_at[0]}), {len(sent)} sent, {len(in_database)} in the "
+        f"database, lost: {len(lost)}"
+    )
     assert lost == []
     assert in_database <= set(sent)
 
     # The server starts again on the database it was killed on, and keeps working.
     again = start_server(workers=2, TWITCH_CDS_DATABASE_URL=db_url)
-    response = httpx.post(f"{again.base_url}/cds-services/{SERVICE_PV}/feedback",
-                          json={"feedback": [feedback_entry(acknowledged[0], 0),
-                                             feedback_entry("after-restart", 1)]})
+    response = httpx.post(
+        f"{again.base_url}/cds-services/{SERVICE_PV}/feedback",
+        json={"feedback": [feedback_entry(acknowledged[0], 0), feedback_entry("after-restart", 1)]},
+    )
     assert response.status_code == 200
     assert set(stored_cards(db)) == in_database | {"after-restart"}
     assert_no_error_logged(again)
@@ -304,7 +327,8 @@ def test_sigkill_mid_load_loses_no_acknowledged_feedback(
 
 
 def test_service_starts_cleanly_on_an_existing_database(
-        start_server: StartServer, db_url: str, db: Engine) -> None:
+    start_server: StartServer, db_url: str, db: Engine
+) -> None:
     entries = [feedback_entry(f"keep-{i}", i) for i in range(10)]
     first = start_server(workers=2, TWITCH_CDS_DATABASE_URL=db_url)  # fresh database
     url = f"{first.base_url}/cds-services/{SERVICE_PV}/feedback"
@@ -318,8 +342,7 @@ def test_service_starts_cleanly_on_an_existing_database(
         servers.append(server)
         url = f"{server.base_url}/cds-services/{SERVICE_PV}/feedback"
         assert httpx.get(f"{server.base_url}/cds-services").status_code == 200
-        assert httpx.post(url, json={"feedback": entries}).json() == {"stored": 0,
-                                                                      "received": 10}
+        assert httpx.post(url, json={"feedback": entries}).json() == {"stored": 0, "received": 10}
         server.stop()
     assert sorted(stored_cards(db)) == sorted(e["card"] for e in entries)
     assert schema_revision(db) == head_revision()

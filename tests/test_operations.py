@@ -49,8 +49,7 @@ def low_magnesium_call() -> dict[str, Any]:
 # --- health and readiness ---------------------------------------------------------------
 
 
-def test_health_and_ready_answer_without_a_token(make_client: Callable[..., TestClient]
-                                                 ) -> None:
+def test_health_and_ready_answer_without_a_token(make_client: Callable[..., TestClient]) -> None:
     client = make_client(auth="jwt", trusted_issuers=TokenFactory().trusted_issuers())
     for path in ("/health", "/healthz"):
         assert client.get(path).json() == {"status": "ok"}
@@ -61,7 +60,8 @@ def test_health_and_ready_answer_without_a_token(make_client: Callable[..., Test
 
 
 def test_ready_fails_while_the_database_is_down_and_health_does_not(
-        make_client: Callable[..., TestClient]) -> None:
+    make_client: Callable[..., TestClient],
+) -> None:
     with running_postgres() as server:
         client = make_client(database_url=server.url())
         assert client.get("/ready").status_code == 200
@@ -76,8 +76,7 @@ def test_ready_fails_while_the_database_is_down_and_health_does_not(
 # --- metrics ----------------------------------------------------------------------------
 
 
-def test_metrics_are_summed_over_worker_processes(
-        start_server: Callable[..., LiveServer]) -> None:
+def test_metrics_are_summed_over_worker_processes(start_server: Callable[..., LiveServer]) -> None:
     """Whichever worker answers /metrics, it reports the calls of both."""
     server = start_server(workers=2)
     url = f"{server.base_url}/cds-services/{SERVICE_PV}"
@@ -96,18 +95,33 @@ def test_metrics_are_summed_over_worker_processes(
         text = response.text
         assert response.headers["content-type"].startswith("text/plain")
         assert metric(text, "twitch_cds_http_requests_total", status="200", **labels) == calls
-        assert metric(text, "twitch_cds_http_request_duration_seconds_count",
-                      **labels) == calls
-        assert metric(text, "twitch_cds_cards_total", service=SERVICE_PV,
-                      indicator="warning", topic="hypomagnesemia") == calls
+        assert metric(text, "twitch_cds_http_request_duration_seconds_count", **labels) == calls
+        assert (
+            metric(
+                text,
+                "twitch_cds_cards_total",
+                service=SERVICE_PV,
+                indicator="warning",
+                topic="hypomagnesemia",
+            )
+            == calls
+        )
 
 
 def test_unknown_service_ids_do_not_become_metric_labels(client: TestClient) -> None:
     client.post("/cds-services/patient-12345", json=low_magnesium_call())
     text = client.get("/metrics").text
     assert "patient-12345" not in text
-    assert metric(text, "twitch_cds_http_requests_total", route="/cds-services/{service_id}",
-                  service="", status="404") >= 1
+    assert (
+        metric(
+            text,
+            "twitch_cds_http_requests_total",
+            route="/cds-services/{service_id}",
+            service="",
+            status="404",
+        )
+        >= 1
+    )
 
 
 def test_fhir_fallback_calls_and_failures_are_counted(client: TestClient) -> None:
@@ -115,27 +129,33 @@ def test_fhir_fallback_calls_and_failures_are_counted(client: TestClient) -> Non
     with socket.socket() as sock:  # a loopback port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    request = {**hook_request(twitch()), "prefetch": {},
-               "fhirServer": f"http://127.0.0.1:{port}/fhir"}
+    request = {
+        **hook_request(twitch()),
+        "prefetch": {},
+        "fhirServer": f"http://127.0.0.1:{port}/fhir",
+    }
     assert client.post(f"/cds-services/{SERVICE_PV}", json=request).status_code == 412
     after = client.get("/metrics").text
     for key in ("conditions", "observations", "medicationRequests", "patient"):
-        for name in ("twitch_cds_fhir_fallback_queries_total",
-                     "twitch_cds_fhir_fallback_failures_total"):
+        for name in (
+            "twitch_cds_fhir_fallback_queries_total",
+            "twitch_cds_fhir_fallback_failures_total",
+        ):
             assert metric(after, name, key=key) == metric(before, name, key=key) + 1, name
 
 
 # --- graceful shutdown ------------------------------------------------------------------
 
 
-def test_sigterm_lets_the_call_in_flight_finish(start_server: Callable[..., LiveServer]
-                                                ) -> None:
+def test_sigterm_lets_the_call_in_flight_finish(start_server: Callable[..., LiveServer]) -> None:
     """A call still sending its body when SIGTERM arrives gets its answer, then the app's
     shutdown runs (database connections closed, "stopped" logged)."""
     server = start_server(workers=1)
     body = json.dumps(low_magnesium_call()).encode()
-    head = (f"POST /cds-services/{SERVICE_PV} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /cds-services/{SERVICE_PV} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(head + body[:100])
         time.sleep(0.3)
@@ -155,12 +175,13 @@ def test_sigterm_lets_the_call_in_flight_finish(start_server: Callable[..., Live
 # --- 413 for clients that write the whole body first -------------------------------------
 
 
-def test_oversized_body_written_in_full_before_reading_gets_413(live_server: LiveServer
-                                                                ) -> None:
+def test_oversized_body_written_in_full_before_reading_gets_413(live_server: LiveServer) -> None:
     """Like many HTTP clients: send headers and the whole 6 MB body, only then read."""
     body = b'{"hook": "patient-view", "pad": "' + b"x" * (6 * 1024 * 1024) + b'"}'
-    head = (f"POST /cds-services/{SERVICE_PV} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /cds-services/{SERVICE_PV} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", live_server.port), timeout=20) as sock:
         sock.sendall(head + body)
         answer = b""
@@ -176,21 +197,29 @@ def test_oversized_body_written_in_full_before_reading_gets_413(live_server: Liv
 
 
 def test_preflight_is_logged_under_its_route_and_a_verified_call_with_its_issuer(
-        start_server: Callable[..., LiveServer]) -> None:
+    start_server: Callable[..., LiveServer],
+) -> None:
     tokens = TokenFactory()
-    server = start_server(TWITCH_CDS_AUTH="jwt",
-                          TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers()))
+    server = start_server(
+        TWITCH_CDS_AUTH="jwt", TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers())
+    )
     url = f"{server.base_url}/cds-services/{SERVICE_PV}"
-    preflight = httpx.options(url, headers={"Origin": "https://sandbox.cds-hooks.org",
-                                            "Access-Control-Request-Method": "POST"})
+    preflight = httpx.options(
+        url,
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+        },
+    )
     assert preflight.status_code == 200
     call = httpx.post(url, json=low_magnesium_call(), headers=bearer(tokens.token(url)))
     assert call.status_code == 200
     by_request: dict[str, list[dict[str, Any]]] = {}
     for record in log_records(server.log_path):
         by_request.setdefault(record.get("request_id", ""), []).append(record)
-    [preflight_line] = [r for r in by_request[preflight.headers["x-request-id"]]
-                        if r["event"] == "request"]
+    [preflight_line] = [
+        r for r in by_request[preflight.headers["x-request-id"]] if r["event"] == "request"
+    ]
     assert preflight_line["route"] == "/cds-services/{service_id}"
     assert preflight_line["method"] == "OPTIONS"
     lines = {r["event"]: r for r in by_request[call.headers["x-request-id"]]}
@@ -202,8 +231,8 @@ def test_preflight_is_logged_under_its_route_and_a_verified_call_with_its_issuer
 
 
 def test_expired_token_ids_are_purged_in_the_background(
-        make_client: Callable[..., TestClient], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_client: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without a purge the replay table grows by one row per call, for ever."""
     database = f"sqlite:///{tmp_path / 'purge.sqlite3'}"
     engine = make_engine(database)
@@ -218,8 +247,7 @@ def test_expired_token_ids_are_purged_in_the_background(
             return sorted(connection.execute(select(jwt_seen.c.jti)).scalars())
 
     monkeypatch.setattr(housekeeping, "REPLAY_PURGE_SECONDS", 0.1)
-    make_client(auth="jwt", trusted_issuers=TokenFactory().trusted_issuers(),
-                database_url=database)
+    make_client(auth="jwt", trusted_issuers=TokenFactory().trusted_issuers(), database_url=database)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and remembered() != ["current"]:
         time.sleep(0.1)

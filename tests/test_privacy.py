@@ -44,13 +44,18 @@ FREE_TEXT = {
     "override_comment": "Discussed with Mrs Quimby-Halvorsen, already seen by neurology",
     "code_text": "Benign fasciculation noted by Dr Okonkwo-Brandt at the Elm Street clinic",
 }
-SERVICE_KEYS = {"Condition": "conditions", "Observation": "observations",
-                "MedicationRequest": "medicationRequests",
-                "MedicationStatement": "medicationStatements",
-                "FamilyMemberHistory": "familyHistory"}
+SERVICE_KEYS = {
+    "Condition": "conditions",
+    "Observation": "observations",
+    "MedicationRequest": "medicationRequests",
+    "MedicationStatement": "medicationStatements",
+    "FamilyMemberHistory": "familyHistory",
+}
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
-UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                  r"[0-9a-fA-F]{12}")
+UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    r"[0-9a-fA-F]{12}"
+)
 WORD = re.compile(r"[A-Za-z][A-Za-z']*")
 
 
@@ -108,8 +113,9 @@ def contains_token(text: str, value: str) -> bool:
     start = text.find(value)
     while start != -1:
         end = start + len(value)
-        if ((start == 0 or not text[start - 1].isalnum())
-                and (end == len(text) or not text[end].isalnum())):
+        if (start == 0 or not text[start - 1].isalnum()) and (
+            end == len(text) or not text[end].isalnum()
+        ):
             return True
         start = text.find(value, start + 1)
     return False
@@ -117,8 +123,10 @@ def contains_token(text: str, value: str) -> bool:
 
 @cache
 def synthea_bundles() -> dict[str, dict[str, Any]]:
-    bundles = {path.name.rsplit("_", 1)[0]: json.loads(path.read_text())
-               for path in sorted(SYNTHEA.glob("*.json"))}
+    bundles = {
+        path.name.rsplit("_", 1)[0]: json.loads(path.read_text())
+        for path in sorted(SYNTHEA.glob("*.json"))
+    }
     assert len(bundles) == 10
     return bundles
 
@@ -140,12 +148,12 @@ def all_phi() -> Phi:
     for path in SANDBOX.glob("*.request.json"):
         request = json.loads(path.read_text())
         for value in (request.get("prefetch") or {}).values():
-            if isinstance(value, dict) and value.get("resourceType") in ("Patient",
-                                                                        "Practitioner"):
+            if isinstance(value, dict) and value.get("resourceType") in ("Patient", "Practitioner"):
                 phi.add_patient(value)
     # tests.support.fhir.patient(): the patient of the builder-made records.
-    phi.add_patient({"name": [{"family": "Testperson", "given": ["Ada"]}],
-                     "birthDate": "1970-01-01"})
+    phi.add_patient(
+        {"name": [{"family": "Testperson", "given": ["Ada"]}], "birthDate": "1970-01-01"}
+    )
     phi.strings.add(ACCESS_TOKEN)
     phi.strings.update(FREE_TEXT.values())
     return phi
@@ -153,17 +161,18 @@ def all_phi() -> Phi:
 
 def session_server_logs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The log of every LiveServer of this session (`start_server` puts each in server*/)."""
-    return sorted({path.resolve()
-                   for path in tmp_path_factory.getbasetemp().glob("server*/server.log")})
+    return sorted(
+        {path.resolve() for path in tmp_path_factory.getbasetemp().glob("server*/server.log")}
+    )
 
 
-def phi_in_logs(paths: list[Path], phi: Phi, secrets: frozenset[str] | set[str] = frozenset()
-                ) -> dict[str, Any]:
+def phi_in_logs(
+    paths: list[Path], phi: Phi, secrets: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
     leaks = {}
     for path in paths:
         text = path.read_text(errors="replace")
-        found = phi.find_in(text) | {secret for secret in secrets
-                                     if contains_token(text, secret)}
+        found = phi.find_in(text) | {secret for secret in secrets if contains_token(text, secret)}
         if found:
             leaks[str(path)] = sorted(found)[:20]
     return leaks
@@ -187,12 +196,20 @@ def session_logs_are_phi_free(tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def twitch_with_free_text(patient_id: str, resource_id: str = "privacy-twitch") -> dict:
     return {
-        "resourceType": "Condition", "id": resource_id,
-        "clinicalStatus": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-            "code": "active"}]},
-        "code": {"coding": [{"system": ICD10, "code": "R25.3", "display": "Fasciculation"}],
-                 "text": FREE_TEXT["code_text"]},
+        "resourceType": "Condition",
+        "id": resource_id,
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": "active",
+                }
+            ]
+        },
+        "code": {
+            "coding": [{"system": ICD10, "code": "R25.3", "display": "Fasciculation"}],
+            "text": FREE_TEXT["code_text"],
+        },
         "subject": {"reference": f"Patient/{patient_id}"},
         "onsetDateTime": days_ago(7),
         "note": [{"text": FREE_TEXT["condition_note"]}],
@@ -201,14 +218,24 @@ def twitch_with_free_text(patient_id: str, resource_id: str = "privacy-twitch") 
 
 def free_text_resources(patient_id: str) -> list[dict[str, Any]]:
     return [
-        {"resourceType": "Observation", "id": "privacy-note", "status": "final",
-         "code": {"coding": [{"system": LOINC, "code": "93832-4"}], "text": "Sleep"},
-         "subject": {"reference": f"Patient/{patient_id}"}, "effectiveDateTime": days_ago(3),
-         "valueString": FREE_TEXT["observation_text"]},
-        {"resourceType": "MedicationRequest", "id": "privacy-med", "status": "active",
-         "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
-         "medicationCodeableConcept": {"text": "magnesium oxide 400 mg"},
-         "dosageInstruction": [{"text": FREE_TEXT["dosage_text"]}]},
+        {
+            "resourceType": "Observation",
+            "id": "privacy-note",
+            "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "93832-4"}], "text": "Sleep"},
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "effectiveDateTime": days_ago(3),
+            "valueString": FREE_TEXT["observation_text"],
+        },
+        {
+            "resourceType": "MedicationRequest",
+            "id": "privacy-med",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "medicationCodeableConcept": {"text": "magnesium oxide 400 mg"},
+            "dosageInstruction": [{"text": FREE_TEXT["dosage_text"]}],
+        },
     ]
 
 
@@ -221,17 +248,26 @@ def synthea_request(synthea: dict[str, Any]) -> dict[str, Any]:
     grouped: dict[str, list[dict[str, Any]]] = {key: [] for key in SERVICE_KEYS.values()}
     for resource in resources:
         if resource is not patient:
-            grouped.setdefault(SERVICE_KEYS.get(resource["resourceType"], "other"),
-                               []).append(resource)
-    return {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"patientId": patient["id"], "userId": "Practitioner/privacy"},
-            "prefetch": {"patient": patient,
-                         **{key: bundle(*found) for key, found in grouped.items()}}}
+            grouped.setdefault(SERVICE_KEYS.get(resource["resourceType"], "other"), []).append(
+                resource
+            )
+    return {
+        "hookInstance": str(uuid.uuid4()),
+        "hook": "patient-view",
+        "context": {"patientId": patient["id"], "userId": "Practitioner/privacy"},
+        "prefetch": {"patient": patient, **{key: bundle(*found) for key, found in grouped.items()}},
+    }
 
 
 def authorization(patient_id: str) -> dict[str, Any]:
-    return {"access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": 300,
-            "scope": "patient/*.read", "subject": "twitch-cds", "patient": patient_id}
+    return {
+        "access_token": ACCESS_TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "twitch-cds",
+        "patient": patient_id,
+    }
 
 
 @dataclass
@@ -247,11 +283,11 @@ class Driver:
     server: LiveServer
     exchanges: list[Exchange] = field(default_factory=list)
 
-    def send(self, what: str, method: str, path: str, expected: int, **kwargs: Any
-             ) -> httpx.Response:
+    def send(
+        self, what: str, method: str, path: str, expected: int, **kwargs: Any
+    ) -> httpx.Response:
         response = httpx.request(method, f"{self.server.base_url}{path}", timeout=60, **kwargs)
-        assert response.status_code == expected, (what, response.status_code,
-                                                  response.text[:500])
+        assert response.status_code == expected, (what, response.status_code, response.text[:500])
         self.exchanges.append(Exchange(what, response))
         return response
 
@@ -265,8 +301,10 @@ def log_records(path: Path, requests: int = 0) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 10
     while True:
         records = _read_records(path)
-        if sum(r.get("event") == "request" for r in records) >= requests or \
-                time.monotonic() > deadline:
+        if (
+            sum(r.get("event") == "request" for r in records) >= requests
+            or time.monotonic() > deadline
+        ):
             return records
         time.sleep(0.05)
 
@@ -290,81 +328,152 @@ ROUTES = {"/cds-services", "/cds-services/{service_id}", "/cds-services/{service
 
 
 def test_logs_are_json_lines_that_say_what_happened_without_phi(
-        start_server: StartServer, fhir: FhirTestServer,
-        session_logs_are_phi_free: set[str],
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    start_server: StartServer,
+    fhir: FhirTestServer,
+    session_logs_are_phi_free: set[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     server = start_server(TWITCH_CDS_LOG_LEVEL="DEBUG")
     driver = Driver(server)
     pv = f"/cds-services/{SERVICE_PV}"
 
     # Every Synthea patient, the whole record as prefetch.
     for name, synthea in synthea_bundles().items():
-        response = driver.send(f"synthea {name}", "POST", pv, 200,
-                               json=synthea_request(synthea))
+        response = driver.send(f"synthea {name}", "POST", pv, 200, json=synthea_request(synthea))
         assert response.json()["cards"], name
 
     # Every sandbox request, with the sandbox's FHIR server replaced by the suite's one and
     # the sandbox's access token: missing keys are fetched with it.
     fhir.load(transaction({"resourceType": "Patient", "id": "p1", "gender": "female"}))
-    for path, service in (("patient-view.request.json", SERVICE_PV),
-                          ("order-select.no-drug-yet.request.json", SERVICE_OS),
-                          ("order-select.with-drug.request.json", SERVICE_OS),
-                          ("order-sign.request.json", SERVICE_SIGN)):
+    for path, service in (
+        ("patient-view.request.json", SERVICE_PV),
+        ("order-select.no-drug-yet.request.json", SERVICE_OS),
+        ("order-select.with-drug.request.json", SERVICE_OS),
+        ("order-sign.request.json", SERVICE_SIGN),
+    ):
         request = sandbox(path)
         request["fhirServer"] = fhir.base_url
         request["fhirAuthorization"] = authorization("p1")
         request.setdefault("prefetch", {})["conditions"] = bundle(twitch_with_free_text("p1"))
-        response = driver.send(f"sandbox {path}", "POST", f"/cds-services/{service}", 200,
-                               json=request)
+        response = driver.send(
+            f"sandbox {path}", "POST", f"/cds-services/{service}", 200, json=request
+        )
         if service == SERVICE_PV:
             assert response.json()["cards"]
 
     # A Synthea patient on the FHIR server, nothing prefetched but the patient: the service
     # fetches the record with the access token.
     kermit = synthea_bundles()["Kermit_Trantow"]
-    patient = next(e["resource"] for e in kermit["entry"]
-                   if e["resource"]["resourceType"] == "Patient")
+    patient = next(
+        e["resource"] for e in kermit["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
     fhir.load(kermit, keep_ids=True)
-    fhir.load(transaction(twitch_with_free_text(patient["id"], "fhir-twitch"),
-                          *free_text_resources(patient["id"])))
-    response = driver.send("fetched with token", "POST", pv, 200, json={
-        "hookInstance": str(uuid.uuid4()), "hook": "patient-view", "fhirServer": fhir.base_url,
-        "fhirAuthorization": authorization(patient["id"]),
-        "context": {"patientId": patient["id"], "userId": "Practitioner/privacy"},
-        "prefetch": {"patient": patient}})
+    fhir.load(
+        transaction(
+            twitch_with_free_text(patient["id"], "fhir-twitch"), *free_text_resources(patient["id"])
+        )
+    )
+    response = driver.send(
+        "fetched with token",
+        "POST",
+        pv,
+        200,
+        json={
+            "hookInstance": str(uuid.uuid4()),
+            "hook": "patient-view",
+            "fhirServer": fhir.base_url,
+            "fhirAuthorization": authorization(patient["id"]),
+            "context": {"patientId": patient["id"], "userId": "Practitioner/privacy"},
+            "prefetch": {"patient": patient},
+        },
+    )
     assert response.json()["cards"]
 
     # Feedback, with a clinician's free-text comment.
     feedback = f"{pv}/feedback"
     for name in ("feedback.accepted.json", "feedback.overridden.json"):
         driver.send(f"sandbox {name}", "POST", feedback, 200, json=sandbox(name))
-    driver.send("feedback with comment", "POST", feedback, 200, json={"feedback": [{
-        "card": str(uuid.uuid4()), "outcome": "overridden",
-        "overrideReason": {"reason": {"code": "not-relevant", "system": "https://x/reasons"},
-                           "userComment": FREE_TEXT["override_comment"]},
-        "outcomeTimestamp": "2026-11-26T10:00:00Z"}]})
+    driver.send(
+        "feedback with comment",
+        "POST",
+        feedback,
+        200,
+        json={
+            "feedback": [
+                {
+                    "card": str(uuid.uuid4()),
+                    "outcome": "overridden",
+                    "overrideReason": {
+                        "reason": {"code": "not-relevant", "system": "https://x/reasons"},
+                        "userComment": FREE_TEXT["override_comment"],
+                    },
+                    "outcomeTimestamp": "2026-11-26T10:00:00Z",
+                }
+            ]
+        },
+    )
 
     # Invalid requests carrying PHI.
     angelic = synthea_request(synthea_bundles()["Angelic_Mueller"])
     phi_body = json.dumps(angelic)
-    driver.send("malformed JSON", "POST", pv, 400, content=phi_body[:5000],
-                headers={"Content-Type": "application/json"})
-    driver.send("missing hookInstance", "POST", pv, 400,
-                json={k: v for k, v in angelic.items() if k != "hookInstance"})
-    driver.send("prefetch not an object", "POST", pv, 400,
-                json={**angelic, "prefetch": [angelic["prefetch"]["patient"]]})
+    driver.send(
+        "malformed JSON",
+        "POST",
+        pv,
+        400,
+        content=phi_body[:5000],
+        headers={"Content-Type": "application/json"},
+    )
+    driver.send(
+        "missing hookInstance",
+        "POST",
+        pv,
+        400,
+        json={k: v for k, v in angelic.items() if k != "hookInstance"},
+    )
+    driver.send(
+        "prefetch not an object",
+        "POST",
+        pv,
+        400,
+        json={**angelic, "prefetch": [angelic["prefetch"]["patient"]]},
+    )
     driver.send("wrong hook", "POST", f"/cds-services/{SERVICE_SIGN}", 400, json=angelic)
     driver.send("unknown service", "POST", "/cds-services/no-such-service", 404, json=angelic)
-    driver.send("not JSON", "POST", pv, 415, content=phi_body[:5000],
-                headers={"Content-Type": "text/plain"})
-    driver.send("nothing prefetched, no FHIR server", "POST", pv, 412, json={
-        **angelic, "prefetch": {"patient": angelic["prefetch"]["patient"]}})
-    driver.send("over the size limit", "POST", pv, 413,
-                content=(phi_body + " " * (5 * 1024 * 1024)).encode(),
-                headers={"Content-Type": "application/json"})
-    driver.send("feedback invalid", "POST", feedback, 400, json={"feedback": [{
-        "card": "c", "outcome": "overridden", "outcomeTimestamp": "last Tuesday",
-        "overrideReason": {"userComment": FREE_TEXT["override_comment"]}}]})
+    driver.send(
+        "not JSON", "POST", pv, 415, content=phi_body[:5000], headers={"Content-Type": "text/plain"}
+    )
+    driver.send(
+        "nothing prefetched, no FHIR server",
+        "POST",
+        pv,
+        412,
+        json={**angelic, "prefetch": {"patient": angelic["prefetch"]["patient"]}},
+    )
+    driver.send(
+        "over the size limit",
+        "POST",
+        pv,
+        413,
+        content=(phi_body + " " * (5 * 1024 * 1024)).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    driver.send(
+        "feedback invalid",
+        "POST",
+        feedback,
+        400,
+        json={
+            "feedback": [
+                {
+                    "card": "c",
+                    "outcome": "overridden",
+                    "outcomeTimestamp": "last Tuesday",
+                    "overrideReason": {"userComment": FREE_TEXT["override_comment"]},
+                }
+            ]
+        },
+    )
 
     # The log says what happened: one JSON record per line, a `request` record for every
     # request (id, route, status, duration), a `hook` record for every answered hook call
@@ -385,8 +494,9 @@ def test_logs_are_json_lines_that_say_what_happened_without_phi(
         assert isinstance(line["duration_ms"], int | float) and line["duration_ms"] >= 0
         # The route template, never the raw path; requests refused before routing (413, 415)
         # or matching no route are "unmatched".
-        assert line["route"] in ROUTES or (line["route"] == "unmatched"
-                                           and line["status"] in (404, 413, 415)), line
+        assert line["route"] in ROUTES or (
+            line["route"] == "unmatched" and line["status"] in (404, 413, 415)
+        ), line
         if exchange.response.status_code == 200 and "cards" in exchange.response.json():
             hook = events.get("hook")
             assert hook, (exchange.what, "no hook record")
@@ -407,11 +517,15 @@ def test_logs_are_json_lines_that_say_what_happened_without_phi(
     assert not leaks, f"PHI in the logs of this session's servers: {leaks}"
 
 
-def test_bearer_tokens_are_not_logged(start_server: StartServer,
-                                      session_logs_are_phi_free: set[str]) -> None:
+def test_bearer_tokens_are_not_logged(
+    start_server: StartServer, session_logs_are_phi_free: set[str]
+) -> None:
     issuer = TokenFactory()
-    server = start_server(TWITCH_CDS_AUTH="jwt", TWITCH_CDS_LOG_LEVEL="DEBUG",
-                          TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(issuer.trusted_issuers()))
+    server = start_server(
+        TWITCH_CDS_AUTH="jwt",
+        TWITCH_CDS_LOG_LEVEL="DEBUG",
+        TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(issuer.trusted_issuers()),
+    )
     url = f"{server.base_url}/cds-services/{SERVICE_PV}"
     valid = issuer.token(url)
     forged = TokenFactory().token(url)  # right issuer name, unknown key
@@ -427,16 +541,19 @@ def test_bearer_tokens_are_not_logged(start_server: StartServer,
         for part in token.split("."):
             assert part not in text
     assert not phi_in_logs([server.log_path], all_phi())
-    assert [r["status"] for r in log_records(server.log_path, requests=4)
-            if r.get("event") == "request" and r["route"] == "/cds-services/{service_id}"
-            ] == [200, 401, 401, 401]
+    assert [
+        r["status"]
+        for r in log_records(server.log_path, requests=4)
+        if r.get("event") == "request" and r["route"] == "/cds-services/{service_id}"
+    ] == [200, 401, 401, 401]
 
 
 def test_every_response_type_has_the_security_headers(start_server: StartServer) -> None:
     server = start_server()
     issuer = TokenFactory()
-    secured = start_server(TWITCH_CDS_AUTH="jwt",
-                           TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(issuer.trusted_issuers()))
+    secured = start_server(
+        TWITCH_CDS_AUTH="jwt", TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(issuer.trusted_issuers())
+    )
     pv = f"/cds-services/{SERVICE_PV}"
     request = synthea_request(synthea_bundles()["Royal_DuBuque"])
     preflight = sandbox("cors-preflights.json")[1]
@@ -449,28 +566,31 @@ def test_every_response_type_has_the_security_headers(start_server: StartServer)
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         responses["200 discovery"] = client.get("/cds-services")
         responses["200 hook"] = client.post(pv, json=request)
-        responses["200 feedback"] = client.post(f"{pv}/feedback",
-                                                json=sandbox("feedback.overridden.json"))
-        responses["200 preflight"] = client.options(preflight["path"],
-                                                    headers=preflight["headers"])
+        responses["200 feedback"] = client.post(
+            f"{pv}/feedback", json=sandbox("feedback.overridden.json")
+        )
+        responses["200 preflight"] = client.options(preflight["path"], headers=preflight["headers"])
         responses["200 health"] = client.get("/healthz")
         responses["400"] = client.post(pv, json={"hook": "patient-view"})
         responses["404"] = client.post("/cds-services/no-such-service", json=request)
         responses["404 path"] = client.get("/no/such/path")
         responses["405"] = client.get(pv)
         responses["412"] = client.post(pv, json={**request, "prefetch": {}})
-        responses["413"] = client.post(pv, content=b"{" + b" " * (6 * 1024 * 1024) + b"}",
-                                       headers={"Content-Type": "application/json"})
-        responses["413 chunked"] = client.post(pv, content=chunks(),
-                                               headers={"Content-Type": "application/json"})
-        responses["415"] = client.post(pv, content=b"{}",
-                                       headers={"Content-Type": "text/plain"})
+        responses["413"] = client.post(
+            pv,
+            content=b"{" + b" " * (6 * 1024 * 1024) + b"}",
+            headers={"Content-Type": "application/json"},
+        )
+        responses["413 chunked"] = client.post(
+            pv, content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        responses["415"] = client.post(pv, content=b"{}", headers={"Content-Type": "text/plain"})
     with httpx.Client(base_url=secured.base_url, timeout=60) as client:
         responses["401 no token"] = client.get("/cds-services")
-        responses["401 bad token"] = client.post(pv, json=request,
-                                                 headers=bearer("x.y.z"))
+        responses["401 bad token"] = client.post(pv, json=request, headers=bearer("x.y.z"))
         responses["200 with token"] = client.post(
-            pv, json=request, headers=bearer(issuer.token(f"{secured.base_url}{pv}")))
+            pv, json=request, headers=bearer(issuer.token(f"{secured.base_url}{pv}"))
+        )
     for what, response in responses.items():
         assert response.status_code == int(what.split()[0]), (what, response.text[:300])
         for header, value in SECURITY_HEADERS.items():
@@ -483,7 +603,10 @@ def test_paths_that_match_no_service_are_not_logged_verbatim(start_server: Start
     `/Patient/<id>`): the 404 is right, but the id must not land in the log."""
     server = start_server()
     patient_id = str(uuid.uuid4())  # not a fixture patient's: the session scan stays clean
-    for path in (f"/cds-services/{patient_id}", f"/Patient/{patient_id}",
-                 f"/cds-services/{SERVICE_PV}/{patient_id}"):
+    for path in (
+        f"/cds-services/{patient_id}",
+        f"/Patient/{patient_id}",
+        f"/cds-services/{SERVICE_PV}/{patient_id}",
+    ):
         assert httpx.get(f"{server.base_url}{path}").status_code in (404, 405)
     assert patient_id not in server.log_path.read_text()

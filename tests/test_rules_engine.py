@@ -25,8 +25,15 @@ def engine() -> RulesEngine:
 
 
 def low_mg(ref: str = "e1") -> dict:
-    return {"kind": "lab", "analyte": "magnesium", "finding": "hypomagnesemia", "low": True,
-            "critical": False, "high": False, "evidence": ref}
+    return {
+        "kind": "lab",
+        "analyte": "magnesium",
+        "finding": "hypomagnesemia",
+        "low": True,
+        "critical": False,
+        "high": False,
+        "evidence": ref,
+    }
 
 
 COMPLAINT = {"kind": "complaint", "evidence": "e0"}
@@ -45,8 +52,13 @@ def test_unknown_fact_kinds_are_handled_by_the_catch_all(engine: RulesEngine) ->
 
 
 def test_join_of_drug_and_low_electrolyte_cites_both(engine: RulesEngine) -> None:
-    drug = {"kind": "depletes", "analyte": "magnesium", "finding": "electrolyte-depleting-drug",
-            "ingredient": "omeprazole", "evidence": "e2"}
+    drug = {
+        "kind": "depletes",
+        "analyte": "magnesium",
+        "finding": "electrolyte-depleting-drug",
+        "ingredient": "omeprazole",
+        "evidence": "e2",
+    }
     other_drug = {**drug, "analyte": "potassium", "evidence": "e3"}
     findings = engine.evaluate("chart", [low_mg(), drug, other_drug, COMPLAINT])
     warnings = [f for f in findings if f.code == "electrolyte-depleting-drug"]
@@ -93,10 +105,20 @@ def test_knowledge_loader_rejects_a_dangling_reference(tmp_path: Path) -> None:
         load_knowledge(rules)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("2026", date(2026, 1, 1)), ("2026-03", date(2026, 3, 1)), ("2026-03-04", date(2026, 3, 4)),
-    ("2026-03-04T23:30:00+05:00", date(2026, 3, 4)), ("2026-03-04T10:00:00Z", date(2026, 3, 4)),
-    ("2026-13-01", None), ("yesterday", None), (None, None), (20260304, None)])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026", date(2026, 1, 1)),
+        ("2026-03", date(2026, 3, 1)),
+        ("2026-03-04", date(2026, 3, 4)),
+        ("2026-03-04T23:30:00+05:00", date(2026, 3, 4)),
+        ("2026-03-04T10:00:00Z", date(2026, 3, 4)),
+        ("2026-13-01", None),
+        ("yesterday", None),
+        (None, None),
+        (20260304, None),
+    ],
+)
 def test_fhir_dates_of_every_precision(raw: object, expected: date | None) -> None:
     assert parse_date(raw) == expected
 

@@ -33,13 +33,12 @@ def knowledge() -> Knowledge:
 client = module_client()
 
 
-
-
 def by_url(knowledge: Knowledge) -> dict[str, str]:
     return {source.url: key for key, source in knowledge.sources.items()}
 
 
 # --- the source list itself --------------------------------------------------------------------
+
 
 def test_no_search_result_pages_and_every_url_is_https(knowledge: Knowledge) -> None:
     for key, source in knowledge.sources.items():
@@ -50,21 +49,24 @@ def test_no_search_result_pages_and_every_url_is_https(knowledge: Knowledge) -> 
 
 
 def test_guideline_titles_are_exact(knowledge: Knowledge) -> None:
-    assert "Motor neurone disease: assessment and management" in \
-        knowledge.sources["nice-ng42"].label
-    assert "Suspected neurological conditions: recognition and referral" in \
-        knowledge.sources["nice-ng127"].label
+    assert (
+        "Motor neurone disease: assessment and management" in knowledge.sources["nice-ng42"].label
+    )
+    assert (
+        "Suspected neurological conditions: recognition and referral"
+        in knowledge.sources["nice-ng127"].label
+    )
 
 
 def test_no_referral_guideline_is_cited_for_a_drug_effect(knowledge: Knowledge) -> None:
-    for code in ("corticosteroid", "estrogen", "electrolyte-depleting-drug",
-                 "cholinergic-drug"):
+    for code in ("corticosteroid", "estrogen", "electrolyte-depleting-drug", "cholinergic-drug"):
         text = knowledge.findings.findings[code]
         assert "drug-effect" in knowledge.sources[text.source].supports, code
         assert "referral" not in knowledge.sources[text.source].supports, code
 
 
 # --- the start-up check: a claim without a source of its kind ---------------------------------
+
 
 def copy_rules(tmp_path: Path) -> Path:
     target = tmp_path / "rules"
@@ -78,41 +80,53 @@ def edit(path: Path, change: Any) -> None:
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
 
 
-def test_a_card_whose_source_does_not_support_its_claim_stops_the_service(
-        tmp_path: Path) -> None:
+def test_a_card_whose_source_does_not_support_its_claim_stops_the_service(tmp_path: Path) -> None:
     rules = copy_rules(tmp_path)
     # A PPI safety communication-like page cited for a diuretic card: a lab page is no drug
     # reference, so the card's claim (drug-effect) has no source of its kind.
-    edit(rules / "findings.yaml",
-         lambda d: d["findings"]["electrolyte-depleting-drug"].update(source="fhp-potassium"))
+    edit(
+        rules / "findings.yaml",
+        lambda d: d["findings"]["electrolyte-depleting-drug"].update(source="fhp-potassium"),
+    )
     with pytest.raises(ValueError, match=r"electrolyte-depleting-drug.*fhp-potassium"):
         load_knowledge(rules)
 
 
 def test_a_threshold_citing_a_guideline_instead_of_a_cut_off_page_stops_the_service(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     rules = copy_rules(tmp_path)
-    edit(rules / "labs.yaml",
-         lambda d: d["analytes"]["potassium"]["low"].update(source="nice-ng127"))
+    edit(
+        rules / "labs.yaml", lambda d: d["analytes"]["potassium"]["low"].update(source="nice-ng127")
+    )
     with pytest.raises(ValueError, match=r"analyte potassium low.*nice-ng127"):
         load_knowledge(rules)
 
 
 def test_a_drug_mechanism_citing_a_non_drug_source_stops_the_service(tmp_path: Path) -> None:
     rules = copy_rules(tmp_path)
-    edit(rules / "medications.yaml",
-         lambda d: d["ingredients"]["furosemide"].update(mechanism_source="nice-ng42"))
+    edit(
+        rules / "medications.yaml",
+        lambda d: d["ingredients"]["furosemide"].update(mechanism_source="nice-ng42"),
+    )
     with pytest.raises(ValueError, match="ingredient furosemide mechanism"):
         load_knowledge(rules)
 
 
 # --- every card through HTTP -------------------------------------------------------------------
 
-def test_every_card_cites_a_source_of_its_claim_kind(client: TestClient,
-                                                     knowledge: Knowledge) -> None:
+
+def test_every_card_cites_a_source_of_its_claim_kind(
+    client: TestClient, knowledge: Knowledge
+) -> None:
     keys = by_url(knowledge)
-    found = cards(client, *busy_record(), lab("17861-6", 8.0, "mg/dL"),
-                  medication(text="Caffeine 200 MG Oral Tablet"), condition("F41.1"))
+    found = cards(
+        client,
+        *busy_record(),
+        lab("17861-6", 8.0, "mg/dL"),
+        medication(text="Caffeine 200 MG Oral Tablet"),
+        condition("F41.1"),
+    )
     assert len(found) >= 12
     for code, card in found.items():
         text = knowledge.findings.findings[code]
@@ -124,14 +138,18 @@ def test_every_card_cites_a_source_of_its_claim_kind(client: TestClient,
 
 
 def test_diuretic_cards_cite_their_drug_reference_not_a_ppi_communication(
-        client: TestClient, knowledge: Knowledge) -> None:
+    client: TestClient, knowledge: Knowledge
+) -> None:
     keys = by_url(knowledge)
     thiazide = cards(client, twitch(), medication(text="Hydrochlorothiazide 25 MG Oral Tablet"))[
-        "electrolyte-depleting-drug"]
+        "electrolyte-depleting-drug"
+    ]
     loop = cards(client, twitch(), medication("4603", "furosemide 40 MG Oral Tablet"))[
-        "electrolyte-depleting-drug"]
+        "electrolyte-depleting-drug"
+    ]
     ppi = cards(client, twitch(), medication("7646", "omeprazole 20 MG"))[
-        "electrolyte-depleting-drug"]
+        "electrolyte-depleting-drug"
+    ]
     assert keys[thiazide["source"]["url"]] == "microzide-label"
     assert keys[loop["source"]["url"]] == "statpearls-furosemide"
     assert keys[ppi["source"]["url"]] == "ppi-hypomagnesemia-review"
@@ -147,17 +165,23 @@ def test_nicotine_card_does_not_cite_a_value_set(client: TestClient) -> None:
 
 
 def test_corticosteroid_and_hypokalaemia_cite_no_referral_guideline(
-        client: TestClient, knowledge: Knowledge) -> None:
+    client: TestClient, knowledge: Knowledge
+) -> None:
     keys = by_url(knowledge)
-    found = cards(client, twitch(), medication("312617", "predniSONE 5 MG Oral Tablet"),
-                  lab("2823-3", 3.1, "mmol/L"))
+    found = cards(
+        client,
+        twitch(),
+        medication("312617", "predniSONE 5 MG Oral Tablet"),
+        lab("2823-3", 3.1, "mmol/L"),
+    )
     for code in ("corticosteroid", "hypokalemia"):
         urls = [found[code]["source"]["url"], *(link["url"] for link in found[code]["links"])]
         assert not any("referral" in knowledge.sources[keys[url]].supports for url in urls), code
 
 
 def test_lab_cards_cite_the_page_of_the_cut_off_that_judged_them(
-        client: TestClient, knowledge: Knowledge) -> None:
+    client: TestClient, knowledge: Knowledge
+) -> None:
     keys = by_url(knowledge)
     low = cards(client, twitch(), lab("2823-3", 3.1, "mmol/L"))["hypokalemia"]
     critical = cards(client, twitch(), lab("2951-2", 118, "mmol/L"))["hyponatremia"]

@@ -50,8 +50,9 @@ def db(db_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def entry(card: str, outcome: str = "overridden", when: str = "2026-11-26T10:00:00Z",
-          **extra: Any) -> FeedbackEntry:
+def entry(
+    card: str, outcome: str = "overridden", when: str = "2026-11-26T10:00:00Z", **extra: Any
+) -> FeedbackEntry:
     body: dict[str, Any] = {"card": card, "outcome": outcome, "outcomeTimestamp": when, **extra}
     if outcome == "accepted":
         body.setdefault("acceptedSuggestions", [{"id": f"{card}-suggestion"}])
@@ -60,8 +61,10 @@ def entry(card: str, outcome: str = "overridden", when: str = "2026-11-26T10:00:
 
 def rows(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as connection:
-        return [dict(row._mapping) for row in connection.execute(
-            select(feedback).order_by(feedback.c.id))]
+        return [
+            dict(row._mapping)
+            for row in connection.execute(select(feedback).order_by(feedback.c.id))
+        ]
 
 
 def count(engine: Engine, table: Any = feedback) -> int:
@@ -120,7 +123,8 @@ def test_migrated_schema_matches_the_tables_the_code_uses(db: Engine) -> None:
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.c.keys())
     unique = inspector.get_unique_constraints("feedback")
     assert [sorted(u["column_names"]) for u in unique] == [
-        sorted(["service_id", "card_uuid", "outcome", "outcome_timestamp"])]
+        sorted(["service_id", "card_uuid", "outcome", "outcome_timestamp"])
+    ]
 
 
 MIGRATE_AT = """
@@ -141,12 +145,20 @@ def test_workers_migrating_a_fresh_database_at_the_same_moment_all_start(db_url:
     """
     processes = 4
     start_at = time.time() + 3  # after every process has imported and connected
-    children = [subprocess.Popen([sys.executable, "-c", MIGRATE_AT, db_url, str(start_at)],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True) for _ in range(processes)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AT, db_url, str(start_at)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
     outputs = [child.communicate(timeout=120)[0] for child in children]
-    failed = [out[-1500:] for child, out in zip(children, outputs, strict=True)
-              if child.returncode != 0]
+    failed = [
+        out[-1500:] for child, out in zip(children, outputs, strict=True) if child.returncode != 0
+    ]
     assert not failed, failed[0]
     engine = make_engine(db_url)
     try:
@@ -161,8 +173,10 @@ def test_sqlite_is_set_up_for_concurrent_crash_safe_writes(tmp_path: Path) -> No
     engine = make_engine(f"sqlite:///{tmp_path / 'pragmas.sqlite3'}")
     try:
         with engine.connect() as connection:
-            pragma = {name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
-                      for name in ("journal_mode", "synchronous", "busy_timeout")}
+            pragma = {
+                name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "busy_timeout")
+            }
         assert pragma == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 30000}
     finally:
         engine.dispose()
@@ -189,31 +203,45 @@ def test_each_entry_is_stored_once(db: Engine) -> None:
 
 def test_entry_fields_round_trip(db: Engine) -> None:
     store = FeedbackStore(db)
-    store.save(SERVICE_PV, [
-        entry("c-accepted", "accepted", "2026-11-26T00:50:14.379Z",
-              acceptedSuggestions=[{"id": "s-1"}, {"id": "s-2"}]),
-        entry("c-overridden", when="2026-11-26T02:50:17+02:00",
-              overrideReason={"reason": {"code": "already-addressed", "system": "https://x/r"},
-                              "userComment": "seen by neurology last week"}),
-    ])
+    store.save(
+        SERVICE_PV,
+        [
+            entry(
+                "c-accepted",
+                "accepted",
+                "2026-11-26T00:50:14.379Z",
+                acceptedSuggestions=[{"id": "s-1"}, {"id": "s-2"}],
+            ),
+            entry(
+                "c-overridden",
+                when="2026-11-26T02:50:17+02:00",
+                overrideReason={
+                    "reason": {"code": "already-addressed", "system": "https://x/r"},
+                    "userComment": "seen by neurology last week",
+                },
+            ),
+        ],
+    )
     accepted, overridden = rows(db)
     assert accepted["accepted_suggestions"] == '["s-1", "s-2"]'
     assert accepted["override_reason_code"] is None
-    assert (overridden["override_reason_system"], overridden["override_reason_code"],
-            overridden["override_comment"]) == ("https://x/r", "already-addressed",
-                                                "seen by neurology last week")
+    assert (
+        overridden["override_reason_system"],
+        overridden["override_reason_code"],
+        overridden["override_comment"],
+    ) == ("https://x/r", "already-addressed", "seen by neurology last week")
     stamp = overridden["outcome_timestamp"]
     stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)  # SQLite keeps it naive (UTC)
     assert stamp == datetime(2026, 11, 26, 0, 50, 17, tzinfo=UTC)
     assert accepted["outcome_timestamp"].replace(tzinfo=None) == datetime(
-        2026, 11, 26, 0, 50, 14, 379000)
+        2026, 11, 26, 0, 50, 14, 379000
+    )
 
 
 def test_concurrent_threads_store_every_distinct_entry_exactly_once(db: Engine) -> None:
     """8 threads send the same 300 entries (each in its own order, one or a few per call)."""
     store = FeedbackStore(db)
-    entries = [entry(f"card-{i}", "accepted" if i % 3 == 0 else "overridden")
-               for i in range(300)]
+    entries = [entry(f"card-{i}", "accepted" if i % 3 == 0 else "overridden") for i in range(300)]
     new_counts: list[int] = []
     lock = threading.Lock()
 
@@ -223,7 +251,7 @@ def test_concurrent_threads_store_every_distinct_entry_exactly_once(db: Engine) 
         position, stored = 0, 0
         while position < len(mine):
             size = 1 + (position + index) % 3
-            stored += store.save(SERVICE_PV, mine[position:position + size])
+            stored += store.save(SERVICE_PV, mine[position : position + size])
             position += size
         with lock:
             new_counts.append(stored)
@@ -246,8 +274,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return now
 
 
-def test_replay_cache_rejects_a_reused_jti_until_it_expires(db: Engine,
-                                                           clock: list[float]) -> None:
+def test_replay_cache_rejects_a_reused_jti_until_it_expires(db: Engine, clock: list[float]) -> None:
     cache = DatabaseReplayCache(db)
     issuer, expires = "https://ehr.example.org", int(clock[0]) + 300
     assert cache.check_and_store("jti-1", issuer, expires) is True
@@ -277,8 +304,7 @@ def test_replay_cache_accepts_a_jti_once_among_concurrent_threads(db: Engine) ->
     for round_ in range(5):
         results: list[bool] = []
 
-        def check(_index: int, jti: str = f"jti-race-{round_}", out: list[bool] = results
-                  ) -> None:
+        def check(_index: int, jti: str = f"jti-race-{round_}", out: list[bool] = results) -> None:
             out.append(cache.check_and_store(jti, "iss", expires))
 
         run_threads(8, check)
@@ -309,8 +335,10 @@ def test_a_large_backlog_of_issued_cards_is_stored_in_one_flush(db: Engine) -> N
     cards (up to 50,000 are kept): more than PostgreSQL's 65,535 bound parameters for one
     multi-row INSERT of 5 columns."""
     now = datetime.now(UTC)
-    cards = [IssuedCard(f"card-{n}", "fasciculation-pv", "hypomagnesemia", "warning", now)
-             for n in range(20_000)]
+    cards = [
+        IssuedCard(f"card-{n}", "fasciculation-pv", "hypomagnesemia", "warning", now)
+        for n in range(20_000)
+    ]
 
     FeedbackStore(db).record_issued(cards)
     FeedbackStore(db).record_issued(cards[:10])  # repeated uuids are kept once

@@ -37,16 +37,35 @@ from tests.support.cards import cards_by_code
 from tests.support.fhir import ICD10, LOINC, bundle, days_ago
 from tests.support.paths import SYNTHEA
 
-KEYS = {"Condition": "conditions", "Observation": "observations",
-        "MedicationRequest": "medicationRequests", "MedicationStatement": "medicationStatements",
-        "FamilyMemberHistory": "familyHistory"}
-PATIENTS = ["Angelic_Mueller", "Claudie_Walsh", "Fletcher_Hyatt", "Kermit_Trantow",
-            "Lupe_Little", "Moises_Rohan", "Morris_Lockman", "Renato_Dare", "Royal_DuBuque",
-            "Twanda_Rippin"]
+KEYS = {
+    "Condition": "conditions",
+    "Observation": "observations",
+    "MedicationRequest": "medicationRequests",
+    "MedicationStatement": "medicationStatements",
+    "FamilyMemberHistory": "familyHistory",
+}
+PATIENTS = [
+    "Angelic_Mueller",
+    "Claudie_Walsh",
+    "Fletcher_Hyatt",
+    "Kermit_Trantow",
+    "Lupe_Little",
+    "Moises_Rohan",
+    "Morris_Lockman",
+    "Renato_Dare",
+    "Royal_DuBuque",
+    "Twanda_Rippin",
+]
 WORKUP_LOINC = {"17861-6", "19123-9", "2823-3", "62292-8"}
-RED_FLAGS = {"red-flag-motor-neuron-disease", "red-flag-neuropathy", "red-flag-radiculopathy",
-             "red-flag-myopathy", "red-flag-hypothyroid-myopathy", "red-flag-neuromyotonia",
-             "red-flag-muscular-dystrophy"}
+RED_FLAGS = {
+    "red-flag-motor-neuron-disease",
+    "red-flag-neuropathy",
+    "red-flag-radiculopathy",
+    "red-flag-myopathy",
+    "red-flag-hypothyroid-myopathy",
+    "red-flag-neuromyotonia",
+    "red-flag-muscular-dystrophy",
+}
 
 
 client = module_client()
@@ -70,18 +89,23 @@ def patient_id(name: str) -> str:
 def twitch_for(name: str) -> dict[str, Any]:
     """The complaint the test adds: fasciculation (ICD-10-CM R25.3), active, a week old."""
     return {
-        "resourceType": "Condition", "id": "twitch-added-by-test",
-        "clinicalStatus": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-            "code": "active"}]},
+        "resourceType": "Condition",
+        "id": "twitch-added-by-test",
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": "active",
+                }
+            ]
+        },
         "code": {"coding": [{"system": ICD10, "code": "R25.3", "display": "Fasciculation"}]},
         "subject": {"reference": f"Patient/{patient_id(name)}"},
         "onsetDateTime": days_ago(7),
     }
 
 
-def request_for(name: str, record: list[dict[str, Any]],
-                *extra: dict[str, Any]) -> dict[str, Any]:
+def request_for(name: str, record: list[dict[str, Any]], *extra: dict[str, Any]) -> dict[str, Any]:
     """patient-view request carrying the whole record as prefetch, grouped by type."""
     grouped: dict[str, list[dict[str, Any]]] = {key: [] for key in KEYS.values()}
     patient = None
@@ -93,30 +117,42 @@ def request_for(name: str, record: list[dict[str, Any]],
         grouped.setdefault(KEYS.get(kind, kind), []).append(resource)
     assert patient is not None
     return {
-        "hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "hook": "patient-view",
         "context": {"patientId": patient["id"], "userId": "Practitioner/synthea-test"},
-        "prefetch": {"patient": patient,
-                     **{key: bundle(*found) for key, found in grouped.items()}},
+        "prefetch": {"patient": patient, **{key: bundle(*found) for key, found in grouped.items()}},
     }
 
 
-def call(client: TestClient, name: str, *extra: dict[str, Any],
-         record: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def call(
+    client: TestClient,
+    name: str,
+    *extra: dict[str, Any],
+    record: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     request = request_for(name, record if record is not None else resources(name), *extra)
     response = client.post(f"/cds-services/{SERVICE_PV}", json=request)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def cards(client: TestClient, name: str, *extra: dict[str, Any],
-          record: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def cards(
+    client: TestClient,
+    name: str,
+    *extra: dict[str, Any],
+    record: list[dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
     return cards_by_code(call(client, name, twitch_for(name), *extra, record=record))
 
 
 def lab_orders(card: dict[str, Any]) -> list[str]:
-    return [coding["code"] for suggestion in card.get("suggestions", [])
-            for action in suggestion["actions"]
-            for coding in action["resource"]["code"]["coding"] if coding["system"] == LOINC]
+    return [
+        coding["code"]
+        for suggestion in card.get("suggestions", [])
+        for action in suggestion["actions"]
+        for coding in action["resource"]["code"]["coding"]
+        if coding["system"] == LOINC
+    ]
 
 
 def lookback_reaching(day: date, margin: int = 30) -> int:
@@ -125,23 +161,28 @@ def lookback_reaching(day: date, margin: int = 30) -> int:
 
 
 def medication_requests(record: list[dict[str, Any]], rxnorm: str) -> list[dict[str, Any]]:
-    return [r for r in record if r["resourceType"] == "MedicationRequest"
-            and r["medicationCodeableConcept"]["coding"][0]["code"] == rxnorm]
+    return [
+        r
+        for r in record
+        if r["resourceType"] == "MedicationRequest"
+        and r["medicationCodeableConcept"]["coding"][0]["code"] == rxnorm
+    ]
 
 
 # --- the gate ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", PATIENTS)
-def test_without_a_twitch_complaint_no_patient_gets_a_card(client: TestClient,
-                                                           name: str) -> None:
+def test_without_a_twitch_complaint_no_patient_gets_a_card(client: TestClient, name: str) -> None:
     """No Synthea record documents a twitch complaint, so each answer is {"cards": []},
     whatever else the record holds (neuropathy, smoking, diuretics, alcoholism)."""
     assert call(client, name) == {"cards": []}
 
 
 @pytest.mark.parametrize("name", PATIENTS)
-def test_with_a_twitch_complaint_every_old_record_needs_the_whole_workup(client: TestClient,
-                                                                         name: str) -> None:
+def test_with_a_twitch_complaint_every_old_record_needs_the_whole_workup(
+    client: TestClient, name: str
+) -> None:
     """All Synthea results are older than the 365-day lookback, so the work-up card asks for
     all four tests; and no lab card can appear from stale results."""
     found = cards(client, name)
@@ -161,9 +202,9 @@ def test_with_a_twitch_complaint_every_old_record_needs_the_whole_workup(client:
 
 # --- diabetic neuropathy -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["Renato_Dare", "Morris_Lockman"])
-def test_type_2_diabetic_neuropathy_is_a_neuropathy_red_flag(client: TestClient,
-                                                             name: str) -> None:
+def test_type_2_diabetic_neuropathy_is_a_neuropathy_red_flag(client: TestClient, name: str) -> None:
     """Active SNOMED 368581000119106 (neuropathy due to type 2 diabetes) with twitching is the
     neuropathy red flag: a warning with a neurology referral, B12 and HbA1c offered because
     neither has a result in the lookback (Synthea's HbA1c values are years old). A red flag
@@ -187,8 +228,7 @@ def test_morris_lockman_hydrochlorothiazide_is_an_info_drug_card(client: TestCli
     """Morris's active "Hydrochlorothiazide 25 MG" (a code outside the product table, found by
     name) is an electrolyte-depleting drug; no low K/Mg on record, so it stays info."""
     found = cards(client, "Morris_Lockman")
-    assert set(found) == {"red-flag-neuropathy", "electrolyte-depleting-drug",
-                          "workup-incomplete"}
+    assert set(found) == {"red-flag-neuropathy", "electrolyte-depleting-drug", "workup-incomplete"}
     card = found["electrolyte-depleting-drug"]
     assert card["indicator"] == "info" and "Hydrochlorothiazide 25 mg" in card["summary"]
 
@@ -206,9 +246,9 @@ def test_renato_dare_with_a_lookback_reaching_his_last_visit(make_client: Any) -
 
 # --- smokers -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["Kermit_Trantow", "Royal_DuBuque"])
-def test_old_smoking_history_is_outside_the_default_lookback(client: TestClient,
-                                                             name: str) -> None:
+def test_old_smoking_history_is_outside_the_default_lookback(client: TestClient, name: str) -> None:
     """The current-smoker observations (449868002) date from 2011-2015, far beyond the 365-day
     lookback, so there is no nicotine card. The record shows no red flag, so the lifestyle
     review appears (it asks about nicotine anyway); hydrochlorothiazide gives an info card."""
@@ -218,17 +258,25 @@ def test_old_smoking_history_is_outside_the_default_lookback(client: TestClient,
     assert found["electrolyte-depleting-drug"]["indicator"] == "info"
 
 
-@pytest.mark.parametrize(("name", "last_current"), [("Kermit_Trantow", date(2013, 6, 10)),
-                                                    ("Royal_DuBuque", date(2015, 6, 26))])
-def test_record_as_it_stood_while_smoking_gives_nicotine_card(make_client: Any, name: str,
-                                                              last_current: date) -> None:
+@pytest.mark.parametrize(
+    ("name", "last_current"),
+    [("Kermit_Trantow", date(2013, 6, 10)), ("Royal_DuBuque", date(2015, 6, 26))],
+)
+def test_record_as_it_stood_while_smoking_gives_nicotine_card(
+    make_client: Any, name: str, last_current: date
+) -> None:
     """The same patient with the later "former smoker" entries taken out (the record as it
     stood while he smoked) and a lookback reaching the last "every day smoker" entry: the
     nicotine card cites that observation and its date."""
-    record = [r for r in resources(name) if not (
-        r["resourceType"] == "Observation"
-        and r["code"]["coding"][0]["code"] == "72166-2"
-        and r["effectiveDateTime"][:10] > last_current.isoformat())]
+    record = [
+        r
+        for r in resources(name)
+        if not (
+            r["resourceType"] == "Observation"
+            and r["code"]["coding"][0]["code"] == "72166-2"
+            and r["effectiveDateTime"][:10] > last_current.isoformat()
+        )
+    ]
     client = make_client(lookback_days=lookback_reaching(last_current))
     card = cards(client, name, record=record)["nicotine"]
     assert card["indicator"] == "info"
@@ -236,8 +284,7 @@ def test_record_as_it_stood_while_smoking_gives_nicotine_card(make_client: Any, 
 
 
 @pytest.mark.parametrize("name", ["Kermit_Trantow", "Royal_DuBuque"])
-def test_latest_former_smoker_status_means_no_nicotine_card(make_client: Any,
-                                                            name: str) -> None:
+def test_latest_former_smoker_status_means_no_nicotine_card(make_client: Any, name: str) -> None:
     """With a lookback reaching 2011, both men's whole smoking history counts. Their latest
     status (2019) is "former smoker" (8517006): they no longer smoke, so no nicotine card."""
     client = make_client(lookback_days=lookback_reaching(date(2011, 1, 1)))
@@ -245,6 +292,7 @@ def test_latest_former_smoker_status_means_no_nicotine_card(make_client: Any,
 
 
 # --- stopped medicines -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["Claudie_Walsh", "Moises_Rohan"])
 def test_stopped_prednisone_gives_no_corticosteroid_card(client: TestClient, name: str) -> None:
@@ -275,8 +323,7 @@ def test_stopped_estrogen_patch_gives_no_estrogen_card(client: TestClient, name:
 
 
 @pytest.mark.parametrize("name", ["Angelic_Mueller", "Twanda_Rippin"])
-def test_the_same_patch_active_would_give_the_estrogen_card(client: TestClient,
-                                                            name: str) -> None:
+def test_the_same_patch_active_would_give_the_estrogen_card(client: TestClient, name: str) -> None:
     """Control: the latest patch request set to active gives the estrogen card (info)."""
     record = resources(name)
     patch = max(medication_requests(record, "1534809"), key=lambda r: r["authoredOn"])
@@ -288,10 +335,14 @@ def test_the_same_patch_active_would_give_the_estrogen_card(client: TestClient,
 def test_angelic_mueller_cards(client: TestClient) -> None:
     """Angelic: hypertension on hydrochlorothiazide (info drug card), no red flag."""
     assert set(cards(client, "Angelic_Mueller")) == {
-        "electrolyte-depleting-drug", "workup-incomplete", "lifestyle-review"}
+        "electrolyte-depleting-drug",
+        "workup-incomplete",
+        "lifestyle-review",
+    }
 
 
 # --- plain and large records -------------------------------------------------------------------
+
 
 def test_lupe_little_plain_record(client: TestClient) -> None:
     """Lupe: prediabetes, anaemia, old cardiac arrest; no twitch-relevant medicine, no red flag:
@@ -310,8 +361,12 @@ def test_fletcher_hyatt_largest_record_answers_fast(client: TestClient) -> None:
     found = cards(client, "Fletcher_Hyatt")
     elapsed = time.perf_counter() - started
     assert elapsed < 5, f"{elapsed:.1f} s"
-    assert set(found) == {"alcohol", "electrolyte-depleting-drug", "workup-incomplete",
-                          "lifestyle-review"}
+    assert set(found) == {
+        "alcohol",
+        "electrolyte-depleting-drug",
+        "workup-incomplete",
+        "lifestyle-review",
+    }
     assert "7200002" in found["alcohol"]["detail"]
     drug = found["electrolyte-depleting-drug"]
     assert "furosemide" in drug["detail"].lower()
@@ -320,6 +375,10 @@ def test_fletcher_hyatt_largest_record_answers_fast(client: TestClient) -> None:
     assert "Alcohol" in found["lifestyle-review"]["detail"]
     # Mg is one suggestion (one uuid), although the alcohol card, the diuretics and the
     # work-up all offer it (issue 9: dismissing one card never removes the only order).
-    magnesium = {s["uuid"] for card in found.values() for s in card.get("suggestions", [])
-                 if "19123-9" in lab_orders({"suggestions": [s]})}
+    magnesium = {
+        s["uuid"]
+        for card in found.values()
+        for s in card.get("suggestions", [])
+        if "19123-9" in lab_orders({"suggestions": [s]})
+    }
     assert len(magnesium) == 1

@@ -23,8 +23,17 @@ from cds.facts.problems import read_family, read_problems
 from cds.facts.record import MODELS, Evidence, Facts, Resource, Resources, Window, parse_date
 from cds.facts.vocabulary import Match, Vocabulary
 
-__all__ = ["MODELS", "Evidence", "FactBuilder", "Facts", "LabResult", "Match", "Vocabulary",
-           "judge", "parse_date"]
+__all__ = [
+    "MODELS",
+    "Evidence",
+    "FactBuilder",
+    "Facts",
+    "LabResult",
+    "Match",
+    "Vocabulary",
+    "judge",
+    "parse_date",
+]
 
 
 class FactBuilder:
@@ -35,15 +44,24 @@ class FactBuilder:
         self.knowledge = vocabulary.knowledge
         self.lookback_days = lookback_days
 
-    def build(self, resources: Resources, today: date,
-              draft_orders: list[Resource] | None = None,
-              references: dict[str, Resource] | None = None) -> Facts:
+    def build(
+        self,
+        resources: Resources,
+        today: date,
+        draft_orders: list[Resource] | None = None,
+        references: dict[str, Resource] | None = None,
+    ) -> Facts:
         """The facts of one record. `references` maps bundle entries' full URLs (absolute or
         `urn:uuid:`) to their resources, for references that name a resource that way."""
         facts = Facts()
         patients = resources.get("Patient", [])
-        window = Window(today, today - timedelta(days=self.lookback_days), _sex(patients),
-                        _age(patients, today), _now(today))
+        window = Window(
+            today,
+            today - timedelta(days=self.lookback_days),
+            _sex(patients),
+            _age(patients, today),
+            _now(today),
+        )
         complaint = read_problems(self.vocabulary, resources, window, facts)
         read_labs(self.vocabulary, resources.get("Observation", []), window, facts)
         read_medications(self.vocabulary, resources, facts, references)

@@ -28,20 +28,33 @@ class CareSource:
 
 
 CARE_SOURCES = (
-    CareSource("ServiceRequest", "Neurology referral", ("performerType", "code"),
-               frozenset({"active", "on-hold"}),
-               frozenset({"revoked", "entered-in-error", "draft"})),
-    CareSource("Encounter", "Neurology encounter", ("serviceType", "type"),
-               frozenset({"arrived", "triaged", "in-progress", "onleave"}),
-               frozenset({"cancelled", "entered-in-error"})),
-    CareSource("EpisodeOfCare", "Neurology episode of care", ("type",),
-               frozenset({"active", "waitlist", "onhold"}),
-               frozenset({"cancelled", "entered-in-error"})),
+    CareSource(
+        "ServiceRequest",
+        "Neurology referral",
+        ("performerType", "code"),
+        frozenset({"active", "on-hold"}),
+        frozenset({"revoked", "entered-in-error", "draft"}),
+    ),
+    CareSource(
+        "Encounter",
+        "Neurology encounter",
+        ("serviceType", "type"),
+        frozenset({"arrived", "triaged", "in-progress", "onleave"}),
+        frozenset({"cancelled", "entered-in-error"}),
+    ),
+    CareSource(
+        "EpisodeOfCare",
+        "Neurology episode of care",
+        ("type",),
+        frozenset({"active", "waitlist", "onhold"}),
+        frozenset({"cancelled", "entered-in-error"}),
+    ),
 )
 
 
-def read_neurology_care(vocabulary: Vocabulary, resources: Resources, window: Window,
-                        facts: Facts) -> None:
+def read_neurology_care(
+    vocabulary: Vocabulary, resources: Resources, window: Window, facts: Facts
+) -> None:
     """The most recent current neurology care on record (whichever key it arrived under)."""
     latest: Evidence | None = None
     for source in CARE_SOURCES:
@@ -64,10 +77,15 @@ def read_neurology_care(vocabulary: Vocabulary, resources: Resources, window: Wi
 
 def _care_date(resource: Resource) -> date | None:
     """The latest date the record gives for the care: period end or start, authored on."""
-    period: dict[str, Any] = resource["period"] \
-        if isinstance(resource.get("period"), dict) else {}
-    dates = [parse_date(v) for v in (period.get("end"), period.get("start"),
-                                     resource.get("occurrenceDateTime"),
-                                     resource.get("authoredOn"))]
+    period: dict[str, Any] = resource["period"] if isinstance(resource.get("period"), dict) else {}
+    dates = [
+        parse_date(v)
+        for v in (
+            period.get("end"),
+            period.get("start"),
+            resource.get("occurrenceDateTime"),
+            resource.get("authoredOn"),
+        )
+    ]
     found = [d for d in dates if d is not None]
     return max(found) if found else None

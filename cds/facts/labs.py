@@ -98,16 +98,18 @@ class Decided:
     beside: list[LabResult] = field(default_factory=list)
 
 
-def read_labs(vocabulary: Vocabulary, observations: list[Resource], window: Window,
-              facts: Facts) -> None:
+def read_labs(
+    vocabulary: Vocabulary, observations: list[Resource], window: Window, facts: Facts
+) -> None:
     """Adds a `lab` fact per judged analyte and a `lab-missing` fact per absent work-up test."""
     knowledge = vocabulary.knowledge
     candidates: dict[str, list[Reading]] = {}
     for obs in observations:
         for name, reading in _readings(vocabulary, obs, window, facts):
             candidates.setdefault(name, []).append(reading)
-    decided = {name: _decide(vocabulary, name, found, window, facts)
-               for name, found in candidates.items()}
+    decided = {
+        name: _decide(vocabulary, name, found, window, facts) for name, found in candidates.items()
+    }
     results = {name: d for name, d in decided.items() if d is not None}
     for name, chosen in results.items():
         analyte = knowledge.labs.analytes[name]
@@ -117,14 +119,18 @@ def read_labs(vocabulary: Vocabulary, observations: list[Resource], window: Wind
     _missing(knowledge, set(results), set(candidates) - set(results), facts)
 
 
-def _readings(vocabulary: Vocabulary, obs: Resource, window: Window,
-              facts: Facts) -> Iterator[tuple[str, Reading]]:
+def _readings(
+    vocabulary: Vocabulary, obs: Resource, window: Window, facts: Facts
+) -> Iterator[tuple[str, Reading]]:
     """The analyte results an Observation carries, itself or in its components."""
     status = text(obs.get("status"))
     if status not in FINAL_OBSERVATION and status != PRELIMINARY:
         return
-    parts = [obs, *(c for c in obs["component"] if isinstance(c, dict))] \
-        if isinstance(obs.get("component"), list) else [obs]
+    parts = (
+        [obs, *(c for c in obs["component"] if isinstance(c, dict))]
+        if isinstance(obs.get("component"), list)
+        else [obs]
+    )
     found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
     when = observation_time(obs) if found else None  # dates are read only where they matter
     if when is None or when.day < window.since:
@@ -145,16 +151,20 @@ def _analyte_of(vocabulary: Vocabulary, part: Resource) -> list[tuple[str, Code,
     return []
 
 
-def _decide(vocabulary: Vocabulary, name: str, found: list[Reading], window: Window,
-            facts: Facts) -> Decided | None:
+def _decide(
+    vocabulary: Vocabulary, name: str, found: list[Reading], window: Window, facts: Facts
+) -> Decided | None:
     """The latest usable result; among results of its day that time cannot order, the most
     severe, with the others stated beside it. Only the deciding Observation is validated."""
     analyte = vocabulary.knowledge.labs.analytes[name]
     # One specimen reported under several codes (a total and its fractions): the preferred
     # code decides.
     preferred: dict[tuple[Any, ...], int] = {}
-    found = [r for r in sorted(found, key=lambda r: (r.when.key(), -r.rank), reverse=True)
-             if preferred.setdefault((r.when.key(), r.when.day), r.rank) == r.rank]
+    found = [
+        r
+        for r in sorted(found, key=lambda r: (r.when.key(), -r.rank), reverse=True)
+        if preferred.setdefault((r.when.key(), r.when.day), r.rank) == r.rank
+    ]
     usable: list[tuple[LabResult, Judgement, Reading]] = []
     for reading in found:
         if usable and reading.when.orderable(usable[0][0].when):
@@ -169,14 +179,20 @@ def _decide(vocabulary: Vocabulary, name: str, found: list[Reading], window: Win
     usable.sort(key=lambda u: (u[1].severity, u[0].when.key()), reverse=True)
     for index, (result, judgement, reading) in enumerate(usable):
         if valid(reading.obs, facts):
-            others = {u[0].reported or u[0].flag: u[0] for u in usable[index + 1:]}
+            others = {u[0].reported or u[0].flag: u[0] for u in usable[index + 1 :]}
             others.pop(result.reported or result.flag, None)
             return Decided(result, judgement, list(others.values())[:MAX_STATED_BESIDE])
     return None
 
 
-def _lab_result(vocabulary: Vocabulary, name: str, analyte: Analyte, reading: Reading,
-                window: Window, facts: Facts) -> LabResult | None:
+def _lab_result(
+    vocabulary: Vocabulary,
+    name: str,
+    analyte: Analyte,
+    reading: Reading,
+    window: Window,
+    facts: Facts,
+) -> LabResult | None:
     """The result in the analyte's canonical unit; None (counted) when it cannot be judged:
     no convertible value and no flag of the laboratory, or an impossible value."""
     part = reading.part
@@ -199,13 +215,28 @@ def _lab_result(vocabulary: Vocabulary, name: str, analyte: Analyte, reading: Re
         facts.unjudged_results += 1
         return None
     value, unit = converted if converted is not None else (None, None)
-    reported = None if measured is None else \
-        f"{comparator or ''}{fmt(measured)}{' ' + stated if stated else ''}"
+    reported = (
+        None
+        if measured is None
+        else f"{comparator or ''}{fmt(measured)}{' ' + stated if stated else ''}"
+    )
     ref_low, ref_high = _reference_limits(vocabulary, part, analyte, window)
     status = str(reading.obs["status"])
     raw = None if measured is None or unit is None else (measured, unit)
-    return LabResult(name, reading.when, value, comparator, raw, reported, ref_low, ref_high,
-                     reading.code.code, reading.code.corrected, status, flag)
+    return LabResult(
+        name,
+        reading.when,
+        value,
+        comparator,
+        raw,
+        reported,
+        ref_low,
+        ref_high,
+        reading.code.code,
+        reading.code.corrected,
+        status,
+        flag,
+    )
 
 
 def _measured(part: Resource) -> tuple[float | None, str | None, list[str]]:
@@ -220,8 +251,11 @@ def _measured(part: Resource) -> tuple[float | None, str | None, list[str]]:
         return None, None, []
     parsed = float(match[2])
     comparator = _COMPARATORS.get(match[1], match[1]) if match[1] else None
-    return (parsed if math.isfinite(parsed) else None), comparator, \
-        [match[3].strip()] if match[3] else []
+    return (
+        (parsed if math.isfinite(parsed) else None),
+        comparator,
+        [match[3].strip()] if match[3] else [],
+    )
 
 
 def _flag(vocabulary: Vocabulary, part: Resource) -> str | None:
@@ -229,19 +263,30 @@ def _flag(vocabulary: Vocabulary, part: Resource) -> str | None:
     for coding in codings_of(part.get("interpretation")):
         code, system = text(coding.get("code")), coding.get("system")
         if code in vocabulary.lab_flags and (
-                system is None or system in vocabulary.interpretation_systems):
+            system is None or system in vocabulary.interpretation_systems
+        ):
             return code
     return None
 
 
 def _range_quantities(part: Resource) -> list[dict[str, Any]]:
     ranges = part.get("referenceRange")
-    return [q for r in ranges if isinstance(r, dict) for q in (r.get("low"), r.get("high"))
-            if isinstance(q, dict)] if isinstance(ranges, list) else []
+    return (
+        [
+            q
+            for r in ranges
+            if isinstance(r, dict)
+            for q in (r.get("low"), r.get("high"))
+            if isinstance(q, dict)
+        ]
+        if isinstance(ranges, list)
+        else []
+    )
 
 
-def _reference_limits(vocabulary: Vocabulary, part: Resource, analyte: Analyte,
-                      window: Window) -> tuple[float | None, float | None]:
+def _reference_limits(
+    vocabulary: Vocabulary, part: Resource, analyte: Analyte, window: Window
+) -> tuple[float | None, float | None]:
     """The limits of the reference range that applies to this patient, converted; None where
     absent or not convertible. A range for the patient's sex and age beats a general one."""
     ranges = part.get("referenceRange")
@@ -260,8 +305,11 @@ def _reference_limits(vocabulary: Vocabulary, part: Resource, analyte: Analyte,
     for end in ("low", "high"):
         quantity = best[1].get(end)
         value = number(quantity.get("value")) if isinstance(quantity, dict) else None
-        converted = None if value is None or not isinstance(quantity, dict) else convert(
-            value, quantity_units(quantity), analyte.unit_factors)
+        converted = (
+            None
+            if value is None or not isinstance(quantity, dict)
+            else convert(value, quantity_units(quantity), analyte.unit_factors)
+        )
         limits.append(None if converted is None else converted[0])
     return limits[0], limits[1]
 
@@ -286,7 +334,8 @@ def _range_fit(vocabulary: Vocabulary, entry: dict[str, Any], window: Window) ->
         if age is None:
             return None
         if (bounds[0] is not None and age < bounds[0]) or (
-                bounds[1] is not None and age > bounds[1]):
+            bounds[1] is not None and age > bounds[1]
+        ):
             return None
         fit += 1
     return fit
@@ -300,8 +349,13 @@ def _years(quantity: Any) -> float | None:
     return None if value is None or factor is None else value * factor
 
 
-def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, sex: str | None,
-          corrected: float | None = None) -> Judgement:
+def judge(
+    vocabulary: Vocabulary,
+    analyte: Analyte,
+    result: LabResult,
+    sex: str | None,
+    corrected: float | None = None,
+) -> Judgement:
     """Low / critical / high for one result, the limit that decided, and caveats.
 
     The result's own reference range decides "low" and "high" where it is given in a
@@ -318,8 +372,12 @@ def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, sex: str 
     flag_words = f"the laboratory flags it {flag.label} ({result.flag})" if flag else ""
     if value is None:
         direction = flag.direction if flag else None
-        return Judgement(direction == "low", bool(flag and direction == "low" and flag.critical),
-                         direction == "high", f"{flag_words}; value not judged" if flag else "")
+        return Judgement(
+            direction == "low",
+            bool(flag and direction == "low" and flag.critical),
+            direction == "high",
+            f"{flag_words}; value not judged" if flag else "",
+        )
     interval = _interval(value, result.comparator)
 
     def _threshold(threshold: Threshold) -> bool | None:
@@ -357,18 +415,21 @@ def judge(vocabulary: Vocabulary, analyte: Analyte, result: LabResult, sex: str 
         if flag and flag.direction in ("low", "high"):
             low = low or (low is None and flag.direction == "low")
             high = high or (high is None and flag.direction == "high")
-            critical = critical or (critical is None and flag.direction == "low"
-                                    and flag.critical)
+            critical = critical or (critical is None and flag.direction == "low" and flag.critical)
             basis = flag_words
     low, high, critical = bool(low), bool(high), bool(critical)
-    if flag and basis != flag_words and _disagrees(flag.direction, flag.critical, low or critical,
-                                                    high, critical):
+    if (
+        flag
+        and basis != flag_words
+        and _disagrees(flag.direction, flag.critical, low or critical, high, critical)
+    ):
         notes.append(flag_words)
     return Judgement(low or critical, critical, high, basis, tuple(notes))
 
 
-def _disagrees(direction: str | None, flag_critical: bool, low: bool, high: bool,
-               critical: bool) -> bool:
+def _disagrees(
+    direction: str | None, flag_critical: bool, low: bool, high: bool, critical: bool
+) -> bool:
     service = "low" if low else "high" if high else "normal"
     if direction is None:
         return service == "normal" or (flag_critical and not critical)
@@ -377,9 +438,12 @@ def _disagrees(direction: str | None, flag_critical: bool, low: bool, high: bool
 
 def _interval(value: float, comparator: str | None) -> Interval:
     inf = math.inf
-    return {"<": (-inf, False, value, False), "<=": (-inf, False, value, True),
-            ">": (value, False, inf, False), ">=": (value, True, inf, False)}.get(
-        comparator or "", (value, True, value, True))
+    return {
+        "<": (-inf, False, value, False),
+        "<=": (-inf, False, value, True),
+        ">": (value, False, inf, False),
+        ">=": (value, True, inf, False),
+    }.get(comparator or "", (value, True, value, True))
 
 
 def _holds(op: str, limit: float, interval: Interval) -> bool | None:
@@ -397,13 +461,23 @@ def _holds(op: str, limit: float, interval: Interval) -> bool | None:
 
 def _words(threshold: Threshold, sex: str | None, unit: str) -> str:
     op, limit = threshold.limit(sex)
-    words = {"below": "below", "at_or_below": "at or below", "above": "above",
-             "at_or_above": "at or above"}[op]
+    words = {
+        "below": "below",
+        "at_or_below": "at or below",
+        "above": "above",
+        "at_or_above": "at or above",
+    }[op]
     return f"{words} {fmt(limit)} {unit}"
 
 
-def _add_lab(vocabulary: Vocabulary, decided: Decided, albumin: Decided | None,
-             outranking: Decided | None, window: Window, facts: Facts) -> None:
+def _add_lab(
+    vocabulary: Vocabulary,
+    decided: Decided,
+    albumin: Decided | None,
+    outranking: Decided | None,
+    window: Window,
+    facts: Facts,
+) -> None:
     knowledge = vocabulary.knowledge
     result, judgement = decided.result, decided.judgement
     analyte = knowledge.labs.analytes[result.analyte]
@@ -412,12 +486,20 @@ def _add_lab(vocabulary: Vocabulary, decided: Decided, albumin: Decided | None,
     days = knowledge.labs.analytes["albumin"].correction_window_days or 0
     measured = None if value is None else f"{fmt(value)} {analyte.unit}"
     albumin_value = albumin.result.value if albumin else None
-    if correction and value is not None and not result.corrected and albumin is not None \
-            and albumin_value is not None and albumin.result.comparator is None \
-            and abs((albumin.result.when.day - result.when.day).days) <= days:
+    if (
+        correction
+        and value is not None
+        and not result.corrected
+        and albumin is not None
+        and albumin_value is not None
+        and albumin.result.comparator is None
+        and abs((albumin.result.when.day - result.when.day).days) <= days
+    ):
         value = value + correction.factor * (correction.reference_albumin - albumin_value)
-        notes.append(f"measured {measured}, corrected for albumin {fmt(albumin_value)} g/dL "
-                     f"({albumin.result.when.day.isoformat()}) to {fmt(value)} {analyte.unit}")
+        notes.append(
+            f"measured {measured}, corrected for albumin {fmt(albumin_value)} g/dL "
+            f"({albumin.result.when.day.isoformat()}) to {fmt(value)} {analyte.unit}"
+        )
         judgement = judge(vocabulary, analyte, result, window.sex, corrected=value)
     if outranking is not None and outranking.result.when.day == result.when.day:
         other = knowledge.labs.analytes[analyte.outranked_by or ""]
@@ -429,24 +511,48 @@ def _add_lab(vocabulary: Vocabulary, decided: Decided, albumin: Decided | None,
     if judgement.low or judgement.critical or judgement.high:
         notes.append(judgement.basis)
     notes += judgement.notes
-    notes += [f"also on {o.when.day.isoformat()}: {o.reported or 'flagged ' + (o.flag or '')}"
-              f" (which came later is not recorded)" for o in decided.beside]
+    notes += [
+        f"also on {o.when.day.isoformat()}: {o.reported or 'flagged ' + (o.flag or '')}"
+        f" (which came later is not recorded)"
+        for o in decided.beside
+    ]
     comparator = result.comparator if value == result.value else None
-    flags = {name: value is not None and _holds(*limit.limit(window.sex),
-                                                  _interval(value, comparator)) is True
-             for name, limit in analyte.flags.items()}
-    notes += [f"{name}: {_words(analyte.flags[name], window.sex, analyte.unit)}"
-              for name, holds in flags.items() if holds]
+    flags = {
+        name: value is not None
+        and _holds(*limit.limit(window.sex), _interval(value, comparator)) is True
+        for name, limit in analyte.flags.items()
+    }
+    notes += [
+        f"{name}: {_words(analyte.flags[name], window.sex, analyte.unit)}"
+        for name, holds in flags.items()
+        if holds
+    ]
     reported = result.reported
-    canonical = f"{result.comparator or ''}{fmt(result.value)} {analyte.unit}" \
-        if result.value is not None else None
+    canonical = (
+        f"{result.comparator or ''}{fmt(result.value)} {analyte.unit}"
+        if result.value is not None
+        else None
+    )
     evidence = Evidence(
-        "lab", analyte.label, result.when.day, value=value, unit=analyte.unit,
-        reported=reported if reported and reported.lower() != (canonical or "").lower()
-        else None, judged="; ".join(n for n in notes if n) or None,
-        code=f"LOINC {result.code}", status=result.status, analyte=result.analyte)
-    fact = {"kind": "lab", "analyte": result.analyte, "low": judgement.low,
-            "critical": judgement.critical, "high": judgement.high, **flags}
+        "lab",
+        analyte.label,
+        result.when.day,
+        value=value,
+        unit=analyte.unit,
+        reported=reported if reported and reported.lower() != (canonical or "").lower() else None,
+        judged="; ".join(n for n in notes if n) or None,
+        code=f"LOINC {result.code}",
+        status=result.status,
+        analyte=result.analyte,
+    )
+    fact = {
+        "kind": "lab",
+        "analyte": result.analyte,
+        "low": judgement.low,
+        "critical": judgement.critical,
+        "high": judgement.high,
+        **flags,
+    }
     if analyte.finding:
         fact["finding"] = analyte.finding
     facts.add(fact, evidence)
@@ -456,12 +562,14 @@ def _missing(knowledge: Knowledge, present: set[str], unjudged: set[str], facts:
     """Work-up analytes with no usable result; `unjudged` ones had results that could not
     be judged (no or an unknown unit), which the card says rather than "no result"."""
     analytes = knowledge.labs.analytes
-    covered = present | {analytes[p].workup_counts_for for p in present
-                         if analytes[p].workup_counts_for}
+    covered = present | {
+        analytes[p].workup_counts_for for p in present if analytes[p].workup_counts_for
+    }
     facts.missing_labs = {name for name in analytes if name not in covered}
     for name, analyte in analytes.items():
         if analyte.workup and name not in covered:
-            note = "results without a convertible unit, not judged" if name in unjudged \
-                else None
-            facts.add({"kind": "lab-missing", "analyte": name},
-                      Evidence("missing", analyte.label, analyte=name, judged=note))
+            note = "results without a convertible unit, not judged" if name in unjudged else None
+            facts.add(
+                {"kind": "lab-missing", "analyte": name},
+                Evidence("missing", analyte.label, analyte=name, judged=note),
+            )

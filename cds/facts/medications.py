@@ -32,13 +32,19 @@ class Drug:
     label: str
 
 
-def read_medications(vocabulary: Vocabulary, resources: Resources, facts: Facts,
-                     references: dict[str, Resource] | None = None) -> None:
+def read_medications(
+    vocabulary: Vocabulary,
+    resources: Resources,
+    facts: Facts,
+    references: dict[str, Resource] | None = None,
+) -> None:
     """One `drug` fact (and its `depletes` facts) per ingredient of the current therapy."""
     medications = medication_index(resources, references)
     seen: set[str] = set()
-    for kind, statuses in (("MedicationRequest", ACTIVE_REQUEST),
-                           ("MedicationStatement", ACTIVE_STATEMENT)):
+    for kind, statuses in (
+        ("MedicationRequest", ACTIVE_REQUEST),
+        ("MedicationStatement", ACTIVE_STATEMENT),
+    ):
         for resource in resources.get(kind, []):
             if text(resource.get("status")) not in statuses or not is_therapy(resource):
                 continue
@@ -48,13 +54,24 @@ def read_medications(vocabulary: Vocabulary, resources: Resources, facts: Facts,
                 continue
             seen |= ingredients
             for ingredient in sorted(ingredients):
-                _add_drug(vocabulary, "drug", "depletes", ingredient, drug.label,
-                          resource["status"], facts)
+                _add_drug(
+                    vocabulary,
+                    "drug",
+                    "depletes",
+                    ingredient,
+                    drug.label,
+                    resource["status"],
+                    facts,
+                )
 
 
-def read_drafts(vocabulary: Vocabulary, orders: list[Resource], facts: Facts,
-                resources: Resources | None = None,
-                references: dict[str, Resource] | None = None) -> None:
+def read_drafts(
+    vocabulary: Vocabulary,
+    orders: list[Resource],
+    facts: Facts,
+    resources: Resources | None = None,
+    references: dict[str, Resource] | None = None,
+) -> None:
     """Drugs being ordered. Read leniently: the sandbox's drafts are not valid FHIR."""
     medications = medication_index(resources or {}, references)
     for order in orders:
@@ -62,29 +79,44 @@ def read_drafts(vocabulary: Vocabulary, orders: list[Resource], facts: Facts,
             continue
         drug = drug_of(order, medications)
         for ingredient in sorted(_counted(vocabulary, order, drug)):
-            _add_drug(vocabulary, "draft", "draft-depletes", ingredient, drug.label,
-                      str(order.get("status", "draft")), facts)
+            _add_drug(
+                vocabulary,
+                "draft",
+                "draft-depletes",
+                ingredient,
+                drug.label,
+                str(order.get("status", "draft")),
+                facts,
+            )
 
 
 def is_therapy(resource: Resource) -> bool:
     """A request that orders the drug: not a proposal or plan, not "do not perform"."""
-    return resource.get("doNotPerform") is not True and \
-        text(resource.get("intent")) not in NOT_THERAPY_INTENT
+    return (
+        resource.get("doNotPerform") is not True
+        and text(resource.get("intent")) not in NOT_THERAPY_INTENT
+    )
 
 
-def medication_index(resources: Resources,
-                     references: dict[str, Resource] | None) -> dict[str, Resource]:
+def medication_index(
+    resources: Resources, references: dict[str, Resource] | None
+) -> dict[str, Resource]:
     """Medication resources by every reference that may name them: `Medication/id`, and the
     full URLs (absolute or `urn:uuid:`) of the bundle entries they came in."""
-    index = {f"Medication/{m['id']}": m for m in resources.get("Medication", [])
-             if isinstance(m.get("id"), str)}
-    index.update({url: r for url, r in (references or {}).items()
-                  if r.get("resourceType") == "Medication"})
+    index = {
+        f"Medication/{m['id']}": m
+        for m in resources.get("Medication", [])
+        if isinstance(m.get("id"), str)
+    }
+    index.update(
+        {url: r for url, r in (references or {}).items() if r.get("resourceType") == "Medication"}
+    )
     return index
 
 
-def unresolved_medication_ids(resources: Resources,
-                              references: dict[str, Resource] | None) -> set[str]:
+def unresolved_medication_ids(
+    resources: Resources, references: dict[str, Resource] | None
+) -> set[str]:
     """Ids of Medications that therapy refers to but the record does not contain."""
     index = medication_index(resources, references)
     missing: set[str] = set()
@@ -108,9 +140,14 @@ def drug_of(resource: Resource, medications: dict[str, Resource]) -> Drug:
     target = _resolve(ref, resource, medications) if ref else None
     if target is not None:
         items = target.get("ingredient")
-        concepts = (target.get("code"), *(i.get("itemCodeableConcept") for i in items
-                                          if isinstance(i, dict))) \
-            if isinstance(items, list) else (target.get("code"),)
+        concepts = (
+            (
+                target.get("code"),
+                *(i.get("itemCodeableConcept") for i in items if isinstance(i, dict)),
+            )
+            if isinstance(items, list)
+            else (target.get("code"),)
+        )
         return Drug(concepts, target.get("form"), _label(target.get("code")))
     reference = resource.get("medicationReference")
     display = reference.get("display") if isinstance(reference, dict) else None
@@ -127,9 +164,20 @@ def _reference(resource: Resource) -> str | None:
 def _resolve(ref: str, resource: Resource, medications: dict[str, Resource]) -> Resource | None:
     if ref.startswith("#"):
         inline = resource.get("contained")
-        return next((c for c in inline if isinstance(c, dict) and f"#{c.get('id')}" == ref
-                     and c.get("resourceType") == "Medication"), None) \
-            if isinstance(inline, list) else None
+        return (
+            next(
+                (
+                    c
+                    for c in inline
+                    if isinstance(c, dict)
+                    and f"#{c.get('id')}" == ref
+                    and c.get("resourceType") == "Medication"
+                ),
+                None,
+            )
+            if isinstance(inline, list)
+            else None
+        )
     if ref in medications:
         return medications[ref]
     match = _MEDICATION_REFERENCE.search(ref)
@@ -145,27 +193,51 @@ def _counted(vocabulary: Vocabulary, resource: Resource, drug: Drug) -> set[str]
     if not any(classes[i].drug_class in vocabulary.systemic_only for i in ingredients):
         return ingredients
     dosages = resource.get("dosageInstruction", resource.get("dosage"))
-    routes = [d.get("route") for d in dosages if isinstance(d, dict)] \
-        if isinstance(dosages, list) else []
+    routes = (
+        [d.get("route") for d in dosages if isinstance(d, dict)]
+        if isinstance(dosages, list)
+        else []
+    )
     if vocabulary.systemic(routes, drug.form, list(drug.concepts)) is False:
         return {i for i in ingredients if classes[i].drug_class not in vocabulary.systemic_only}
     return ingredients
 
 
-def _add_drug(vocabulary: Vocabulary, kind: str, depletes_kind: str, ingredient: str,
-              label: str, status: str, facts: Facts) -> None:
+def _add_drug(
+    vocabulary: Vocabulary,
+    kind: str,
+    depletes_kind: str,
+    ingredient: str,
+    label: str,
+    status: str,
+    facts: Facts,
+) -> None:
     meds = vocabulary.knowledge.medications
     spec = meds.ingredients[ingredient]
     finding = meds.classes[spec.drug_class].finding
-    evidence = facts.cite(Evidence(
-        "medication" if kind == "drug" else "order", label or ingredient, status=status,
-        judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})",
-        lowers=tuple(spec.lowers)))
-    facts.add({"kind": kind, "class": spec.drug_class, "finding": finding,
-               "ingredient": ingredient}, evidence)
+    evidence = facts.cite(
+        Evidence(
+            "medication" if kind == "drug" else "order",
+            label or ingredient,
+            status=status,
+            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})",
+            lowers=tuple(spec.lowers),
+        )
+    )
+    facts.add(
+        {"kind": kind, "class": spec.drug_class, "finding": finding, "ingredient": ingredient},
+        evidence,
+    )
     for analyte in spec.lowers:
-        facts.add({"kind": depletes_kind, "analyte": analyte, "finding": finding,
-                   "ingredient": ingredient}, evidence)
+        facts.add(
+            {
+                "kind": depletes_kind,
+                "analyte": analyte,
+                "finding": finding,
+                "ingredient": ingredient,
+            },
+            evidence,
+        )
 
 
 def _label(concept: Any) -> str:

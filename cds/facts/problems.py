@@ -48,8 +48,9 @@ class Record:
     order: tuple[date, ...]
 
 
-def read_problems(vocabulary: Vocabulary, resources: Resources, window: Window,
-                  facts: Facts) -> Evidence | None:
+def read_problems(
+    vocabulary: Vocabulary, resources: Resources, window: Window, facts: Facts
+) -> Evidence | None:
     """Adds one `problem` fact per concept; returns the twitch complaint's evidence.
 
     A concept is `suspected` only when every current record of it is (a provisional or
@@ -66,16 +67,23 @@ def read_problems(vocabulary: Vocabulary, resources: Resources, window: Window,
     for concept, records in seen.items():
         best = max(records, key=lambda r: (not r.suspected, r.order))
         chosen[concept] = best
-        fact: dict[str, Any] = {"kind": "problem", "concept": concept,
-                                "suspected": best.suspected}
+        fact: dict[str, Any] = {"kind": "problem", "concept": concept, "suspected": best.suspected}
         diagnosis_of = knowledge.valuesets[concept].diagnosis_of
         if diagnosis_of:
             fact["diagnosis_of"] = diagnosis_of
         facts.add(fact, best.evidence)
     complaint = chosen.get("twitch")
-    return None if complaint is None else Evidence(
-        "complaint", knowledge.valuesets["twitch"].label, complaint.evidence.when,
-        status=complaint.evidence.status, code=complaint.evidence.code)
+    return (
+        None
+        if complaint is None
+        else Evidence(
+            "complaint",
+            knowledge.valuesets["twitch"].label,
+            complaint.evidence.when,
+            status=complaint.evidence.status,
+            code=complaint.evidence.code,
+        )
+    )
 
 
 def read_family(vocabulary: Vocabulary, histories: list[Resource], facts: Facts) -> None:
@@ -85,8 +93,11 @@ def read_family(vocabulary: Vocabulary, histories: list[Resource], facts: Facts)
         if history.get("status") == "entered-in-error":
             continue
         conditions = history.get("condition")
-        found = [c for cond in conditions if isinstance(cond, dict)
-                 for c in codings(cond.get("code"))] if isinstance(conditions, list) else []
+        found = (
+            [c for cond in conditions if isinstance(cond, dict) for c in codings(cond.get("code"))]
+            if isinstance(conditions, list)
+            else []
+        )
         concepts = {k: v for k, v in vocabulary.concepts_of(found).items() if k not in seen}
         if not concepts or not valid(history, facts):
             continue
@@ -94,14 +105,21 @@ def read_family(vocabulary: Vocabulary, histories: list[Resource], facts: Facts)
         who = relation[0].get("display") or relation[0].get("code") if relation else None
         for concept, match in concepts.items():
             seen.add(concept)
-            facts.add({"kind": "family", "concept": concept},
-                      Evidence("family", f"{match.display} in the family",
-                               parse_date(history.get("date")), status=who,
-                               code=match.code_label))
+            facts.add(
+                {"kind": "family", "concept": concept},
+                Evidence(
+                    "family",
+                    f"{match.display} in the family",
+                    parse_date(history.get("date")),
+                    status=who,
+                    code=match.code_label,
+                ),
+            )
 
 
-def _candidates(vocabulary: Vocabulary, resources: Resources,
-                window: Window) -> Iterator[Candidate]:
+def _candidates(
+    vocabulary: Vocabulary, resources: Resources, window: Window
+) -> Iterator[Candidate]:
     """Resources that record a concept: the evidence per concept, whether only suspected,
     and the order among records of the same concept."""
     for condition in resources.get("Condition", []):
@@ -115,8 +133,7 @@ def _candidates(vocabulary: Vocabulary, resources: Resources,
     yield from _observed(vocabulary, resources.get("Observation", []), window)
 
 
-def _current_condition(condition: Resource, window: Window
-                       ) -> tuple[date | None, str, bool] | None:
+def _current_condition(condition: Resource, window: Window) -> tuple[date | None, str, bool] | None:
     """Date, status as shown, and suspicion of a current Condition; None if not current.
 
     Current means clinically active. A Condition without a clinical status counts only when
@@ -127,8 +144,10 @@ def _current_condition(condition: Resource, window: Window
     if verification in EXCLUDED_VERIFICATION:
         return None
     clinical = status_code(condition.get("clinicalStatus"))
-    onset, recorded = (parse_date(condition.get("onsetDateTime")),
-                       parse_date(condition.get("recordedDate")))
+    onset, recorded = (
+        parse_date(condition.get("onsetDateTime")),
+        parse_date(condition.get("recordedDate")),
+    )
     if clinical is None:
         recent = any(d is not None and d >= window.since for d in (onset, recorded))
         if not recent or any(key.startswith("abatement") for key in condition):
@@ -140,8 +159,9 @@ def _current_condition(condition: Resource, window: Window
     return onset or recorded, f"{clinical}, {verification}" if suspected else clinical, suspected
 
 
-def _observed(vocabulary: Vocabulary, observations: list[Resource],
-              window: Window) -> Iterator[Candidate]:
+def _observed(
+    vocabulary: Vocabulary, observations: list[Resource], window: Window
+) -> Iterator[Candidate]:
     """Final findings in the lookback. Per concept the latest observation decides: a newer
     "absent" answer outweighs an older "present" one, and an absent finding is no evidence."""
     latest: dict[str, tuple[When, Resource, Evidence | None]] = {}
@@ -150,8 +170,9 @@ def _observed(vocabulary: Vocabulary, observations: list[Resource],
         if text(obs.get("status")) not in FINAL_OBSERVATION:
             continue
         spec = _recorded_answer_spec(vocabulary, obs)
-        matches = vocabulary.concepts_of(codings(obs.get("code")) + codings(
-            obs.get("valueCodeableConcept")))
+        matches = vocabulary.concepts_of(
+            codings(obs.get("code")) + codings(obs.get("valueCodeableConcept"))
+        )
         when = observation_time(obs) if spec or matches else None  # read dates only if needed
         if when is None or when.day < window.since or window.in_future(when):
             continue
@@ -160,8 +181,9 @@ def _observed(vocabulary: Vocabulary, observations: list[Resource],
         affirmed = _affirmed(vocabulary, obs)
         for concept, match in matches.items():
             if concept not in latest or when.key() >= latest[concept][0].key():
-                evidence = Evidence("problem", match.display, when.day, status=obs["status"],
-                                    code=match.code_label)
+                evidence = Evidence(
+                    "problem", match.display, when.day, status=obs["status"], code=match.code_label
+                )
                 latest[concept] = (when, obs, evidence if affirmed else None)
     for concept, (when, obs, affirming) in latest.items():
         if affirming is not None:
@@ -196,11 +218,13 @@ def _affirmed(vocabulary: Vocabulary, obs: Resource) -> bool:
     return "dataAbsentReason" not in obs
 
 
-def _coded(vocabulary: Vocabulary, found: list[dict[str, Any]], when: date | None,
-           status: str) -> dict[str, Evidence]:
-    return {concept: Evidence("problem", match.display, when, status=status,
-                              code=match.code_label)
-            for concept, match in vocabulary.concepts_of(found).items()}
+def _coded(
+    vocabulary: Vocabulary, found: list[dict[str, Any]], when: date | None, status: str
+) -> dict[str, Evidence]:
+    return {
+        concept: Evidence("problem", match.display, when, status=status, code=match.code_label)
+        for concept, match in vocabulary.concepts_of(found).items()
+    }
 
 
 def _recorded_answer_spec(vocabulary: Vocabulary, obs: Resource) -> str | None:
@@ -214,8 +238,9 @@ def _recorded_answer_spec(vocabulary: Vocabulary, obs: Resource) -> str | None:
     return None
 
 
-def _answer(vocabulary: Vocabulary, spec_name: str, obs: Resource, when: date,
-            sex: str | None) -> dict[str, Evidence]:
+def _answer(
+    vocabulary: Vocabulary, spec_name: str, obs: Resource, when: date, sex: str | None
+) -> dict[str, Evidence]:
     """The concept a positive answer or score records, with the answer as evidence."""
     labs = vocabulary.knowledge.labs
     if spec_name in labs.coded_observations:
@@ -226,25 +251,41 @@ def _answer(vocabulary: Vocabulary, spec_name: str, obs: Resource, when: date,
             return {}
         # The answer is the evidence; the question stays beside the code, so that a summary
         # reads "smokes tobacco daily", not "Tobacco smoking status: Smokes tobacco daily".
-        return {coded.concept: Evidence(
-            "problem", positive[0].display, when, status=obs["status"],
-            code=f"LOINC {coded.codes[0].code} ({coded.label})")}
+        return {
+            coded.concept: Evidence(
+                "problem",
+                positive[0].display,
+                when,
+                status=obs["status"],
+                code=f"LOINC {coded.codes[0].code} ({coded.label})",
+            )
+        }
     scored = labs.scored_observations[spec_name]
     value = _score(obs, scored.units)
     if value is None or not scored.positive.holds(value, sex):
         return {}
-    return {scored.concept: Evidence(
-        "problem", scored.label, when, value=value, unit=scored.unit or "points",
-        status=obs["status"], judged="positive: " + threshold_words(
-            scored.positive, sex, scored.unit or "points"),
-        code=f"LOINC {scored.codes[0].code}")}
+    return {
+        scored.concept: Evidence(
+            "problem",
+            scored.label,
+            when,
+            value=value,
+            unit=scored.unit or "points",
+            status=obs["status"],
+            judged="positive: " + threshold_words(scored.positive, sex, scored.unit or "points"),
+            code=f"LOINC {scored.codes[0].code}",
+        )
+    }
 
 
 def _score(obs: Resource, units: dict[str, float] | None) -> float | None:
     """A score or duration in the spec's unit; None when missing or not convertible."""
     quantity = obs.get("valueQuantity")
-    value = number(quantity.get("value")) if isinstance(quantity, dict) else number(
-        obs.get("valueInteger"))
+    value = (
+        number(quantity.get("value"))
+        if isinstance(quantity, dict)
+        else number(obs.get("valueInteger"))
+    )
     if value is None or not units or not isinstance(quantity, dict):
         return value
     converted = convert(value, quantity_units(quantity), unit_factors(units))

@@ -204,11 +204,17 @@ def _when(value: Any, issued: datetime | None = None) -> When | None:
 
 def observation_time(obs: Resource) -> When | None:
     """When the observation was taken: effective[x] (a period by its start), else `issued`."""
-    period: dict[str, Any] = obs["effectivePeriod"] \
-        if isinstance(obs.get("effectivePeriod"), dict) else {}
+    period: dict[str, Any] = (
+        obs["effectivePeriod"] if isinstance(obs.get("effectivePeriod"), dict) else {}
+    )
     issued = _when(obs.get("issued")) if "issued" in obs else None
-    for value in (obs.get("effectiveDateTime"), obs.get("effectiveInstant"),
-                  period.get("start"), period.get("end"), obs.get("issued")):
+    for value in (
+        obs.get("effectiveDateTime"),
+        obs.get("effectiveInstant"),
+        period.get("start"),
+        period.get("end"),
+        obs.get("issued"),
+    ):
         when = _when(value, issued.start if issued else None)
         if when is not None:
             return when
@@ -236,6 +242,10 @@ def fmt(value: float) -> str:
 
 def threshold_words(threshold: Threshold, sex: str | None, unit: str) -> str:
     op, limit = threshold.limit(sex)
-    words = {"below": "below", "at_or_below": "at or below", "above": "above",
-             "at_or_above": "at or above"}[op]
+    words = {
+        "below": "below",
+        "at_or_below": "at or below",
+        "above": "above",
+        "at_or_above": "at or above",
+    }[op]
     return f"{words} {fmt(limit)} {unit}"

@@ -16,8 +16,13 @@ from cds.facts.record import codings, codings_of
 from cds.knowledge import SYSTEMS, Code, Knowledge
 
 ICD = ("icd10cm", "icd10")
-SYSTEM_LABELS = {"snomed": "SNOMED CT", "icd10cm": "ICD-10-CM", "icd10": "ICD-10",
-                 "loinc": "LOINC", "rxnorm": "RxNorm"}
+SYSTEM_LABELS = {
+    "snomed": "SNOMED CT",
+    "icd10cm": "ICD-10-CM",
+    "icd10": "ICD-10",
+    "loinc": "LOINC",
+    "rxnorm": "RxNorm",
+}
 CodeKey = tuple[str, str]
 
 
@@ -47,8 +52,9 @@ class Vocabulary:
         self.knowledge = knowledge
         record = knowledge.record
         self.systems = {uri: name for name, uri in SYSTEMS.items()}
-        self.systems.update({alias: name for name, aliases in record.system_aliases.items()
-                             for alias in aliases})
+        self.systems.update(
+            {alias: name for name, aliases in record.system_aliases.items() for alias in aliases}
+        )
         self.systems.update(dict.fromkeys(record.icd10_who_systems, "icd10"))
         self.who_as_cm = {_icd_key(c) for c in record.icd10_who_same_as_icd10cm}
         self.concepts: dict[CodeKey, dict[str, str]] = {}
@@ -61,12 +67,15 @@ class Vocabulary:
                 else:
                     self.concepts.setdefault(self.code_key(code), {})[name] = code.words
         labs = knowledge.labs
-        self.analytes = {c.code: (name, c, rank) for name, a in labs.analytes.items()
-                         for rank, c in enumerate(a.codes)}
-        self.scored = {c.code: name for name, o in labs.scored_observations.items()
-                       for c in o.codes}
-        self.coded = {c.code: name for name, o in labs.coded_observations.items()
-                      for c in o.codes}
+        self.analytes = {
+            c.code: (name, c, rank)
+            for name, a in labs.analytes.items()
+            for rank, c in enumerate(a.codes)
+        }
+        self.scored = {
+            c.code: name for name, o in labs.scored_observations.items() for c in o.codes
+        }
+        self.coded = {c.code: name for name, o in labs.coded_observations.items() for c in o.codes}
         self.absent = {self.code_key(c) for c in record.absent_values}
         self.absent_words = {w.lower() for w in record.absent_words}
         self.negative_interpretations = set(record.negative_interpretations)
@@ -87,8 +96,12 @@ class Vocabulary:
         self.name_pattern = _word_pattern(self.by_name)
         routes = meds.routes
         self.systemic_only = set(routes.systemic_only) if routes else set()
-        self.route_codes = {self.code_key(c): False for c in routes.not_systemic.codes} | {
-            self.code_key(c): True for c in routes.systemic.codes} if routes else {}
+        self.route_codes = (
+            {self.code_key(c): False for c in routes.not_systemic.codes}
+            | {self.code_key(c): True for c in routes.systemic.codes}
+            if routes
+            else {}
+        )
         self.not_systemic_words = _word_pattern(routes.not_systemic.words if routes else [])
         self.systemic_words = _word_pattern(routes.systemic.words if routes else [])
 
@@ -136,8 +149,11 @@ class Vocabulary:
     def is_absent_answer(self, concept: Any) -> bool:
         """Whether a coded answer says "absent", "no" or "negative" (rules/record.yaml)."""
         return any(self.key_of(c) in self.absent for c in codings(concept)) or (
-            isinstance(concept, dict) and isinstance(concept.get("text"), str)
-            and not codings(concept) and concept["text"].strip().lower() in self.absent_words)
+            isinstance(concept, dict)
+            and isinstance(concept.get("text"), str)
+            and not codings(concept)
+            and concept["text"].strip().lower() in self.absent_words
+        )
 
     def ingredients_of(self, concept: Any) -> set[str]:
         """Ingredients of a medication CodeableConcept: RxNorm IN, then SCD/SBD, then names
@@ -169,11 +185,15 @@ class Vocabulary:
                 return False
             texts = [c["display"] for c in codings_of(sign) if isinstance(c.get("display"), str)]
             concepts = sign if isinstance(sign, list) else [sign]
-            texts += [c["text"] for c in concepts if isinstance(c, dict)
-                      and isinstance(c.get("text"), str)]
+            texts += [
+                c["text"]
+                for c in concepts
+                if isinstance(c, dict) and isinstance(c.get("text"), str)
+            ]
             if self.not_systemic_words and any(self.not_systemic_words.search(t) for t in texts):
                 return False
-            if True in verdicts or (self.systemic_words and any(
-                    self.systemic_words.search(t) for t in texts)):
+            if True in verdicts or (
+                self.systemic_words and any(self.systemic_words.search(t) for t in texts)
+            ):
                 return True
         return None

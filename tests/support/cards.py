@@ -52,8 +52,9 @@ def cards_by_code(response_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(zip(codes, cards, strict=True))
 
 
-def patient_view_cards(client: TestClient, *resources: dict[str, Any],
-                       extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def patient_view_cards(
+    client: TestClient, *resources: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """The valid cards of a patient-view call on `resources` (plus `extra` prefetch keys)."""
     request = hook_request(*resources)
     request["prefetch"].update(extra or {})

@@ -36,8 +36,9 @@ MAGNESIUM_TOPIC = "hypomagnesemia"
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], check=check, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        ["podman", *args], check=check, capture_output=True, text=True, timeout=120
+    )
 
 
 def free_port() -> int:
@@ -48,43 +49,76 @@ def free_port() -> int:
 
 def hook_request(patient_id: str = "p1") -> dict[str, Any]:
     """The README's example: a twitch complaint and a low magnesium."""
+
     def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-        return {"resourceType": "Bundle", "type": "searchset",
-                "entry": [{"resource": r} for r in resources]}
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in resources],
+        }
 
     subject = {"reference": f"Patient/{patient_id}"}
     return {
-        "hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "hook": "patient-view",
         "context": {"patientId": patient_id, "userId": "Practitioner/1"},
         "prefetch": {
             "patient": {"resourceType": "Patient", "id": patient_id, "gender": "female"},
-            "conditions": bundle({
-                "resourceType": "Condition", "id": "c1", "subject": subject,
-                "clinicalStatus": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                    "code": "active"}]},
-                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
-                                     "code": "R25.3"}]}}),
-            "observations": bundle({
-                "resourceType": "Observation", "id": "o1", "status": "final",
-                "subject": subject,
-                "code": {"coding": [{"system": "http://loinc.org", "code": "2601-3"}]},
-                "effectiveDateTime": time.strftime("%Y-%m-%d"),
-                "valueQuantity": {"value": 0.58, "unit": "mmol/L",
-                                  "system": "http://unitsofmeasure.org", "code": "mmol/L"}}),
-            "medicationRequests": bundle(), "medicationStatements": bundle(),
-            "familyHistory": bundle()}}
+            "conditions": bundle(
+                {
+                    "resourceType": "Condition",
+                    "id": "c1",
+                    "subject": subject,
+                    "clinicalStatus": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                "code": "active",
+                            }
+                        ]
+                    },
+                    "code": {
+                        "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R25.3"}]
+                    },
+                }
+            ),
+            "observations": bundle(
+                {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "status": "final",
+                    "subject": subject,
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "2601-3"}]},
+                    "effectiveDateTime": time.strftime("%Y-%m-%d"),
+                    "valueQuantity": {
+                        "value": 0.58,
+                        "unit": "mmol/L",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "mmol/L",
+                    },
+                }
+            ),
+            "medicationRequests": bundle(),
+            "medicationStatements": bundle(),
+            "familyHistory": bundle(),
+        },
+    }
 
 
 def feedback_body(card_uuid: str) -> dict[str, Any]:
-    return {"feedback": [{"card": card_uuid, "outcome": "overridden",
-                          "outcomeTimestamp": "2026-11-29T10:00:00Z"}]}
+    return {
+        "feedback": [
+            {"card": card_uuid, "outcome": "overridden", "outcomeTimestamp": "2026-11-29T10:00:00Z"}
+        ]
+    }
 
 
 def wait_ready(base_url: str, container: str, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and podman(
-            "inspect", "-f", "{{.State.Running}}", container).stdout.strip() == "true":
+    while (
+        time.monotonic() < deadline
+        and podman("inspect", "-f", "{{.State.Running}}", container).stdout.strip() == "true"
+    ):
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
                 return
@@ -121,9 +155,14 @@ def single(image: str) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     name = f"twitch-cds-smoke-{uuid.uuid4().hex[:8]}"
-    env = ["-e", "TWITCH_CDS_AUTH=jwt",
-           "-e", f"TWITCH_CDS_TRUSTED_ISSUERS={json.dumps(tokens.trusted_issuers())}",
-           "-e", f"TWITCH_CDS_PUBLIC_BASE_URL={base}"]
+    env = [
+        "-e",
+        "TWITCH_CDS_AUTH=jwt",
+        "-e",
+        f"TWITCH_CDS_TRUSTED_ISSUERS={json.dumps(tokens.trusted_issuers())}",
+        "-e",
+        f"TWITCH_CDS_PUBLIC_BASE_URL={base}",
+    ]
     with container(name, image, "-p", f"127.0.0.1:{port}:8080", *env):
         wait_ready(base, name)
         expect(httpx.get(f"{base}/health").json() == {"status": "ok"}, "GET /health")
@@ -132,8 +171,9 @@ def single(image: str) -> None:
         expect(podman("exec", name, "id", "-u").stdout.strip() == "10001", "runs as uid 10001")
         no_gcc = podman("exec", name, "sh", "-c", "command -v gcc cc", check=False)
         expect(no_gcc.returncode != 0, "no compiler in the final image")
-        discovery = httpx.get(f"{base}/cds-services",
-                              headers=bearer(tokens.token(f"{base}/cds-services")))
+        discovery = httpx.get(
+            f"{base}/cds-services", headers=bearer(tokens.token(f"{base}/cds-services"))
+        )
         ids = sorted(s["id"] for s in discovery.json()["services"])
         expect(discovery.status_code == 200 and len(ids) == 3, f"discovery lists {ids}")
         url = f"{base}/cds-services/{SERVICE}"
@@ -146,8 +186,10 @@ def single(image: str) -> None:
         started = time.monotonic()
         podman("stop", "-t", "20", name)
         state = podman("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
-        expect(state == "0", f"SIGTERM: graceful stop in {time.monotonic() - started:.1f} s, "
-                             f"exit code {state}")
+        expect(
+            state == "0",
+            f"SIGTERM: graceful stop in {time.monotonic() - started:.1f} s, exit code {state}",
+        )
 
 
 def scale_out(image: str, proxy_image: str) -> None:
@@ -156,59 +198,104 @@ def scale_out(image: str, proxy_image: str) -> None:
     public = f"http://127.0.0.1:{proxy_port}"
     replicas = [f"http://127.0.0.1:{port}" for port in ports]
     run_id = uuid.uuid4().hex[:8]
-    with running_postgres() as server, temporary_database(server) as db_url, \
-            contextlib.ExitStack() as stack:
+    with (
+        running_postgres() as server,
+        temporary_database(server) as db_url,
+        contextlib.ExitStack() as stack,
+    ):
         names = []
         for index, port in enumerate(ports, start=1):
-            names.append(stack.enter_context(container(
-                f"twitch-cds-replica{index}-{run_id}", image, "--network", "host",
-                "-e", "TWITCH_CDS_HOST=127.0.0.1", "-e", f"TWITCH_CDS_PORT={port}",
-                "-e", f"TWITCH_CDS_DATABASE_URL={db_url}",
-                "-e", f"TWITCH_CDS_PUBLIC_BASE_URL={public}", "-e", "TWITCH_CDS_AUTH=jwt",
-                "-e", f"TWITCH_CDS_TRUSTED_ISSUERS={json.dumps(tokens.trusted_issuers())}")))
-        proxy = stack.enter_context(container(
-            f"twitch-cds-proxy-{run_id}", proxy_image, "--network", "host",
-            "-e", f"TWITCH_CDS_PROXY_BIND=127.0.0.1:{proxy_port}",
-            "-e", f"TWITCH_CDS_REPLICA_1=127.0.0.1:{ports[0]}",
-            "-e", f"TWITCH_CDS_REPLICA_2=127.0.0.1:{ports[1]}"))
+            names.append(
+                stack.enter_context(
+                    container(
+                        f"twitch-cds-replica{index}-{run_id}",
+                        image,
+                        "--network",
+                        "host",
+                        "-e",
+                        "TWITCH_CDS_HOST=127.0.0.1",
+                        "-e",
+                        f"TWITCH_CDS_PORT={port}",
+                        "-e",
+                        f"TWITCH_CDS_DATABASE_URL={db_url}",
+                        "-e",
+                        f"TWITCH_CDS_PUBLIC_BASE_URL={public}",
+                        "-e",
+                        "TWITCH_CDS_AUTH=jwt",
+                        "-e",
+                        f"TWITCH_CDS_TRUSTED_ISSUERS={json.dumps(tokens.trusted_issuers())}",
+                    )
+                )
+            )
+        proxy = stack.enter_context(
+            container(
+                f"twitch-cds-proxy-{run_id}",
+                proxy_image,
+                "--network",
+                "host",
+                "-e",
+                f"TWITCH_CDS_PROXY_BIND=127.0.0.1:{proxy_port}",
+                "-e",
+                f"TWITCH_CDS_REPLICA_1=127.0.0.1:{ports[0]}",
+                "-e",
+                f"TWITCH_CDS_REPLICA_2=127.0.0.1:{ports[1]}",
+            )
+        )
         for base, name in zip(replicas, names, strict=True):
             wait_ready(base, name)
         wait_ready(public, proxy)
         url, path = f"{public}/cds-services/{SERVICE}", f"/cds-services/{SERVICE}"
 
         token = tokens.token(url)
-        card = check_card(httpx.post(replicas[0] + path, json=hook_request(),
-                                     headers=bearer(token)))
+        card = check_card(
+            httpx.post(replicas[0] + path, json=hook_request(), headers=bearer(token))
+        )
         replayed = httpx.post(replicas[1] + path, json=hook_request(), headers=bearer(token))
         expect(replayed.status_code == 401, "a token used at replica 1 is refused at replica 2")
 
         token = tokens.token(url)
-        answers = [httpx.post(url, json=hook_request(), headers=bearer(token)).status_code
-                   for _ in range(2)]
+        answers = [
+            httpx.post(url, json=hook_request(), headers=bearer(token)).status_code
+            for _ in range(2)
+        ]
         expect(answers == [200, 401], f"through the proxy, the same token twice: {answers}")
 
         feedback_url = f"{public}{path}/feedback"
-        stored = [httpx.post(base + path + "/feedback", json=feedback_body(card),
-                             headers=bearer(tokens.token(feedback_url))).json()["stored"]
-                  for base in replicas]
+        stored = [
+            httpx.post(
+                base + path + "/feedback",
+                json=feedback_body(card),
+                headers=bearer(tokens.token(feedback_url)),
+            ).json()["stored"]
+            for base in replicas
+        ]
         with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as connection:
-            rows = connection.execute("SELECT count(*) FROM feedback WHERE card_uuid = %s",
-                                      (card,)).fetchone()
-        expect(stored == [1, 0] and rows == (1,),
-               f"feedback sent to both replicas stored once (stored {stored}, rows {rows})")
+            rows = connection.execute(
+                "SELECT count(*) FROM feedback WHERE card_uuid = %s", (card,)
+            ).fetchone()
+        expect(
+            stored == [1, 0] and rows == (1,),
+            f"feedback sent to both replicas stored once (stored {stored}, rows {rows})",
+        )
 
-        served = {httpx.get(f"{public}/cds-services",
-                            headers=bearer(tokens.token(f"{public}/cds-services"))).status_code
-                  for _ in range(4)}
+        served = {
+            httpx.get(
+                f"{public}/cds-services", headers=bearer(tokens.token(f"{public}/cds-services"))
+            ).status_code
+            for _ in range(4)
+        }
         expect(served == {200}, "discovery through the proxy, round robin over both replicas")
-        expect(httpx.get(f"{public}/metrics").status_code == 404,
-               "the proxy does not publish /metrics")
+        expect(
+            httpx.get(f"{public}/metrics").status_code == 404, "the proxy does not publish /metrics"
+        )
         # Each replica logged the hook calls it answered, refused replays included (a refused
         # call never reaches the `hook` record, so count the access records of the route).
         for name in names:
-            calls = sum(record.get("event") == "request" and record.get("route") == path
-                        .replace(SERVICE, "{service_id}")
-                        for record in json_lines(podman("logs", name).stdout))
+            calls = sum(
+                record.get("event") == "request"
+                and record.get("route") == path.replace(SERVICE, "{service_id}")
+                for record in json_lines(podman("logs", name).stdout)
+            )
             expect(calls >= 1, f"{name} answered {calls} hook call(s)")
 
 
@@ -222,8 +309,9 @@ def json_lines(text: str) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["single", "scale-out"])
     parser.add_argument("image")
     parser.add_argument("proxy_image", nargs="?")

@@ -33,8 +33,9 @@ def port_is_open(port: int) -> bool:
 class RunningDemo:
     """`python -m cds.cli demo` with its own ports, database and extra environment."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
-                 startup_timeout: float = 120.0) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str] | None = None, startup_timeout: float = 120.0
+    ) -> None:
         self.port, self.fhir_port = free_port(), free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.discovery_url = f"{self.base_url}/cds-services"
@@ -48,9 +49,20 @@ class RunningDemo:
     def start(self) -> RunningDemo:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cds.cli", "demo", "--port", str(self.port),
-                 "--fhir-port", str(self.fhir_port)],
-                env=self._env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "cds.cli",
+                    "demo",
+                    "--port",
+                    str(self.port),
+                    "--fhir-port",
+                    str(self.fhir_port),
+                ],
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + self._startup_timeout
         while READY not in self.output():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -79,7 +91,11 @@ class RunningDemo:
     def __enter__(self) -> RunningDemo:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.stop()

@@ -27,27 +27,49 @@ def _id(prefix: str) -> str:
 
 
 def patient(gender: str = "female", patient_id: str = PATIENT) -> dict[str, Any]:
-    return {"resourceType": "Patient", "id": patient_id, "gender": gender,
-            "name": [{"family": "Testperson", "given": ["Ada"]}], "birthDate": "1970-01-01"}
+    return {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "gender": gender,
+        "name": [{"family": "Testperson", "given": ["Ada"]}],
+        "birthDate": "1970-01-01",
+    }
 
 
-def condition(code: str, system: str = ICD10, *, clinical: str | None = "active",
-              verification: str | None = None, onset: str | None = None,
-              patient_id: str = PATIENT) -> dict[str, Any]:
+def condition(
+    code: str,
+    system: str = ICD10,
+    *,
+    clinical: str | None = "active",
+    verification: str | None = None,
+    onset: str | None = None,
+    patient_id: str = PATIENT,
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
-        "resourceType": "Condition", "id": _id("c"),
+        "resourceType": "Condition",
+        "id": _id("c"),
         "code": {"coding": [{"system": system, "code": code}]},
         "subject": {"reference": f"Patient/{patient_id}"},
         "onsetDateTime": onset or days_ago(30),
     }
     if clinical:
-        resource["clinicalStatus"] = {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-            "code": clinical}]}
+        resource["clinicalStatus"] = {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": clinical,
+                }
+            ]
+        }
     if verification:
-        resource["verificationStatus"] = {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-            "code": verification}]}
+        resource["verificationStatus"] = {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "code": verification,
+                }
+            ]
+        }
     return resource
 
 
@@ -56,19 +78,37 @@ def twitch(code: str = "R25.3", system: str = ICD10) -> dict[str, Any]:
     return condition(code, system)
 
 
-def lab(loinc: str, value: float | None, unit: str | None, *, when: str | None = None,
-        status: str = "final", low: float | None = None, high: float | None = None,
-        range_unit: str | None = None, patient_id: str = PATIENT) -> dict[str, Any]:
+def lab(
+    loinc: str,
+    value: float | None,
+    unit: str | None,
+    *,
+    when: str | None = None,
+    status: str = "final",
+    low: float | None = None,
+    high: float | None = None,
+    range_unit: str | None = None,
+    patient_id: str = PATIENT,
+) -> dict[str, Any]:
     quantity: dict[str, Any] = {}
     if value is not None:
         quantity["value"] = value
     if unit is not None:
         quantity.update(unit=unit, system="http://unitsofmeasure.org", code=unit)
     resource: dict[str, Any] = {
-        "resourceType": "Observation", "id": _id("o"), "status": status,
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "laboratory"}]}],
+        "resourceType": "Observation",
+        "id": _id("o"),
+        "status": status,
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": LOINC, "code": loinc}]},
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": when or days_ago(10),
@@ -78,16 +118,28 @@ def lab(loinc: str, value: float | None, unit: str | None, *, when: str | None =
         ref: dict[str, Any] = {}
         for name, limit in (("low", low), ("high", high)):
             if limit is not None:
-                ref[name] = {"value": limit, "unit": range_unit or unit,
-                             "system": "http://unitsofmeasure.org", "code": range_unit or unit}
+                ref[name] = {
+                    "value": limit,
+                    "unit": range_unit or unit,
+                    "system": "http://unitsofmeasure.org",
+                    "code": range_unit or unit,
+                }
         resource["referenceRange"] = [ref]
     return resource
 
 
-def coded_observation(loinc: str, answer: str | None = None, *, value: float | None = None,
-                      unit: str | None = None, when: str | None = None) -> dict[str, Any]:
+def coded_observation(
+    loinc: str,
+    answer: str | None = None,
+    *,
+    value: float | None = None,
+    unit: str | None = None,
+    when: str | None = None,
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
-        "resourceType": "Observation", "id": _id("o"), "status": "final",
+        "resourceType": "Observation",
+        "id": _id("o"),
+        "status": "final",
         "code": {"coding": [{"system": LOINC, "code": loinc}]},
         "subject": {"reference": f"Patient/{PATIENT}"},
         "effectiveDateTime": when or days_ago(10),
@@ -95,14 +147,21 @@ def coded_observation(loinc: str, answer: str | None = None, *, value: float | N
     if answer is not None:
         resource["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": answer}]}
     if value is not None:
-        resource["valueQuantity"] = {"value": value, **({"unit": unit, "code": unit,
-                                                         "system": "http://unitsofmeasure.org"}
-                                                        if unit else {})}
+        resource["valueQuantity"] = {
+            "value": value,
+            **({"unit": unit, "code": unit, "system": "http://unitsofmeasure.org"} if unit else {}),
+        }
     return resource
 
 
-def medication(code: str | None = None, display: str | None = None, *, status: str = "active",
-               text: str | None = None, kind: str = "MedicationRequest") -> dict[str, Any]:
+def medication(
+    code: str | None = None,
+    display: str | None = None,
+    *,
+    status: str = "active",
+    text: str | None = None,
+    kind: str = "MedicationRequest",
+) -> dict[str, Any]:
     concept: dict[str, Any] = {}
     if code or display:
         coding: dict[str, Any] = {"system": RXNORM}
@@ -114,7 +173,9 @@ def medication(code: str | None = None, display: str | None = None, *, status: s
     if text:
         concept["text"] = text
     resource: dict[str, Any] = {
-        "resourceType": kind, "id": _id("m"), "status": status,
+        "resourceType": kind,
+        "id": _id("m"),
+        "status": status,
         "subject": {"reference": f"Patient/{PATIENT}"},
         "medicationCodeableConcept": concept,
     }
@@ -125,23 +186,33 @@ def medication(code: str | None = None, display: str | None = None, *, status: s
 
 def family_history(code: str, system: str = SNOMED, relation: str = "MTH") -> dict[str, Any]:
     return {
-        "resourceType": "FamilyMemberHistory", "id": _id("f"), "status": "completed",
+        "resourceType": "FamilyMemberHistory",
+        "id": _id("f"),
+        "status": "completed",
         "patient": {"reference": f"Patient/{PATIENT}"},
-        "relationship": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": relation}]},
+        "relationship": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": relation}
+            ]
+        },
         "condition": [{"code": {"coding": [{"system": system, "code": code}]}}],
     }
 
 
 def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r}
-                      for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r} for r in resources],
+    }
 
 
 PREFETCH_KEYS = {
-    "Condition": "conditions", "Observation": "observations",
-    "MedicationRequest": "medicationRequests", "MedicationStatement": "medicationStatements",
+    "Condition": "conditions",
+    "Observation": "observations",
+    "MedicationRequest": "medicationRequests",
+    "MedicationStatement": "medicationStatements",
     "FamilyMemberHistory": "familyHistory",
 }
 
@@ -154,8 +225,9 @@ def prefetch(*resources: dict[str, Any], gender: str = "female") -> dict[str, An
     return {"patient": patient(gender), **{k: bundle(*v) for k, v in grouped.items()}}
 
 
-def hook_request(*resources: dict[str, Any], hook: str = "patient-view",
-                 gender: str = "female", **context: Any) -> dict[str, Any]:
+def hook_request(
+    *resources: dict[str, Any], hook: str = "patient-view", gender: str = "female", **context: Any
+) -> dict[str, Any]:
     return {
         "hookInstance": str(uuid.uuid4()),
         "hook": hook,
@@ -170,6 +242,11 @@ def today() -> date:
 
 def transaction(*resources: dict[str, Any]) -> dict[str, Any]:
     """A batch that stores the resources under their own ids (PUT Type/id)."""
-    return {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-        for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in resources
+        ],
+    }

@@ -48,16 +48,18 @@ def new_rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def public_jwk(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, kid: str,
-               **extra: Any) -> dict[str, Any]:
+def public_jwk(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, kid: str, **extra: Any
+) -> dict[str, Any]:
     """The public half of `key` as a JWK with `kid` (and `use`/`alg` if given)."""
     algorithm = ECAlgorithm if isinstance(key, ec.EllipticCurvePrivateKey) else RSAAlgorithm
     return {**algorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, **extra}
 
 
 def public_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def key_material(jwks: dict[str, Any]) -> list[str]:
@@ -77,8 +79,12 @@ class TokenFactory:
 
     @property
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [public_jwk(self.ec_key, self.ec_kid, use="sig", alg="ES384"),
-                         public_jwk(self.rsa_key, self.rsa_kid, use="sig", alg="RS384")]}
+        return {
+            "keys": [
+                public_jwk(self.ec_key, self.ec_kid, use="sig", alg="ES384"),
+                public_jwk(self.rsa_key, self.rsa_kid, use="sig", alg="RS384"),
+            ]
+        }
 
     def trusted_issuers(self) -> dict[str, Any]:
         """The `TWITCH_CDS_TRUSTED_ISSUERS` value trusting this issuer's inline JWKS."""
@@ -86,25 +92,39 @@ class TokenFactory:
 
     def claims(self, aud: Any, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
-        payload = {"iss": self.issuer, "aud": aud, "iat": now, "exp": now + 300,
-                   "jti": str(uuid.uuid4()), **overrides}
+        payload = {
+            "iss": self.issuer,
+            "aud": aud,
+            "iat": now,
+            "exp": now + 300,
+            "jti": str(uuid.uuid4()),
+            **overrides,
+        }
         return {k: v for k, v in payload.items() if v is not DROP}
 
-    def token(self, aud: Any, *, alg: str = "ES384", key: Any = None,
-              headers: dict[str, Any] | None = None, **claims: Any) -> str:
+    def token(
+        self,
+        aud: Any,
+        *,
+        alg: str = "ES384",
+        key: Any = None,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
         """A signed token for `aud`; ES384 with the EC key unless `alg`/`key` say otherwise."""
         rsa_alg = alg.startswith(("RS", "PS"))
         if key is None:
             key = self.rsa_key if rsa_alg else self.ec_key
-        header = {"typ": "JWT", "kid": self.rsa_kid if rsa_alg else self.ec_kid,
-                  **(headers or {})}
+        header = {"typ": "JWT", "kid": self.rsa_kid if rsa_alg else self.ec_kid, **(headers or {})}
         header = {k: v for k, v in header.items() if v is not DROP}
         return jwt.encode(self.claims(aud, **claims), key, algorithm=alg, headers=header)
 
     def unsigned(self, aud: Any, header: dict[str, Any], **claims: Any) -> str:
         """Header and payload segments of a hand-built token, for algorithms PyJWT won't use."""
-        return (f"{b64url(json.dumps(header).encode())}."
-                f"{b64url(json.dumps(self.claims(aud, **claims)).encode())}")
+        return (
+            f"{b64url(json.dumps(header).encode())}."
+            f"{b64url(json.dumps(self.claims(aud, **claims)).encode())}"
+        )
 
     def alg_none(self, aud: Any) -> str:
         return self.unsigned(aud, {"alg": "none", "typ": "JWT", "kid": self.ec_kid}) + "."
@@ -134,21 +154,31 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     now = datetime.now(UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(
-            "127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "jwks-cert.pem", directory / "jwks-key.pem"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -182,8 +212,9 @@ class JwksServer:
             self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
             scheme = "https"
         self.base_url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def url(self, path: str) -> str:

@@ -18,9 +18,11 @@ class RawConnection:
     def __init__(self, url: str, body: bytes, content_type: str = "application/json") -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.request = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                        f"\r\n").encode() + body
+        self.request = (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"\r\n"
+        ).encode() + body
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -34,7 +36,7 @@ class RawConnection:
             status = int(head[9:12])
             lowered = head.lower()
             start = lowered.index(b"\r\ncontent-length:") + 17
-            length = int(lowered[start:lowered.index(b"\r\n", start)])
+            length = int(lowered[start : lowered.index(b"\r\n", start)])
             answer = await self._reader.readexactly(length)
         except BaseException:
             await self.close()

@@ -26,8 +26,9 @@ def upgrade() -> None:
         sa.Column("override_reason_code", sa.String(512), nullable=True),
         sa.Column("override_comment", sa.Text, nullable=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.UniqueConstraint("service_id", "card_uuid", "outcome", "outcome_timestamp",
-                            name="uq_feedback_entry"),
+        sa.UniqueConstraint(
+            "service_id", "card_uuid", "outcome", "outcome_timestamp", name="uq_feedback_entry"
+        ),
     )
     op.create_table(
         "jwt_seen",
