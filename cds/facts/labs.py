@@ -31,6 +31,7 @@ from cds.facts.record import (
     number,
     observation_time,
     text,
+    threshold_words,
     valid,
 )
 from cds.facts.vocabulary import Vocabulary
@@ -396,20 +397,20 @@ def judge(
         basis = f"below the lab's lower limit {fmt(result.ref_low)} {unit}"
     elif analyte.low is not None:
         low = _threshold(analyte.low)
-        basis = _words(analyte.low, sex, unit) + DEFAULT
+        basis = threshold_words(analyte.low, sex, unit) + DEFAULT
     if analyte.use_reference_range and result.ref_high is not None:
         high = _holds("above", result.ref_high, interval)
         high_basis = f"above the lab's upper limit {fmt(result.ref_high)} {unit}"
     else:
         high = _threshold(analyte.high) if analyte.high else False
-        high_basis = _words(analyte.high, sex, unit) + DEFAULT if analyte.high else ""
+        high_basis = threshold_words(analyte.high, sex, unit) + DEFAULT if analyte.high else ""
     if high:
         basis = high_basis
     critical: bool | None = False
     if analyte.critical is not None:
         critical = _threshold(analyte.critical)
         if critical:
-            basis = "critical: " + _words(analyte.critical, sex, unit) + DEFAULT
+            basis = "critical: " + threshold_words(analyte.critical, sex, unit) + DEFAULT
     if None in (low, high, critical):
         notes.append(f"reported as {result.reported}: cannot be judged against the limit")
         if flag and flag.direction in ("low", "high"):
@@ -457,17 +458,6 @@ def _holds(op: str, limit: float, interval: Interval) -> bool | None:
         "at_or_above": (lo >= limit, hi < limit or (hi == limit and not hi_in)),
     }[op]
     return True if every else False if none else None
-
-
-def _words(threshold: Threshold, sex: str | None, unit: str) -> str:
-    op, limit = threshold.limit(sex)
-    words = {
-        "below": "below",
-        "at_or_below": "at or below",
-        "above": "above",
-        "at_or_above": "at or above",
-    }[op]
-    return f"{words} {fmt(limit)} {unit}"
 
 
 def _add_lab(
@@ -523,7 +513,7 @@ def _add_lab(
         for name, limit in analyte.flags.items()
     }
     notes += [
-        f"{name}: {_words(analyte.flags[name], window.sex, analyte.unit)}"
+        f"{name}: {threshold_words(analyte.flags[name], window.sex, analyte.unit)}"
         for name, holds in flags.items()
         if holds
     ]
