@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import SERVICE_PV
 from tests.support.app import module_client
-from tests.support.cards import cards_by_code
+from tests.support.cards import RED_FLAGS, cards_by_code
 from tests.support.fhir import (
     ICD10,
     LOINC,
@@ -111,15 +111,6 @@ def with_status(resource: dict[str, Any], status: str) -> dict[str, Any]:
     return {**resource, "status": status}
 
 
-RED_FLAGS = {
-    "red-flag-motor-neuron-disease",
-    "red-flag-neuropathy",
-    "red-flag-radiculopathy",
-    "red-flag-myopathy",
-    "red-flag-hypothyroid-myopathy",
-    "red-flag-neuromyotonia",
-    "red-flag-muscular-dystrophy",
-}
 
 
 # --- hyponatremia ------------------------------------------------------------------------------

@@ -57,15 +57,6 @@ PATIENTS = [
     "Twanda_Rippin",
 ]
 WORKUP_LOINC = {"17861-6", "19123-9", "2823-3", "62292-8"}
-RED_FLAGS = {
-    "red-flag-motor-neuron-disease",
-    "red-flag-neuropathy",
-    "red-flag-radiculopathy",
-    "red-flag-myopathy",
-    "red-flag-hypothyroid-myopathy",
-    "red-flag-neuromyotonia",
-    "red-flag-muscular-dystrophy",
-}
 
 
 client = module_client()

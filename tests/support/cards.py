@@ -10,6 +10,16 @@ from fastapi.testclient import TestClient
 from tests.support.fhir import hook_request
 
 TOPIC_SYSTEM = "https://github.com/twitch-cds/twitch-cds/CodeSystem/finding"
+# The red-flag topics of the contract ("Cards").
+RED_FLAGS = {
+    "red-flag-motor-neuron-disease",
+    "red-flag-neuropathy",
+    "red-flag-radiculopathy",
+    "red-flag-myopathy",
+    "red-flag-hypothyroid-myopathy",
+    "red-flag-neuromyotonia",
+    "red-flag-muscular-dystrophy",
+}
 
 
 def assert_no_empty_values(value: Any, path: str = "$") -> None:
