@@ -111,8 +111,6 @@ def with_status(resource: dict[str, Any], status: str) -> dict[str, Any]:
     return {**resource, "status": status}
 
 
-
-
 # --- hyponatremia ------------------------------------------------------------------------------
 
 
