@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import expected
+from cds.catalog import search_keys
+from cds.settings import PROJECT_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHEA_LARGEST = (
@@ -49,13 +51,7 @@ EXPECTED_CARDS = frozenset(
 )
 # The service's prefetch keys (hooks/prefetch.yaml); other types go under a key of their own,
 # which the service pools like any other.
-PREFETCH_KEYS = {
-    "Condition": "conditions",
-    "Observation": "observations",
-    "MedicationRequest": "medicationRequests",
-    "MedicationStatement": "medicationStatements",
-    "FamilyMemberHistory": "familyHistory",
-}
+PREFETCH_KEYS = search_keys(PROJECT_ROOT / "hooks")
 XLARGE_RESOURCES = 5000
 HISTORY_COPY_YEARS = 25
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")

@@ -62,17 +62,33 @@ def observation_codes(knowledge: Knowledge) -> str:
     return ",".join(dict.fromkeys(codes))
 
 
+def _shared_prefetch(hooks_dir: Path) -> dict[str, dict[str, str | bool]]:
+    shared: dict[str, dict[str, dict[str, str | bool]]] = yaml.safe_load(
+        (hooks_dir / "prefetch.yaml").read_text(encoding="utf-8")
+    )
+    return shared["prefetch"]
+
+
+def search_keys(hooks_dir: Path) -> dict[str, str]:
+    """The prefetch key each searched FHIR type arrives under (`Condition` -> `conditions`),
+    so that test records and bench bodies are shaped exactly as discovery publishes them."""
+    return {
+        str(spec["template"]).split("?", 1)[0]: key
+        for key, spec in _shared_prefetch(hooks_dir).items()
+        if "?" in str(spec["template"])
+    }
+
+
 def load_catalog(hooks_dir: Path, knowledge: Knowledge) -> dict[str, Service]:
     """Services by id, with the shared prefetch templates expanded."""
-    shared = yaml.safe_load((hooks_dir / "prefetch.yaml").read_text(encoding="utf-8"))
     codes = observation_codes(knowledge)
     templates = tuple(
         PrefetchTemplate(
             key,
-            spec["template"].replace(OBSERVATION_CODES_MARKER, codes),
-            spec.get("required", True),
+            str(spec["template"]).replace(OBSERVATION_CODES_MARKER, codes),
+            bool(spec.get("required", True)),
         )
-        for key, spec in shared["prefetch"].items()
+        for key, spec in _shared_prefetch(hooks_dir).items()
     )
     services: dict[str, Service] = {}
     for path in sorted(hooks_dir.glob("*.yaml")):

@@ -10,6 +10,9 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from cds.catalog import search_keys
+from cds.settings import PROJECT_ROOT
+
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -208,13 +211,7 @@ def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-PREFETCH_KEYS = {
-    "Condition": "conditions",
-    "Observation": "observations",
-    "MedicationRequest": "medicationRequests",
-    "MedicationStatement": "medicationStatements",
-    "FamilyMemberHistory": "familyHistory",
-}
+PREFETCH_KEYS = search_keys(PROJECT_ROOT / "hooks")
 
 
 def prefetch(*resources: dict[str, Any], gender: str = "female") -> dict[str, Any]:
