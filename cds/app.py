@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         EdgeMiddleware,
         max_body_bytes=settings.max_body_bytes,
+        body_budget_bytes=settings.body_budget_bytes,
         routes=[*routes.router.routes, *operations.router.routes],
     )
     return app

@@ -1,7 +1,8 @@
 """HTTP routes: discovery, hook calls, feedback (CDS Hooks 2.0 §Discovery, §Calling, §Feedback).
 
 The hook call is the hot path (an EHR calls it on every chart open while the clinician
-waits), so it pays for each step once: the body is parsed once, by orjson (`OrjsonRoute`);
+waits), so it pays for each step once: the body is decoded once, by msgspec, and of the
+record only what the facts read (`DecodingRoute`, `cds.request_body`);
 the decision runs inline, since it is pure-Python CPU work that a thread pool in the same
 process only slows down with GIL hand-offs; and the cards are serialised once, by orjson,
 without FastAPI validating the response model again (the model still documents the answer).
@@ -9,11 +10,8 @@ without FastAPI validating the response model again (the model still documents t
 
 from __future__ import annotations
 
-import gc
-import json
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,7 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from structlog.contextvars import bind_contextvars
 
-from cds import catalog, metrics
+from cds import catalog, metrics, request_body
 from cds.auth import AuthError, VerifiedClient
 from cds.catalog import Service
 from cds.cdshooks import (
@@ -43,54 +41,29 @@ if TYPE_CHECKING:  # cds.app imports this module to mount the router
     from cds.app import Runtime
 
 
-class OrjsonRequest(Request):
-    """A request whose JSON body is parsed by orjson (several times faster than `json`)."""
+class DecodedRequest(Request):
+    """A request whose JSON body is decoded by `cds.request_body` (msgspec, lazily)."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            body = await self.body()
-            with collector_paused():
-                try:
-                    self._json = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    # What orjson refuses but `json` reads (NaN, integers over 64 bits, lone
-                    # surrogates) is read as before, and malformed JSON gets the same error,
-                    # with the same position: the fast path changes no answer.
-                    self._json = json.loads(body)
+            self._json = request_body.parse(await self.body())
         return self._json
 
 
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """No garbage collection while a JSON document is turned into objects.
-
-    Parsed JSON holds no reference cycles, so a collection in the middle of parsing frees
-    nothing; it only walks the objects parsed so far, and a large record (hundreds of thousands
-    of objects) triggers many such walks: about a third of the parse time of a 6 MB body.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-class OrjsonRoute(APIRoute):
-    """FastAPI's route with `OrjsonRequest`: FastAPI reads JSON bodies via `request.json()`,
+class DecodingRoute(APIRoute):
+    """FastAPI's route with `DecodedRequest`: FastAPI reads JSON bodies via `request.json()`,
     so validation, its error answers and the OpenAPI documentation stay FastAPI's."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
-        async def with_orjson(request: Request) -> Response:
-            return await handler(OrjsonRequest(request.scope, request.receive))
+        async def with_decoded_body(request: Request) -> Response:
+            return await handler(DecodedRequest(request.scope, request.receive))
 
-        return with_orjson
+        return with_decoded_body
 
 
-router = APIRouter(route_class=OrjsonRoute)
+router = APIRouter(route_class=DecodingRoute)
 _OUTCOME_SCHEMA = {
     "type": "object",
     "required": ["resourceType", "issue"],

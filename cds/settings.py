@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     fhir_max_pages: int = Field(default=10, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # Request bodies one worker holds at once: past it, a request waits before its body is
+    # read (TCP holds the rest back), so a burst of large records cannot exhaust memory.
+    body_budget_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     jwt_leeway_seconds: int = Field(default=60, ge=0)
     jwks_cache_seconds: int = Field(default=300, ge=1)
     rules_dir: Path = PROJECT_ROOT / "rules"

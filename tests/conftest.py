@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from cds import request_body
 from cds.app import create_app
 from cds.settings import Settings
 from tests.support.fhir_server import FhirTestServer, run_fhir_server
@@ -66,6 +67,15 @@ def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(params=["whole", "lazy"])
+def both_decoders(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each way of decoding a request body (cds/request_body.py): in one go,
+    as bodies under a megabyte are, and lazily, as larger ones are, whatever the body's size."""
+    if request.param == "lazy":
+        monkeypatch.setattr(request_body, "LAZY_FROM_BYTES", 0)
+    return str(request.param)
 
 
 class LiveServer:

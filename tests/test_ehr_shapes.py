@@ -41,6 +41,9 @@ MND = "red-flag-motor-neuron-disease"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 ROUTE = "http://snomed.info/sct"
 
+# Every case read both ways a request body can be decoded (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_decoders")
+
 
 def found(
     client: TestClient,

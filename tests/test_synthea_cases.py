@@ -58,6 +58,9 @@ PATIENTS = [
 ]
 WORKUP_LOINC = {"17861-6", "19123-9", "2823-3", "62292-8"}
 
+# Every case read both ways a request body can be decoded (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_decoders")
+
 
 client = module_client()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from cds.facts.care import read_neurology_care
+from cds.facts.care import CARE_SOURCES, read_neurology_care
 from cds.facts.labs import LabResult, judge, read_labs
 from cds.facts.medications import read_drafts, read_medications
 from cds.facts.problems import read_family, read_problems
@@ -25,6 +25,7 @@ from cds.facts.vocabulary import Match, Vocabulary
 
 __all__ = [
     "MODELS",
+    "READ_TYPES",
     "Evidence",
     "FactBuilder",
     "Facts",
@@ -34,6 +35,22 @@ __all__ = [
     "judge",
     "parse_date",
 ]
+
+# Every resource type a fact family reads (`FactBuilder.build` below). A request body decodes
+# other resources only to their head (cds/request_body.py): a family that starts reading
+# another type must have it added here.
+READ_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "Observation",
+        "FamilyMemberHistory",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Medication",
+        *(source.kind for source in CARE_SOURCES),
+    }
+)
 
 
 class FactBuilder:
