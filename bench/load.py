@@ -14,8 +14,10 @@ What it does, on loopback only:
   rounds of a fixed time (5 s; large 10 s, x-large 20 s) after a warm-up, so that both see
   the same machine load; a request still running when a round ends is not counted;
 - prints requests/s, p50/p95/p99 latency, the ratio of twitch-cds to the floor, the peak RSS
-  per worker, and the targets of issue 12 as met or not; writes the plot (matplotlib, the
-  `bench` extra) and, with --json, the raw results.
+  per worker, and the targets of issue 12 as met or not; and, per case, the best ratio the
+  fixed stack allows (bench/stack_costs.py: the floor's time per call against that plus
+  validating the resources that become facts and running the rules); writes the plot
+  (matplotlib, the `bench` extra) and, with --json, the raw results.
 
 Absolute numbers depend on the machine and on what else runs; the ratios are the result.
 `--smoke` runs a few seconds (small and medium, one worker): the test suite uses it to check
@@ -43,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `cds` importa
 
 from bench import expected
 from bench.cases import CASE_NAMES, CASES, ROOT, SERVICE, body, resource_count
+from bench.stack_costs import StackCost, minimum_costs
 
 DEFAULT_PLOT = ROOT / "docs" / "bench.png"
 SERVERS = ("floor", "twitch-cds")
@@ -592,11 +595,37 @@ def targets(measurements: list[Measurement]) -> list[tuple[str, bool | None, str
     return found
 
 
-def report(measurements: list[Measurement], problems: list[str], conditions: str) -> str:
+def ceiling(measurements: list[Measurement], costs: dict[str, StackCost]) -> list[str]:
+    """The best throughput ratio the fixed stack allows per case (bench/stack_costs.py): the
+    floor's time per call, against that plus validation and rules."""
+    lines = []
+    for case, cost in costs.items():
+        floor = _find(measurements, "floor", case, 1, 1)
+        service = _find(measurements, "twitch-cds", case, 1, 1)
+        if floor is None or service is None or not floor.rps:
+            continue
+        floor_ms = 1000 / floor.rps
+        lines.append(
+            f"- {case}: floor {floor_ms:.2f} ms per call; validating {cost.validated} resources "
+            f"{cost.validation_ms:.2f} ms + rules on {cost.facts} facts {cost.rules_ms:.2f} ms "
+            f"-> at best {_ratio(floor_ms, floor_ms + cost.total_ms)} of the floor; "
+            f"measured {_ratio(service.rps, floor.rps)} (w1 c=1)"
+        )
+    return lines
+
+
+def report(
+    measurements: list[Measurement],
+    problems: list[str],
+    conditions: str,
+    costs: dict[str, StackCost],
+) -> str:
     lines = [f"\n{conditions}\n", table(measurements), "", "targets (issue 12):"]
     for name, met, numbers in targets(measurements):
         verdict = "for reference" if met is None else "met" if met else "NOT met"
         lines.append(f"- {name}: {verdict} ({numbers})")
+    lines += ["", "the fixed stack's own minimum per call (in-process, bench/stack_costs.py):"]
+    lines += ceiling(measurements, costs)
     for m in measurements:
         split = sorted(m.worker_cpu_s, reverse=True)
         if m.concurrency > 1 and len(split) > 1 and split[-1] < 0.5 * split[0]:
@@ -759,7 +788,11 @@ def main(argv: list[str] | None = None) -> int:
 
         measurements, problems = measure(plan, bodies, Path(tmp), progress)
     end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(report(measurements, problems, conditions) + f"\nload average at the end: {end_load:.1f}")
+    costs = minimum_costs({case: bodies[case] for case in plan.cases})
+    print(
+        report(measurements, problems, conditions, costs)
+        + f"\nload average at the end: {end_load:.1f}"
+    )
     if not args.no_plot:
         plot(measurements, args.plot, conditions)
         print(f"plot: {args.plot}")
@@ -771,6 +804,10 @@ def main(argv: list[str] | None = None) -> int:
                     "cards_identical": not problems,
                     "problems": problems,
                     "results": [m.summary() for m in measurements],
+                    "stack_minimum_ms": {
+                        case: asdict(cost) | {"total_ms": cost.total_ms}
+                        for case, cost in costs.items()
+                    },
                     "targets": [
                         {"target": n, "met": met, "numbers": v}
                         for n, met, v in targets(measurements)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import expected, load
+from bench import expected, load, stack_costs
 from bench.cases import CASE_NAMES, CASES, body
 
 pytestmark = pytest.mark.skipif(
@@ -45,6 +45,22 @@ def test_smoke_run_gives_numbers_for_both_servers_and_the_expected_cards(tmp_pat
         assert row["peak_rss_mb"] > 0, row
     if HAS_MATPLOTLIB:
         assert plot.read_bytes().startswith(b"\x89PNG")
+    minimum = report["stack_minimum_ms"]
+    assert set(minimum) == set(load.SMOKE.cases)
+    for cost in minimum.values():
+        assert cost["validated"] > 0 and cost["facts"] > 0, cost
+        assert 0 < cost["validation_ms"] < cost["total_ms"], cost
+
+
+def test_the_stack_minimum_counts_the_validations_of_the_real_facts_step() -> None:
+    """The count comes from the facts step itself: some validations, never more than the
+    case has resources, and each validated resource gives at least one fact."""
+    small = next(case for case in CASES if case.name == "small")
+    [cost] = stack_costs.minimum_costs({"small": body(small.build())}, repeats=1).values()
+    request = small.build()
+    resources = [e["resource"] for v in request["prefetch"].values() for e in v.get("entry", [])]
+    assert 0 < cost.validated <= len(resources)
+    assert cost.facts >= cost.validated
 
 
 def test_the_snapshot_holds_cards_for_every_case() -> None:
