@@ -3,13 +3,15 @@
 Host, port and worker count default to `TWITCH_CDS_HOST`, `TWITCH_CDS_PORT` and
 `TWITCH_CDS_WORKERS`, so a container is configured by its environment alone.
 
-Shutdown is graceful: on SIGTERM or SIGINT uvicorn stops accepting connections, lets the
+The database is migrated first, in a child process (`migrate_in_child`). Shutdown is
+graceful: on SIGTERM or SIGINT uvicorn stops accepting connections, lets the
 requests in flight finish (up to `GRACEFUL_SHUTDOWN_SECONDS`), then runs the app's shutdown
 (database connections closed) in every worker.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -30,6 +32,7 @@ def env_default(name: str, default: str) -> str:
 
 
 def serve(host: str, port: int, workers: int) -> None:
+    migrate_in_child()
     with tempfile.TemporaryDirectory(prefix="twitch-cds-metrics-") as scratch:
         prepare_metrics_directory(Path(os.environ.get(METRICS_DIR_ENV) or scratch))
         # uvicorn's own lines (before the app configures logging, and in the supervisor of
@@ -48,6 +51,30 @@ def serve(host: str, port: int, workers: int) -> None:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             log_config=server_log_config(level if level in _LEVELS else "INFO"),
         )
+
+
+def migrate_in_child() -> None:
+    """Bring the database to the current schema in a short-lived child process.
+
+    The workers then find it current and never load Alembic (see `cds.storage.SCHEMA_HEAD`);
+    with one worker, uvicorn serves from this very process, which must not load it either.
+    """
+    child = multiprocessing.get_context("fork").Process(target=_migrate, name="migrate")
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"twitch-cds serve: database migration failed (exit {child.exitcode})")
+
+
+def _migrate() -> None:
+    from cds.settings import Settings
+    from cds.storage import make_engine, migrate
+
+    engine = make_engine(Settings().database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
 
 
 def prepare_metrics_directory(directory: Path) -> None:

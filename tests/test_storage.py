@@ -97,6 +97,28 @@ def run_threads(count_: int, target: Callable[[int], None]) -> None:
 # --- migrations ---------------------------------------------------------------------------
 
 
+def test_the_schema_head_the_service_checks_is_alembics_head() -> None:
+    assert head_revision() == storage.SCHEMA_HEAD
+
+
+def test_a_process_finding_the_schema_current_does_not_load_alembic(tmp_path: Path) -> None:
+    """What `twitch-cds serve` relies on: it migrates in a child process, and the process
+    that then serves finds the schema current and never imports Alembic (~10 MB)."""
+    url = f"sqlite:///{tmp_path / 'cds.sqlite3'}"
+    engine = make_engine(url)
+    migrate(engine)
+    engine.dispose()
+    check = (
+        "import sys; from cds.storage import make_engine, migrate, schema_revision; "
+        f"e = make_engine({url!r}); migrate(e); "
+        "print(schema_revision(e), 'alembic' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [storage.SCHEMA_HEAD, "False"]
+
+
 def test_migrations_reach_head_and_are_idempotent(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
