@@ -41,14 +41,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` and `cds` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import expected
 from bench.cases import CASE_NAMES, CASES, ROOT, SERVICE, body, resource_count
-from bench.stack_costs import StackCost, minimum_costs
+
+if TYPE_CHECKING:
+    from bench.stack_costs import StackCost
 
 DEFAULT_PLOT = ROOT / "docs" / "bench.png"
 SERVERS = ("floor", "twitch-cds")
@@ -839,6 +841,11 @@ def main(argv: list[str] | None = None) -> int:
 
         measurements, problems = measure(plan, bodies, Path(tmp), progress)
     end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    # Imported only here: the floor runs from this same file (--serve-floor), and loading the
+    # service into its process would make the floor's garbage collections walk the service's
+    # modules too (measured: a third slower on the large body).
+    from bench.stack_costs import minimum_costs
+
     costs = minimum_costs({case: bodies[case] for case in plan.cases})
     print(
         report(measurements, problems, conditions, costs)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench import expected, load, stack_costs
-from bench.cases import CASE_NAMES, CASES, body
+from bench.cases import CASE_NAMES, CASES, ROOT, body
 
 pytestmark = pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk not installed (scripts/install-test-deps.sh)"
@@ -61,6 +63,17 @@ def test_the_stack_minimum_counts_the_validations_of_the_real_facts_step() -> No
     resources = [e["resource"] for v in request["prefetch"].values() for e in v.get("entry", [])]
     assert 0 < cost.validated <= len(resources)
     assert cost.facts >= cost.validated
+
+
+def test_the_floor_process_loads_fastapi_not_the_service() -> None:
+    """The floor is served from bench/load.py itself: importing it must not load the
+    service, whose objects would slow the floor's garbage collections."""
+    check = "import sys, bench.load; print(sorted(m for m in sys.modules if m.startswith('cds.')))"
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = result.stdout.strip()
+    assert "cds.app" not in loaded and "cds.facts" not in loaded, loaded
 
 
 def test_the_snapshot_holds_cards_for_every_case() -> None:

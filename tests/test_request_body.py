@@ -144,26 +144,25 @@ def test_head_fields_are_the_ones_the_pool_reads() -> None:
 def test_malformed_json_gets_the_same_error_either_way(
     make_client: Any, monkeypatch: pytest.MonkeyPatch, body: bytes
 ) -> None:
-    client: TestClient = make_client()
-    answers = []
-    for limit in (1 << 62, 0):
-        monkeypatch.setattr(request_body, "LAZY_FROM_BYTES", limit)
-        response = client.post(
-            f"/cds-services/{SERVICE_PV}",
-            content=body,
-            headers={"Content-Type": "application/json"},
-        )
-        answers.append((response.status_code, response.json()))
-    assert answers[0] == answers[1]
-    assert answers[0][0] == 400
-    assert "JSON" in json.dumps(answers[0][1])
+    whole, lazy = answers_both_ways(make_client(), monkeypatch, body)
+    assert whole == lazy
+    assert whole[0] == 400
+    assert "JSON" in json.dumps(whole[1])
 
 
 def test_a_prefetch_that_is_not_an_object_gets_the_same_error_either_way(
     make_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client: TestClient = make_client()
     body = request_with({}, PATIENT).replace(b'"prefetch": {}', b'"prefetch": [1, 2]')
+    whole, lazy = answers_both_ways(make_client(), monkeypatch, body)
+    assert whole == lazy
+    assert whole[0] == 400
+
+
+def answers_both_ways(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> list[tuple[int, Any]]:
+    """The status and JSON answer to `body`, decoded whole, then lazily."""
     answers = []
     for limit in (1 << 62, 0):
         monkeypatch.setattr(request_body, "LAZY_FROM_BYTES", limit)
@@ -173,8 +172,7 @@ def test_a_prefetch_that_is_not_an_object_gets_the_same_error_either_way(
             headers={"Content-Type": "application/json"},
         )
         answers.append((response.status_code, response.json()))
-    assert answers[0] == answers[1]
-    assert answers[0][0] == 400
+    return answers
 
 
 # --- any shape of JSON ------------------------------------------------------------------------
