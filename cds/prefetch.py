@@ -33,6 +33,26 @@ class ResourcePool:
     skipped: int = 0
     other_patient: int = 0
     _seen: set[tuple[str, str]] = field(default_factory=set)
+    # Whose each patient reference names, decided once per distinct reference (and Bundle):
+    # a record's resources all name the same patient, in one or two forms.
+    _patients: dict[str, bool | None] = field(default_factory=dict)
+
+    def _belongs_to(self, resource: Resource, patient_id: str) -> bool:
+        """False when the resource names a different patient; True when it names this one, or
+        none that can be told (a conditional or unresolvable reference)."""
+        if resource["resourceType"] == "Patient":
+            return resource.get("id") in (None, patient_id)
+        for name in PATIENT_REFERENCES:
+            reference = resource.get(name)
+            target = reference.get("reference") if isinstance(reference, dict) else None
+            if not isinstance(target, str):
+                continue
+            if target not in self._patients:
+                self._patients[target] = _names_patient(target.strip(), patient_id, self.references)
+            verdict = self._patients[target]
+            if verdict is not None:
+                return verdict
+        return True
 
     def count(self) -> int:
         return sum(len(resources) for resources in self.by_type.values())
@@ -55,12 +75,13 @@ class ResourcePool:
                     for e in entries
                     if isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict)
                 )
+                self._patients.clear()  # a reference may resolve now that did not before
                 for entry in entries:
                     self._add(entry.get("resource"), patient_id, depth + 1)
             return
         if kind == "OperationOutcome":
             return
-        if not _belongs_to(value, patient_id, self.references):
+        if not self._belongs_to(value, patient_id):
             self.other_patient += 1
             return
         resource_id = value.get("id")
@@ -71,26 +92,16 @@ class ResourcePool:
         self.by_type.setdefault(kind, []).append(value)
 
 
-def _belongs_to(resource: Resource, patient_id: str, references: dict[str, Resource]) -> bool:
-    """False when the resource names a different patient; True when it names this one, or
-    none that can be told (a conditional or unresolvable reference)."""
-    if resource["resourceType"] == "Patient":
-        return resource.get("id") in (None, patient_id)
-    for name in PATIENT_REFERENCES:
-        reference = resource.get(name)
-        target = reference.get("reference") if isinstance(reference, dict) else None
-        if not isinstance(target, str):
-            continue
-        target = target.strip()
-        named = references.get(target)
-        if isinstance(named, dict) and named.get("resourceType") == "Patient":
-            return named.get("id") in (None, patient_id)
-        if target == f"urn:uuid:{patient_id}":
-            return True
-        match = _PATIENT.search(target)
-        if match:
-            return match[1] == patient_id
-    return True
+def _names_patient(target: str, patient_id: str, references: dict[str, Resource]) -> bool | None:
+    """Whether a reference names this patient (True), another (False), or no patient that can
+    be told (None: look at the next reference field)."""
+    named = references.get(target)
+    if isinstance(named, dict) and named.get("resourceType") == "Patient":
+        return named.get("id") in (None, patient_id)
+    if target == f"urn:uuid:{patient_id}":
+        return True
+    match = _PATIENT.search(target)
+    return None if match is None else match[1] == patient_id
 
 
 def is_prefetched(value: Any) -> bool:
