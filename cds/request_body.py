@@ -31,11 +31,11 @@ import orjson
 
 from cds.facts import READ_TYPES
 
-# Splitting a body into raw parts costs a scan of it per level (request, prefetch, Bundle):
-# below about a megabyte that costs more than decoding everything in one go with orjson
-# (measured: 0.66 against 0.26 ms for the 62 KB medium bench body; 10.6 against 11.4 ms,
-# garbage collection and freeing included, for the 1.5 MB Synthea record; 45 against 72 ms
-# and 7 against 24 MB of objects for the 6.7 MB one).
+# Splitting a body into raw parts costs a scan of it per level (request, Bundle, resource):
+# below about a megabyte that costs more than decoding everything in one go with orjson.
+# Measured (decoding, then one garbage collection and freeing; bench/cases.py bodies):
+# 62 KB medium 0.49-0.63 ms lazily against 0.40; 1.5 MB Synthea record 10.7-10.9 against
+# 17-19 ms; 6.7 MB record 48-51 against 98-106 ms, and 7 against 24 MB of objects.
 LAZY_FROM_BYTES = 1024 * 1024
 # Bundles nest (a search result holding a Bundle): those are decoded in full, like the
 # types that are read, so that the pool unpacks them as before.
