@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import SERVICE_PV
 from tests.support.app import module_client
-from tests.support.cards import RED_FLAGS, cards_by_code
+from tests.support.cards import RED_FLAGS, cards_by_code, lab_orders
 from tests.support.fhir import (
     ICD10,
     LOINC,
@@ -69,17 +69,6 @@ def call(
 
 def codes(client: TestClient, *resources: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     return cards_by_code(call(client, *resources, **kwargs))
-
-
-def lab_orders(card: dict[str, Any]) -> list[str]:
-    """LOINC codes of the lab orders a card suggests."""
-    return [
-        coding["code"]
-        for suggestion in card.get("suggestions", [])
-        for action in suggestion["actions"]
-        for coding in action["resource"]["code"]["coding"]
-        if coding["system"] == LOINC
-    ]
 
 
 def referrals(card: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,9 +18,8 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import SERVICE_OS, SERVICE_SIGN
 from tests.support.app import module_client
-from tests.support.cards import cards_by_code
+from tests.support.cards import cards_by_code, lab_orders
 from tests.support.fhir import (
-    LOINC,
     PATIENT,
     RXNORM,
     SNOMED,
@@ -89,16 +88,6 @@ def order_cards(
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     return cards_by_code(order_call(client, service, drafts, *resources, **kwargs))
-
-
-def lab_orders(card: dict[str, Any]) -> list[str]:
-    return [
-        coding["code"]
-        for suggestion in card.get("suggestions", [])
-        for action in suggestion["actions"]
-        for coding in action["resource"]["code"]["coding"]
-        if coding["system"] == LOINC
-    ]
 
 
 BOTH_HOOKS = pytest.mark.parametrize("service", [SERVICE_OS, SERVICE_SIGN])

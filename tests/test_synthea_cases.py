@@ -33,8 +33,8 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import SERVICE_PV
 from tests.support.app import module_client
-from tests.support.cards import cards_by_code
-from tests.support.fhir import ICD10, LOINC, bundle, days_ago
+from tests.support.cards import cards_by_code, lab_orders
+from tests.support.fhir import ICD10, bundle, days_ago
 from tests.support.paths import SYNTHEA
 
 KEYS = {
@@ -137,16 +137,6 @@ def cards(
     record: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     return cards_by_code(call(client, name, twitch_for(name), *extra, record=record))
-
-
-def lab_orders(card: dict[str, Any]) -> list[str]:
-    return [
-        coding["code"]
-        for suggestion in card.get("suggestions", [])
-        for action in suggestion["actions"]
-        for coding in action["resource"]["code"]["coding"]
-        if coding["system"] == LOINC
-    ]
 
 
 def lookback_reaching(day: date, margin: int = 30) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.support.fhir import hook_request
+from tests.support.fhir import LOINC, hook_request
 
 TOPIC_SYSTEM = "https://github.com/twitch-cds/twitch-cds/CodeSystem/finding"
 # The red-flag topics of the contract ("Cards").
@@ -71,3 +71,14 @@ def patient_view_cards(
     response = client.post("/cds-services/fasciculation-pv", json=request)
     assert response.status_code == 200, response.text
     return cards_by_code(response.json())
+
+
+def lab_orders(card: dict[str, Any]) -> list[str]:
+    """LOINC codes of the lab orders a card suggests."""
+    return [
+        coding["code"]
+        for suggestion in card.get("suggestions", [])
+        for action in suggestion["actions"]
+        for coding in action["resource"]["code"]["coding"]
+        if coding["system"] == LOINC
+    ]
