@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import expected
-from cds.catalog import search_keys
+from cds.decision.catalog import search_keys
 from cds.settings import PROJECT_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ Why a full snapshot, and why it stays honest while card texts change:
 - Only what is the same on every run is normalised: dates become day offsets from the day of
   the call ("{today-14d}", since the bodies' dates move with the calendar) and uuids are
   dropped (derived from hookInstance; the suggestion's position stays compared).
-- When cards change on purpose (rules/, cds/cards.py, the reading of the record), the
+- When cards change on purpose (rules/, cds/decision/cards.py, the reading of the record), the
   snapshot is regenerated deliberately with `python bench/load.py --update-expected` and
   the change is reviewed in the diff of bench/expected-cards.json next to the change that
   caused it. A performance commit should leave that file untouched.

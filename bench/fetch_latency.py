@@ -64,7 +64,7 @@ def start_service(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     }
     log = (directory / "server.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cds.cli", "serve", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "cds.tools.cli", "serve", "--port", str(port), "--workers", "1"],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -188,7 +188,7 @@ def start_service(workers: int, directory: Path) -> Server:
         "TWITCH_CDS_DATABASE_URL": f"sqlite:///{directory / 'bench.sqlite3'}",
     }
     return Server(
-        [sys.executable, "-m", "cds.cli", "serve", "--workers", str(workers)],
+        [sys.executable, "-m", "cds.tools.cli", "serve", "--workers", str(workers)],
         env,
         directory / f"service-{workers}.log",
     )

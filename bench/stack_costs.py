@@ -9,9 +9,9 @@ make a call cheaper than the floor's work plus these two. So for a floor that an
 the best throughput ratio the stack allows is F / (F + validation + rules); bench/load.py
 prints it beside the measured ratios, which is how to read the small and medium targets.
 
-Validation is timed by wrapping the models the facts step validates with (MODELS in
-cds/facts/record.py) for the duration of the measurement, so the count and the time are those
-of the real facts step, not of a guess at which resources it validates.
+Validation is timed by wrapping the models the facts step validates with
+(MODELS in cds/decision/facts/record.py) for the duration of the measurement, so the count
+and the time are those of the real facts step, not of a guess at which resources it validates.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `cds` importa
 import orjson
 
 from bench.cases import CASES, SERVICE, body
-from cds.app import build_pipeline
-from cds.catalog import load_catalog
-from cds.facts import record
+from cds.decision.catalog import load_catalog
+from cds.decision.facts import record
+from cds.decision.pipeline import build_pipeline
+from cds.decision.prefetch import ResourcePool
 from cds.knowledge import load_knowledge
-from cds.prefetch import ResourcePool
 from cds.settings import Settings
 
 REPEATS = 30

@@ -29,7 +29,7 @@ from structlog.stdlib import ProcessorFormatter
 
 # Loggers that print request data at INFO or DEBUG: never below WARNING.
 QUIET_LOGGERS = ("sqlalchemy", "httpx", "httpcore", "hpack", "urllib3")
-# uvicorn's access log prints paths and query strings: replaced by cds.middleware's line.
+# uvicorn's access log prints paths and query strings: replaced by cds.web.middleware's line.
 DISABLED_LOGGERS = ("uvicorn.access",)
 
 _TIMESTAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)

@@ -6,7 +6,7 @@ request or free text, so a client cannot grow the series without bound.
 
 `twitch-cds serve` runs uvicorn with several worker processes, each with its own counters.
 prometheus-client's multiprocess mode sums them: when `PROMETHEUS_MULTIPROC_DIR` is set
-(`cds.serving` sets it, to an emptied directory, before any worker starts), every process
+(`cds.web.serving` sets it, to an emptied directory, before any worker starts), every process
 writes its values to files there and `/metrics` aggregates those files, whichever worker
 answers. Without it (tests, in-process use) the process's own registry is exposed.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,10 +28,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Scope
 
 from cds.cdshooks import Card
-
-if TYPE_CHECKING:  # cds.fhir_client counts its calls here
-    from cds.fhir_client import FetchResult
-    from cds.storage import StoredFeedback
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus-client chooses where values live when it is imported (just above): expose
@@ -96,15 +91,18 @@ def count_cards(service: str, cards: Iterable[Card]) -> None:
         CARDS.labels(service, card.indicator, topic).inc()
 
 
-def count_fhir_fallback(results: Iterable[FetchResult]) -> None:
-    """The prefetch templates one request fetched from the FHIR server, and which failed."""
-    for result in results:
-        FHIR_QUERIES.labels(result.key).inc()
-        if result.error is not None:
-            FHIR_FAILURES.labels(result.key).inc()
+def count_fhir_fallback(outcomes: Iterable[tuple[str, bool]]) -> None:
+    """The prefetch templates one request fetched from the FHIR server, and which failed.
+
+    Plain (prefetch key, failed) pairs: metrics stay below the FHIR client, not beside it.
+    """
+    for key, failed in outcomes:
+        FHIR_QUERIES.labels(key).inc()
+        if failed:
+            FHIR_FAILURES.labels(key).inc()
 
 
-def count_feedback(service: str, stored: Iterable[StoredFeedback]) -> None:
-    """Newly stored feedback entries, by their card's topic and outcome."""
-    for entry in stored:
-        FEEDBACK.labels(service, entry.topic, entry.outcome).inc()
+def count_feedback(service: str, stored: Iterable[tuple[str, str]]) -> None:
+    """Newly stored feedback entries, as (card topic, outcome) pairs."""
+    for topic, outcome in stored:
+        FEEDBACK.labels(service, topic, outcome).inc()

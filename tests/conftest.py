@@ -18,9 +18,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cds import request_body
-from cds.app import create_app
+from cds.decision import request_body
 from cds.settings import Settings
+from cds.web.app import create_app
 from tests.support.fhir_server import FhirTestServer, run_fhir_server
 from tests.support.postgres import PostgresTestServer, running_postgres, temporary_database
 
@@ -71,8 +71,8 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 
 @pytest.fixture(params=["whole", "lazy"])
 def both_decoders(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with each way of decoding a request body (cds/request_body.py): in one go,
-    as bodies under a megabyte are, and lazily, as larger ones are, whatever the body's size."""
+    """Run a test with each way of decoding a request body (cds/decision/request_body.py): in one
+    go, as bodies under a megabyte are, and lazily, as larger ones are, whatever the body's size."""
     if request.param == "lazy":
         monkeypatch.setattr(request_body, "LAZY_FROM_BYTES", 0)
     return str(request.param)
@@ -90,7 +90,7 @@ class LiveServer:
             [
                 sys.executable,
                 "-m",
-                "cds.cli",
+                "cds.tools.cli",
                 "serve",
                 "--port",
                 str(self.port),

@@ -21,7 +21,7 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 
-import cds.auth
+import cds.web.auth
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
 from tests.support.cards import cards_by_code
 from tests.support.fhir import hook_request, lab, twitch
@@ -385,7 +385,7 @@ def https_jwks(
 
 
 class ShiftedClock:
-    """Stands in for the `time` module inside cds.auth, so a test can let time pass."""
+    """Stands in for the `time` module inside cds.web.auth, so a test can let time pass."""
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -427,7 +427,7 @@ def test_jwks_url_issuer_keys_are_fetched_cached_and_rotated(
     server.documents["/jwks.json"] = tokens.jwks
     client = make_client(auth="jwt", trusted_issuers={tokens.issuer: {"jwks_url": url}})
     clock = ShiftedClock()
-    monkeypatch.setattr(cds.auth, "time", clock)
+    monkeypatch.setattr(cds.web.auth, "time", clock)
 
     for alg in ("ES384", "RS384", "ES384"):  # jku equal to the configured URL is fine
         token = tokens.token(SERVICE_URL, alg=alg, headers={"jku": url})

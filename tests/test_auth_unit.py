@@ -1,4 +1,4 @@
-"""Unit tests of cds.auth: CDS client JWT verification ("Trusting CDS Clients").
+"""Unit tests of cds.web.auth: CDS client JWT verification ("Trusting CDS Clients").
 
 Keys are generated here; JWKS URLs are served by a local HTTP server that counts
 requests, so tests can assert that untrusted input causes no outbound fetch.
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds.auth import (
+from cds.web.auth import (
     AuthError,
     InMemoryReplayCache,
     JwtVerifier,

@@ -73,7 +73,7 @@ def test_the_floor_process_loads_fastapi_not_the_service() -> None:
         [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True
     )
     loaded = result.stdout.strip()
-    assert "cds.app" not in loaded and "cds.facts" not in loaded, loaded
+    assert "cds.web.app" not in loaded and "cds.decision.facts" not in loaded, loaded
 
 
 def test_the_snapshot_holds_cards_for_every_case() -> None:

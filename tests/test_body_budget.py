@@ -1,4 +1,4 @@
-"""The body budget (cds/middleware.py `BodyBudget`, `TWITCH_CDS_BODY_BUDGET_BYTES`): how many
+"""The body budget (cds/web/middleware.py `BodyBudget`, `TWITCH_CDS_BODY_BUDGET_BYTES`): how many
 bytes of request bodies one worker holds at once.
 
 Unit: a request waits while the budget is spent and goes on when earlier ones give theirs
@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from bench.cases import CASES, body, card_codes
-from cds.middleware import BodyBudget
+from cds.web.middleware import BodyBudget
 from tests.conftest import SERVICE_PV, LiveServer
 
 JSON = {"Content-Type": "application/json"}

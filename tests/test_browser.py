@@ -26,7 +26,7 @@ import pytest
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import create_engine, text
 
-from cds.demo import DemoPatient, ensure_node_modules, load_patients
+from cds.tools.demo import DemoPatient, ensure_node_modules, load_patients
 from tests.support.demo import RunningDemo
 from tests.support.fhir_server import node_available
 from tests.support.jwt_tokens import TokenFactory

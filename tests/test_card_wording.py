@@ -9,7 +9,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.cards import prescriber_name
+from cds.decision.cards import prescriber_name
 from tests.support.app import module_client
 from tests.support.cards import patient_view_cards as cards
 from tests.support.fhir import (

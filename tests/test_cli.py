@@ -17,9 +17,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from cds.clinical_logic import render
 from cds.knowledge import load_knowledge
 from cds.settings import PROJECT_ROOT
+from cds.tools.clinical_logic import render
 from tests.conftest import SERVICE_PV
 from tests.support.fhir import days_ago, lab, medication, patient, twitch
 from tests.support.paths import SYNTHEA
@@ -30,7 +30,7 @@ COMMANDS = ["serve", "evaluate", "rules", "check-rules", "discovery", "feedback-
 def run(*argv: str) -> tuple[int, str, str]:
     """`twitch-cds ARGV...` as a user runs it: its own process, exit status, stdout, stderr."""
     result = subprocess.run(
-        [sys.executable, "-m", "cds.cli", *argv],
+        [sys.executable, "-m", "cds.tools.cli", *argv],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -59,7 +59,7 @@ def topics(response_json: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cds.cli", command, "--help"],
+        [sys.executable, "-m", "cds.tools.cli", command, "--help"],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

@@ -22,7 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 
-from cds.demo import (
+from cds.settings import PROJECT_ROOT
+from cds.tools.demo import (
     DemoError,
     DemoPatient,
     hook_context,
@@ -31,7 +32,6 @@ from cds.demo import (
     resolve_dates,
     sandbox_link,
 )
-from cds.settings import PROJECT_ROOT
 from tests.support.demo import RunningDemo, port_is_open
 from tests.support.fhir_server import FhirTestServer, node_available
 

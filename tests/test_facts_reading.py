@@ -1,6 +1,6 @@
-"""Focused tests of reading the record (cds/facts/): currency of conditions and neurology care
-(issue 9, the record-reading part), suspected diagnoses, and the small readers the HTTP tests
-of tests/test_ehr_shapes.py rest on (instants, units, comparators, codes)."""
+"""Focused tests of reading the record (cds/decision/facts/): currency of conditions and
+neurology care (issue 9, the record-reading part), suspected diagnoses, and the small readers
+the HTTP tests of tests/test_ehr_shapes.py rest on (instants, units, comparators, codes)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.facts import FactBuilder, Facts, Vocabulary
-from cds.facts.labs import _holds, _interval
-from cds.facts.record import instant, observation_time
+from cds.decision.facts import FactBuilder, Facts, Vocabulary
+from cds.decision.facts.labs import _holds, _interval
+from cds.decision.facts.record import instant, observation_time
+from cds.decision.prefetch import ResourcePool
 from cds.knowledge import load_knowledge
-from cds.prefetch import ResourcePool
 from cds.units import convert, unit_key
 from tests.conftest import SERVICE_PV
 from tests.support.cards import cards_by_code

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
-from cds.storage import feedback
+from cds.store.storage import feedback
 from tests.conftest import SERVICE_PV
 from tests.support.paths import SANDBOX
 

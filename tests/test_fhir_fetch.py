@@ -25,7 +25,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.fhir_client import is_allowed
+from cds.decision.fhir_client import is_allowed
 from tests.conftest import SERVICE_PV, LiveServer, free_port
 from tests.support.cards import cards_by_code
 from tests.support.fhir import (

@@ -30,9 +30,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cds.app import create_app
 from cds.knowledge import load_knowledge
 from cds.settings import PROJECT_ROOT, Settings
+from cds.web.app import create_app
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN
 from tests.support.cards import assert_valid_card
 from tests.support.fhir import ICD10, LOINC, RXNORM, SNOMED, today

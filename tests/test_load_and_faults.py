@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from bench.cases import EXPECTED_CARDS, bench_body, card_codes
-from cds.storage import feedback, head_revision, make_engine, schema_revision
+from cds.store.storage import feedback, head_revision, make_engine, schema_revision
 from tests.conftest import SERVICE_PV, LiveServer
 from tests.support.raw_http import RawConnection
 

@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from cds import housekeeping
-from cds.storage import DatabaseReplayCache, jwt_seen, make_engine, migrate
+from cds.store import housekeeping
+from cds.store.storage import DatabaseReplayCache, jwt_seen, make_engine, migrate
 from tests.conftest import SERVICE_PV, LiveServer
 from tests.support.fhir import hook_request, lab, twitch
 from tests.support.jwt_tokens import TokenFactory, bearer

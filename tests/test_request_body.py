@@ -1,10 +1,10 @@
-"""Decoding request bodies (cds/request_body.py): the lazy decoding of large bodies must leave
-the service seeing exactly what decoding everything would show it.
+"""Decoding request bodies (cds/decision/request_body.py): the lazy decoding of large bodies
+must leave the service seeing exactly what decoding everything would show it.
 
-What the service reads of a prefetch is the resource pool (cds/prefetch.py) and, through it,
-the facts: both must come out the same either way, for realistic records and for any shape of
-JSON a client may send. Over HTTP, tests/test_ehr_shapes.py and tests/test_synthea_cases.py
-run every case both ways (the `both_decoders` fixture).
+What the service reads of a prefetch is the resource pool (cds/decision/prefetch.py) and,
+through it, the facts: both must come out the same either way, for realistic records and for
+any shape of JSON a client may send. Over HTTP, tests/test_ehr_shapes.py and
+tests/test_synthea_cases.py run every case both ways (the `both_decoders` fixture).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds import request_body
-from cds.app import build_pipeline
-from cds.context import has_next_page
-from cds.facts import READ_TYPES
+from cds.decision import request_body
+from cds.decision.context import has_next_page
+from cds.decision.facts import READ_TYPES
+from cds.decision.pipeline import build_pipeline
+from cds.decision.prefetch import PATIENT_REFERENCES, ResourcePool, is_prefetched
 from cds.knowledge import load_knowledge
-from cds.prefetch import PATIENT_REFERENCES, ResourcePool, is_prefetched
 from cds.settings import Settings
 from tests.conftest import SERVICE_PV
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cds.engine import RulesEngine
-from cds.facts import parse_date
+from cds.decision.engine import RulesEngine
+from cds.decision.facts import parse_date
 from cds.knowledge import load_knowledge
 from cds.settings import PROJECT_ROOT
 from cds.units import convert
@@ -132,8 +132,8 @@ def test_unit_conversion_is_case_insensitive_and_never_assumes() -> None:
 
 
 def test_clinical_logic_document_is_generated_from_rules() -> None:
-    """docs/clinical-logic.md must be what `python -m cds.clinical_logic` prints today."""
-    from cds.clinical_logic import render
+    """docs/clinical-logic.md must be what `python -m cds.tools.clinical_logic` prints today."""
+    from cds.tools.clinical_logic import render
 
     document = (PROJECT_ROOT / "docs" / "clinical-logic.md").read_text(encoding="utf-8")
     assert document == render(load_knowledge(RULES))

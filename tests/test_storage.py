@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, inspect, select, text
 
-from cds import storage
 from cds.cdshooks import FeedbackEntry
-from cds.storage import (
+from cds.store import storage
+from cds.store.storage import (
     DatabaseReplayCache,
     FeedbackStore,
     IssuedCard,
@@ -109,7 +109,7 @@ def test_a_process_finding_the_schema_current_does_not_load_alembic(tmp_path: Pa
     migrate(engine)
     engine.dispose()
     check = (
-        "import sys; from cds.storage import make_engine, migrate, schema_revision; "
+        "import sys; from cds.store.storage import make_engine, migrate, schema_revision; "
         f"e = make_engine({url!r}); migrate(e); "
         "print(schema_revision(e), 'alembic' in sys.modules)"
     )
@@ -151,7 +151,7 @@ def test_migrated_schema_matches_the_tables_the_code_uses(db: Engine) -> None:
 
 MIGRATE_AT = """
 import sys, time
-from cds.storage import make_engine, migrate
+from cds.store.storage import make_engine, migrate
 engine = make_engine(sys.argv[1])
 while time.time() < float(sys.argv[2]):
     time.sleep(0.001)

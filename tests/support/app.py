@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cds.app import create_app
 from cds.settings import Settings
+from cds.web.app import create_app
 
 
 def module_client() -> Callable[..., Any]:

@@ -31,7 +31,7 @@ def port_is_open(port: int) -> bool:
 
 
 class RunningDemo:
-    """`python -m cds.cli demo` with its own ports, database and extra environment."""
+    """`python -m cds.tools.cli demo` with its own ports, database and extra environment."""
 
     def __init__(
         self, workdir: Path, env: dict[str, str] | None = None, startup_timeout: float = 120.0
@@ -52,7 +52,7 @@ class RunningDemo:
                 [
                     sys.executable,
                     "-m",
-                    "cds.cli",
+                    "cds.tools.cli",
                     "demo",
                     "--port",
                     str(self.port),

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from cds.catalog import search_keys
+from cds.decision.catalog import search_keys
 from cds.settings import PROJECT_ROOT
 
 LOINC = "http://loinc.org"

@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 
 # The demo (`twitch-cds demo`) runs the same server: one installer, one node invocation.
-from cds.demo import FHIR_SERVER_DIR as SERVER_DIR
-from cds.demo import ensure_node_modules, node_command, stop_process
+from cds.tools.demo import FHIR_SERVER_DIR as SERVER_DIR
+from cds.tools.demo import ensure_node_modules, node_command, stop_process
 
 _LISTENING = re.compile(r"^listening (http://\S+)$", re.MULTILINE)
 

@@ -1,0 +1,565 @@
+"""Laboratory results -> one `lab` fact per analyte (its latest result) and `lab-missing` facts.
+
+Results are read as laboratories send them: single Observations or `component`s of a panel,
+a number in `valueQuantity` or in `valueString` ("2.4", "<5"), units in any spelling, several
+reference ranges, the laboratory's own flag. Time alone decides which result is the latest
+(full instants, `issued` breaking ties, never the order in the bundle). Where results of one
+day cannot be ordered, the most severe decides and the others are stated beside it, so that a
+critical value is never hidden. A preliminary result counts only when it is critical
+(critical values are phoned before finalisation). Impossible values and results dated in the
+future are invalid: counted, never judged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cds.decision.facts.record import (
+    FINAL_OBSERVATION,
+    Evidence,
+    Facts,
+    Resource,
+    When,
+    Window,
+    codings,
+    codings_of,
+    fmt,
+    number,
+    observation_time,
+    text,
+    threshold_words,
+    valid,
+)
+from cds.decision.facts.vocabulary import Vocabulary
+from cds.knowledge import Analyte, Code, Knowledge, Threshold
+from cds.units import convert, quantity_units
+
+DEFAULT = " (default limit)"
+PRELIMINARY = "preliminary"
+# How many other same-day results are named beside the one that decides.
+MAX_STATED_BESIDE = 3
+_NUMBER = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*([-+]?\d+(?:\.\d+)?|[-+]?\.\d+)\s*(\S.*)?$")
+_COMPARATORS = {"≤": "<=", "≥": ">="}
+_AGE_YEARS = {"a": 1.0, "mo": 1 / 12, "wk": 7 / 365.25, "d": 1 / 365.25}
+# The values a result may have: (low, low included, high, high included).
+Interval = tuple[float, bool, float, bool]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One candidate result: the Observation, the part that holds the value (the Observation
+    itself or one of its components), and the rules' code it was recognised by."""
+
+    when: When
+    obs: Resource
+    part: Resource
+    code: Code
+    rank: int
+
+
+@dataclass(frozen=True)
+class LabResult:
+    analyte: str
+    when: When
+    value: float | None
+    comparator: str | None
+    measured: tuple[float, str] | None
+    reported: str | None
+    ref_low: float | None
+    ref_high: float | None
+    code: str
+    corrected: bool
+    status: str
+    flag: str | None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    low: bool
+    critical: bool
+    high: bool
+    basis: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def severity(self) -> int:
+        return 2 if self.critical else 1 if self.low or self.high else 0
+
+
+@dataclass
+class Decided:
+    """The result that decides for an analyte, its judgement, and what is stated beside it."""
+
+    result: LabResult
+    judgement: Judgement
+    beside: list[LabResult] = field(default_factory=list)
+
+
+def read_labs(
+    vocabulary: Vocabulary, observations: list[Resource], window: Window, facts: Facts
+) -> None:
+    """Adds a `lab` fact per judged analyte and a `lab-missing` fact per absent work-up test."""
+    knowledge = vocabulary.knowledge
+    candidates: dict[str, list[Reading]] = {}
+    for obs in observations:
+        for name, reading in _readings(vocabulary, obs, window, facts):
+            candidates.setdefault(name, []).append(reading)
+    decided = {
+        name: _decide(vocabulary, name, found, window, facts) for name, found in candidates.items()
+    }
+    results = {name: d for name, d in decided.items() if d is not None}
+    for name, chosen in results.items():
+        analyte = knowledge.labs.analytes[name]
+        if analyte.finding or analyte.high or analyte.low or analyte.flags:
+            outranking = results.get(analyte.outranked_by or "")
+            _add_lab(vocabulary, chosen, results.get("albumin"), outranking, window, facts)
+    _missing(knowledge, set(results), set(candidates) - set(results), facts)
+
+
+def _readings(
+    vocabulary: Vocabulary, obs: Resource, window: Window, facts: Facts
+) -> Iterator[tuple[str, Reading]]:
+    """The analyte results an Observation carries, itself or in its components."""
+    status = text(obs.get("status"))
+    if status not in FINAL_OBSERVATION and status != PRELIMINARY:
+        return
+    parts = (
+        [obs, *(c for c in obs["component"] if isinstance(c, dict))]
+        if isinstance(obs.get("component"), list)
+        else [obs]
+    )
+    found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
+    when = observation_time(obs) if found else None  # dates are read only where they matter
+    if when is None or when.day < window.since:
+        return
+    if window.in_future(when):
+        facts.invalid_resources += 1  # a future date is a data-entry error: never the latest
+        return
+    for part, (name, spec, rank) in found:
+        yield name, Reading(when, obs, part, spec, rank)
+
+
+def _analyte_of(vocabulary: Vocabulary, part: Resource) -> list[tuple[str, Code, int]]:
+    """The analyte (with the rules' code and its rank) the part's LOINC code names, if any."""
+    for coding in codings(part.get("code")):
+        code = text(coding.get("code"))
+        if code in vocabulary.analytes and vocabulary.is_system(coding, "loinc"):
+            return [vocabulary.analytes[code]]
+    return []
+
+
+def _decide(
+    vocabulary: Vocabulary, name: str, found: list[Reading], window: Window, facts: Facts
+) -> Decided | None:
+    """The latest usable result; among results of its day that time cannot order, the most
+    severe, with the others stated beside it. Only the deciding Observation is validated."""
+    analyte = vocabulary.knowledge.labs.analytes[name]
+    # One specimen reported under several codes (a total and its fractions): the preferred
+    # code decides.
+    preferred: dict[tuple[Any, ...], int] = {}
+    found = [
+        r
+        for r in sorted(found, key=lambda r: (r.when.key(), -r.rank), reverse=True)
+        if preferred.setdefault((r.when.key(), r.when.day), r.rank) == r.rank
+    ]
+    usable: list[tuple[LabResult, Judgement, Reading]] = []
+    for reading in found:
+        if usable and reading.when.orderable(usable[0][0].when):
+            break
+        result = _lab_result(vocabulary, name, analyte, reading, window, facts)
+        if result is None:
+            continue
+        judgement = judge(vocabulary, analyte, result, window.sex)
+        if result.status == PRELIMINARY and not judgement.critical:
+            continue
+        usable.append((result, judgement, reading))
+    usable.sort(key=lambda u: (u[1].severity, u[0].when.key()), reverse=True)
+    for index, (result, judgement, reading) in enumerate(usable):
+        if valid(reading.obs, facts):
+            others = {u[0].reported or u[0].flag: u[0] for u in usable[index + 1 :]}
+            others.pop(result.reported or result.flag, None)
+            return Decided(result, judgement, list(others.values())[:MAX_STATED_BESIDE])
+    return None
+
+
+def _lab_result(
+    vocabulary: Vocabulary,
+    name: str,
+    analyte: Analyte,
+    reading: Reading,
+    window: Window,
+    facts: Facts,
+) -> LabResult | None:
+    """The result in the analyte's canonical unit; None (counted) when it cannot be judged:
+    no convertible value and no flag of the laboratory, or an impossible value."""
+    part = reading.part
+    measured, comparator, units = _measured(part)
+    if not units:
+        # No unit with the value (an HL7 v2 OBX without units): the result's own reference
+        # range states it, or the analyte comes in one number whatever the unit (K, Na).
+        units = [u for q in _range_quantities(part) for u in quantity_units(q)]
+        if not units and all(factor == 1.0 for factor in analyte.units.values()):
+            units = [analyte.unit]
+        stated = None
+    else:
+        stated = units[0]
+    converted = None if measured is None else convert(measured, units, analyte.unit_factors)
+    flag = _flag(vocabulary, part)
+    if converted is not None and analyte.impossible.holds(converted[0]):
+        facts.invalid_resources += 1  # an impossible value: a data or transmission error
+        return None
+    if converted is None and flag is None:
+        facts.unjudged_results += 1
+        return None
+    value, unit = converted if converted is not None else (None, None)
+    reported = (
+        None
+        if measured is None
+        else f"{comparator or ''}{fmt(measured)}{' ' + stated if stated else ''}"
+    )
+    ref_low, ref_high = _reference_limits(vocabulary, part, analyte, window)
+    status = str(reading.obs["status"])
+    raw = None if measured is None or unit is None else (measured, unit)
+    return LabResult(
+        name,
+        reading.when,
+        value,
+        comparator,
+        raw,
+        reported,
+        ref_low,
+        ref_high,
+        reading.code.code,
+        reading.code.corrected,
+        status,
+        flag,
+    )
+
+
+def _measured(part: Resource) -> tuple[float | None, str | None, list[str]]:
+    """The number, its comparator and its stated units, from valueQuantity or valueString."""
+    quantity = part.get("valueQuantity")
+    if isinstance(quantity, dict):
+        comparator = text(quantity.get("comparator"))
+        return number(quantity.get("value")), comparator, quantity_units(quantity)
+    value = part.get("valueString")
+    match = _NUMBER.match(value) if isinstance(value, str) else None
+    if match is None:
+        return None, None, []
+    parsed = float(match[2])
+    comparator = _COMPARATORS.get(match[1], match[1]) if match[1] else None
+    return (
+        (parsed if math.isfinite(parsed) else None),
+        comparator,
+        [match[3].strip()] if match[3] else [],
+    )
+
+
+def _flag(vocabulary: Vocabulary, part: Resource) -> str | None:
+    """The laboratory's own flag (rules/record.yaml lab_flags), if it sent a known one."""
+    for coding in codings_of(part.get("interpretation")):
+        code, system = text(coding.get("code")), coding.get("system")
+        if code in vocabulary.lab_flags and (
+            system is None or system in vocabulary.interpretation_systems
+        ):
+            return code
+    return None
+
+
+def _range_quantities(part: Resource) -> list[dict[str, Any]]:
+    ranges = part.get("referenceRange")
+    return (
+        [
+            q
+            for r in ranges
+            if isinstance(r, dict)
+            for q in (r.get("low"), r.get("high"))
+            if isinstance(q, dict)
+        ]
+        if isinstance(ranges, list)
+        else []
+    )
+
+
+def _reference_limits(
+    vocabulary: Vocabulary, part: Resource, analyte: Analyte, window: Window
+) -> tuple[float | None, float | None]:
+    """The limits of the reference range that applies to this patient, converted; None where
+    absent or not convertible. A range for the patient's sex and age beats a general one."""
+    ranges = part.get("referenceRange")
+    if not isinstance(ranges, list):
+        return None, None
+    best: tuple[int, dict[str, Any]] | None = None
+    for entry in ranges:
+        if not isinstance(entry, dict):
+            continue
+        fit = _range_fit(vocabulary, entry, window)
+        if fit is not None and (best is None or fit > best[0]):
+            best = (fit, entry)
+    if best is None:
+        return None, None
+    limits: list[float | None] = []
+    for end in ("low", "high"):
+        quantity = best[1].get(end)
+        value = number(quantity.get("value")) if isinstance(quantity, dict) else None
+        converted = (
+            None
+            if value is None or not isinstance(quantity, dict)
+            else convert(value, quantity_units(quantity), analyte.unit_factors)
+        )
+        limits.append(None if converted is None else converted[0])
+    return limits[0], limits[1]
+
+
+def _range_fit(vocabulary: Vocabulary, entry: dict[str, Any], window: Window) -> int | None:
+    """How specifically a reference range fits the patient (higher is better); None when it
+    is for another sex or age, or is not a normal range."""
+    sex, age = window.sex, window.age
+    kinds = {text(c.get("code")) for c in codings(entry.get("type"))}
+    if kinds - {"normal", None}:
+        return None
+    fit = 0
+    applies = {text(c.get("code")) for c in codings_of(entry.get("appliesTo"))}
+    sexes = {s for s, codes in vocabulary.range_sexes.items() if applies & codes}
+    if sexes:
+        if sex not in sexes:
+            return None
+        fit += 1
+    ages = entry.get("age")
+    if isinstance(ages, dict):
+        bounds = [_years(ages.get(end)) for end in ("low", "high")]
+        if age is None:
+            return None
+        if (bounds[0] is not None and age < bounds[0]) or (
+            bounds[1] is not None and age > bounds[1]
+        ):
+            return None
+        fit += 1
+    return fit
+
+
+def _years(quantity: Any) -> float | None:
+    if not isinstance(quantity, dict):
+        return None
+    value, unit = number(quantity.get("value")), quantity.get("code") or quantity.get("unit")
+    factor = _AGE_YEARS.get(unit) if isinstance(unit, str) else None
+    return None if value is None or factor is None else value * factor
+
+
+def judge(
+    vocabulary: Vocabulary,
+    analyte: Analyte,
+    result: LabResult,
+    sex: str | None,
+    corrected: float | None = None,
+) -> Judgement:
+    """Low / critical / high for one result, the limit that decided, and caveats.
+
+    The result's own reference range decides "low" and "high" where it is given in a
+    convertible unit (labs differ); else the default threshold from rules/. Critical limits
+    always come from rules/ (they are clinical action limits, not population ranges). A value
+    given as "<5" or ">150" counts only where every value it allows is on one side. Where the
+    number cannot decide, the laboratory's flag does; where both speak and disagree, the
+    judgement says so. A limit the source also states in the result's own unit is compared
+    with the value as reported; an albumin-`corrected` value is judged in the canonical unit.
+    """
+    value = result.value if corrected is None else corrected
+    raw = result.measured if corrected is None else None
+    flag = vocabulary.lab_flags.get(result.flag or "")
+    flag_words = f"the laboratory flags it {flag.label} ({result.flag})" if flag else ""
+    if value is None:
+        direction = flag.direction if flag else None
+        return Judgement(
+            direction == "low",
+            bool(flag and direction == "low" and flag.critical),
+            direction == "high",
+            f"{flag_words}; value not judged" if flag else "",
+        )
+    interval = _interval(value, result.comparator)
+
+    def _threshold(threshold: Threshold) -> bool | None:
+        op, limit = threshold.limit(sex)
+        stated = threshold.limit_in(raw[1]) if raw else None
+        if raw is not None and stated is not None:
+            return _holds(op, stated, _interval(raw[0], result.comparator))
+        return _holds(op, limit, interval)
+
+    unit = analyte.unit
+    basis, notes = "", []
+    low: bool | None = False
+    high: bool | None = False
+    if analyte.use_reference_range and result.ref_low is not None:
+        low = _holds("below", result.ref_low, interval)
+        basis = f"below the lab's lower limit {fmt(result.ref_low)} {unit}"
+    elif analyte.low is not None:
+        low = _threshold(analyte.low)
+        basis = threshold_words(analyte.low, sex, unit) + DEFAULT
+    if analyte.use_reference_range and result.ref_high is not None:
+        high = _holds("above", result.ref_high, interval)
+        high_basis = f"above the lab's upper limit {fmt(result.ref_high)} {unit}"
+    else:
+        high = _threshold(analyte.high) if analyte.high else False
+        high_basis = threshold_words(analyte.high, sex, unit) + DEFAULT if analyte.high else ""
+    if high:
+        basis = high_basis
+    critical: bool | None = False
+    if analyte.critical is not None:
+        critical = _threshold(analyte.critical)
+        if critical:
+            basis = "critical: " + threshold_words(analyte.critical, sex, unit) + DEFAULT
+    if None in (low, high, critical):
+        notes.append(f"reported as {result.reported}: cannot be judged against the limit")
+        if flag and flag.direction in ("low", "high"):
+            low = low or (low is None and flag.direction == "low")
+            high = high or (high is None and flag.direction == "high")
+            critical = critical or (critical is None and flag.direction == "low" and flag.critical)
+            basis = flag_words
+    low, high, critical = bool(low), bool(high), bool(critical)
+    if (
+        flag
+        and basis != flag_words
+        and _disagrees(flag.direction, flag.critical, low or critical, high, critical)
+    ):
+        notes.append(flag_words)
+    return Judgement(low or critical, critical, high, basis, tuple(notes))
+
+
+def _disagrees(
+    direction: str | None, flag_critical: bool, low: bool, high: bool, critical: bool
+) -> bool:
+    service = "low" if low else "high" if high else "normal"
+    if direction is None:
+        return service == "normal" or (flag_critical and not critical)
+    return direction != service or (direction == "low" and flag_critical != critical)
+
+
+def _interval(value: float, comparator: str | None) -> Interval:
+    inf = math.inf
+    return {
+        "<": (-inf, False, value, False),
+        "<=": (-inf, False, value, True),
+        ">": (value, False, inf, False),
+        ">=": (value, True, inf, False),
+    }.get(comparator or "", (value, True, value, True))
+
+
+def _holds(op: str, limit: float, interval: Interval) -> bool | None:
+    """Whether the comparison holds for every value of the interval (True), for none
+    (False), or for some only (None: the result cannot decide)."""
+    lo, lo_in, hi, hi_in = interval
+    every, none = {
+        "below": (hi < limit or (hi == limit and not hi_in), lo >= limit),
+        "at_or_below": (hi <= limit, lo > limit or (lo == limit and not lo_in)),
+        "above": (lo > limit or (lo == limit and not lo_in), hi <= limit),
+        "at_or_above": (lo >= limit, hi < limit or (hi == limit and not hi_in)),
+    }[op]
+    return True if every else False if none else None
+
+
+def _add_lab(
+    vocabulary: Vocabulary,
+    decided: Decided,
+    albumin: Decided | None,
+    outranking: Decided | None,
+    window: Window,
+    facts: Facts,
+) -> None:
+    knowledge = vocabulary.knowledge
+    result, judgement = decided.result, decided.judgement
+    analyte = knowledge.labs.analytes[result.analyte]
+    value, notes = result.value, []
+    correction = analyte.albumin_correction
+    days = knowledge.labs.analytes["albumin"].correction_window_days or 0
+    measured = None if value is None else f"{fmt(value)} {analyte.unit}"
+    albumin_value = albumin.result.value if albumin else None
+    if (
+        correction
+        and value is not None
+        and not result.corrected
+        and albumin is not None
+        and albumin_value is not None
+        and albumin.result.comparator is None
+        and abs((albumin.result.when.day - result.when.day).days) <= days
+    ):
+        value = value + correction.factor * (correction.reference_albumin - albumin_value)
+        notes.append(
+            f"measured {measured}, corrected for albumin {fmt(albumin_value)} g/dL "
+            f"({albumin.result.when.day.isoformat()}) to {fmt(value)} {analyte.unit}"
+        )
+        judgement = judge(vocabulary, analyte, result, window.sex, corrected=value)
+    if outranking is not None and outranking.result.when.day == result.when.day:
+        other = knowledge.labs.analytes[analyte.outranked_by or ""]
+        shown = outranking.result.reported or other.label
+        notes.append(f"{other.label} {shown} the same day decides")
+        judgement = Judgement(False, False, judgement.high, "", ())
+    if result.status == PRELIMINARY:
+        notes.append("preliminary result")
+    if judgement.low or judgement.critical or judgement.high:
+        notes.append(judgement.basis)
+    notes += judgement.notes
+    notes += [
+        f"also on {o.when.day.isoformat()}: {o.reported or 'flagged ' + (o.flag or '')}"
+        f" (which came later is not recorded)"
+        for o in decided.beside
+    ]
+    comparator = result.comparator if value == result.value else None
+    flags = {
+        name: value is not None
+        and _holds(*limit.limit(window.sex), _interval(value, comparator)) is True
+        for name, limit in analyte.flags.items()
+    }
+    notes += [
+        f"{name}: {threshold_words(analyte.flags[name], window.sex, analyte.unit)}"
+        for name, holds in flags.items()
+        if holds
+    ]
+    reported = result.reported
+    canonical = (
+        f"{result.comparator or ''}{fmt(result.value)} {analyte.unit}"
+        if result.value is not None
+        else None
+    )
+    evidence = Evidence(
+        "lab",
+        analyte.label,
+        result.when.day,
+        value=value,
+        unit=analyte.unit,
+        reported=reported if reported and reported.lower() != (canonical or "").lower() else None,
+        judged="; ".join(n for n in notes if n) or None,
+        code=f"LOINC {result.code}",
+        status=result.status,
+        analyte=result.analyte,
+    )
+    fact = {
+        "kind": "lab",
+        "analyte": result.analyte,
+        "low": judgement.low,
+        "critical": judgement.critical,
+        "high": judgement.high,
+        **flags,
+    }
+    if analyte.finding:
+        fact["finding"] = analyte.finding
+    facts.add(fact, evidence)
+
+
+def _missing(knowledge: Knowledge, present: set[str], unjudged: set[str], facts: Facts) -> None:
+    """Work-up analytes with no usable result; `unjudged` ones had results that could not
+    be judged (no or an unknown unit), which the card says rather than "no result"."""
+    analytes = knowledge.labs.analytes
+    covered = present | {
+        analytes[p].workup_counts_for for p in present if analytes[p].workup_counts_for
+    }
+    facts.missing_labs = {name for name in analytes if name not in covered}
+    for name, analyte in analytes.items():
+        if analyte.workup and name not in covered:
+            note = "results without a convertible unit, not judged" if name in unjudged else None
+            facts.add(
+                {"kind": "lab-missing", "analyte": name},
+                Evidence("missing", analyte.label, analyte=name, judged=note),
+            )

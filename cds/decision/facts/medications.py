@@ -1,0 +1,249 @@
+"""Medications the patient is on, and drugs being ordered -> drug / depletes facts.
+
+Only therapy counts: an active order (not a proposal, plan or a "do not perform"), or a
+statement that the patient takes it. The drug is read as EHRs send it: a code, a
+`medicationReference` to a Medication (contained, elsewhere in the record, or fetched), or
+only the reference's `display`; brand names through rules/medications.yaml. A drug of a class
+that counts only when systemic (corticosteroids) is left out when its route, dose form or
+product name says topical, inhaled, nasal, ophthalmic or otic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cds.decision.facts.record import Evidence, Facts, Resource, Resources, codings, text, valid
+from cds.decision.facts.vocabulary import Vocabulary
+
+ACTIVE_REQUEST = {"active"}
+ACTIVE_STATEMENT = {"active", "intended"}  # not not-taken, completed, entered-in-error...
+NOT_THERAPY_INTENT = {"proposal", "plan", "option"}
+_MEDICATION_REFERENCE = re.compile(r"(?:^|/)Medication/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
+@dataclass(frozen=True)
+class Drug:
+    """What a request or statement says is given: the drug's concepts and its dose form."""
+
+    concepts: tuple[Any, ...]
+    form: Any
+    label: str
+
+
+def read_medications(
+    vocabulary: Vocabulary,
+    resources: Resources,
+    facts: Facts,
+    references: dict[str, Resource] | None = None,
+) -> None:
+    """One `drug` fact (and its `depletes` facts) per ingredient of the current therapy."""
+    medications = medication_index(resources, references)
+    seen: set[str] = set()
+    for kind, statuses in (
+        ("MedicationRequest", ACTIVE_REQUEST),
+        ("MedicationStatement", ACTIVE_STATEMENT),
+    ):
+        for resource in resources.get(kind, []):
+            if text(resource.get("status")) not in statuses or not is_therapy(resource):
+                continue
+            drug = drug_of(resource, medications)
+            ingredients = _counted(vocabulary, resource, drug) - seen
+            if not ingredients or not valid(resource, facts):
+                continue
+            seen |= ingredients
+            for ingredient in sorted(ingredients):
+                _add_drug(
+                    vocabulary,
+                    "drug",
+                    "depletes",
+                    ingredient,
+                    drug.label,
+                    resource["status"],
+                    facts,
+                )
+
+
+def read_drafts(
+    vocabulary: Vocabulary,
+    orders: list[Resource],
+    facts: Facts,
+    resources: Resources | None = None,
+    references: dict[str, Resource] | None = None,
+) -> None:
+    """Drugs being ordered. Read leniently: the sandbox's drafts are not valid FHIR."""
+    medications = medication_index(resources or {}, references)
+    for order in orders:
+        if not is_therapy(order):
+            continue
+        drug = drug_of(order, medications)
+        for ingredient in sorted(_counted(vocabulary, order, drug)):
+            _add_drug(
+                vocabulary,
+                "draft",
+                "draft-depletes",
+                ingredient,
+                drug.label,
+                str(order.get("status", "draft")),
+                facts,
+            )
+
+
+def is_therapy(resource: Resource) -> bool:
+    """A request that orders the drug: not a proposal or plan, not "do not perform"."""
+    return (
+        resource.get("doNotPerform") is not True
+        and text(resource.get("intent")) not in NOT_THERAPY_INTENT
+    )
+
+
+def medication_index(
+    resources: Resources, references: dict[str, Resource] | None
+) -> dict[str, Resource]:
+    """Medication resources by every reference that may name them: `Medication/id`, and the
+    full URLs (absolute or `urn:uuid:`) of the bundle entries they came in."""
+    index = {
+        f"Medication/{m['id']}": m
+        for m in resources.get("Medication", [])
+        if isinstance(m.get("id"), str)
+    }
+    index.update(
+        {url: r for url, r in (references or {}).items() if r.get("resourceType") == "Medication"}
+    )
+    return index
+
+
+def unresolved_medication_ids(
+    resources: Resources, references: dict[str, Resource] | None
+) -> set[str]:
+    """Ids of Medications that therapy refers to but the record does not contain."""
+    index = medication_index(resources, references)
+    missing: set[str] = set()
+    for kind in ("MedicationRequest", "MedicationStatement"):
+        for resource in resources.get(kind, []):
+            ref = _reference(resource)
+            if ref and not ref.startswith("#") and _resolve(ref, resource, index) is None:
+                match = _MEDICATION_REFERENCE.search(ref)
+                if match:
+                    missing.add(match[1])
+    return missing
+
+
+def drug_of(resource: Resource, medications: dict[str, Resource]) -> Drug:
+    """The drug's concepts and form, following a `medicationReference` where it resolves,
+    else the reference's display."""
+    if "medicationCodeableConcept" in resource:
+        concept = resource["medicationCodeableConcept"]
+        return Drug((concept,), None, _label(concept))
+    ref = _reference(resource)
+    target = _resolve(ref, resource, medications) if ref else None
+    if target is not None:
+        items = target.get("ingredient")
+        concepts = (
+            (
+                target.get("code"),
+                *(i.get("itemCodeableConcept") for i in items if isinstance(i, dict)),
+            )
+            if isinstance(items, list)
+            else (target.get("code"),)
+        )
+        return Drug(concepts, target.get("form"), _label(target.get("code")))
+    reference = resource.get("medicationReference")
+    display = reference.get("display") if isinstance(reference, dict) else None
+    concept = {"text": display} if isinstance(display, str) else None
+    return Drug((concept,), None, display if isinstance(display, str) else "")
+
+
+def _reference(resource: Resource) -> str | None:
+    reference = resource.get("medicationReference")
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    return ref.strip() if isinstance(ref, str) and ref.strip() else None
+
+
+def _resolve(ref: str, resource: Resource, medications: dict[str, Resource]) -> Resource | None:
+    if ref.startswith("#"):
+        inline = resource.get("contained")
+        return (
+            next(
+                (
+                    c
+                    for c in inline
+                    if isinstance(c, dict)
+                    and f"#{c.get('id')}" == ref
+                    and c.get("resourceType") == "Medication"
+                ),
+                None,
+            )
+            if isinstance(inline, list)
+            else None
+        )
+    if ref in medications:
+        return medications[ref]
+    match = _MEDICATION_REFERENCE.search(ref)
+    return medications.get(f"Medication/{match[1]}") if match else None
+
+
+def _counted(vocabulary: Vocabulary, resource: Resource, drug: Drug) -> set[str]:
+    """The drug's ingredients, less those of systemic-only classes not given systemically."""
+    ingredients: set[str] = set()
+    for concept in drug.concepts:
+        ingredients |= vocabulary.ingredients_of(concept)
+    classes = vocabulary.knowledge.medications.ingredients
+    if not any(classes[i].drug_class in vocabulary.systemic_only for i in ingredients):
+        return ingredients
+    dosages = resource.get("dosageInstruction", resource.get("dosage"))
+    routes = (
+        [d.get("route") for d in dosages if isinstance(d, dict)]
+        if isinstance(dosages, list)
+        else []
+    )
+    if vocabulary.systemic(routes, drug.form, list(drug.concepts)) is False:
+        return {i for i in ingredients if classes[i].drug_class not in vocabulary.systemic_only}
+    return ingredients
+
+
+def _add_drug(
+    vocabulary: Vocabulary,
+    kind: str,
+    depletes_kind: str,
+    ingredient: str,
+    label: str,
+    status: str,
+    facts: Facts,
+) -> None:
+    meds = vocabulary.knowledge.medications
+    spec = meds.ingredients[ingredient]
+    finding = meds.classes[spec.drug_class].finding
+    evidence = facts.cite(
+        Evidence(
+            "medication" if kind == "drug" else "order",
+            label or ingredient,
+            status=status,
+            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})",
+            lowers=tuple(spec.lowers),
+        )
+    )
+    facts.add(
+        {"kind": kind, "class": spec.drug_class, "finding": finding, "ingredient": ingredient},
+        evidence,
+    )
+    for analyte in spec.lowers:
+        facts.add(
+            {
+                "kind": depletes_kind,
+                "analyte": analyte,
+                "finding": finding,
+                "ingredient": ingredient,
+            },
+            evidence,
+        )
+
+
+def _label(concept: Any) -> str:
+    for coding in codings(concept):
+        display = coding.get("display")
+        if isinstance(display, str):
+            return display
+    text = concept.get("text") if isinstance(concept, dict) else None
+    return text if isinstance(text, str) else ""

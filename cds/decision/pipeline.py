@@ -1,0 +1,81 @@
+"""The CPU-bound part of a hook call: record -> facts -> rules -> findings -> cards.
+
+Everything here is synchronous and free of I/O. The route runs it inline on the event loop:
+it is pure-Python CPU work, so a worker thread of the same process would not run it any
+sooner, only hand the GIL back and forth with the event loop; more throughput comes from more
+worker processes (`twitch-cds serve --workers N`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from cds.cdshooks import Card, HookRequest
+from cds.decision.cards import CardBuilder, CardContext
+from cds.decision.catalog import Service
+from cds.decision.engine import RulesEngine
+from cds.decision.facts import FactBuilder, Facts, Vocabulary
+from cds.decision.findings import consolidate
+from cds.decision.prefetch import ResourcePool
+from cds.knowledge import Knowledge
+from cds.settings import Settings
+
+
+@dataclass(frozen=True)
+class Decision:
+    cards: list[Card]
+    facts: Facts
+
+
+def draft_orders(request: HookRequest, service: Service) -> list[dict[str, Any]]:
+    """The orders a hook asks about: the selected ones (order-select) or all (order-sign)."""
+    if service.draft_orders == "none" or not request.context.draftOrders:
+        return []
+    entries = request.context.draftOrders.get("entry")
+    orders = (
+        [
+            e["resource"]
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
+        if isinstance(entries, list)
+        else []
+    )
+    if service.draft_orders == "selected":
+        selected = set(request.context.selections or [])
+        orders = [o for o in orders if f"{o.get('resourceType')}/{o.get('id')}" in selected]
+    return orders
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The shared, read-only parts that turn a record into cards."""
+
+    knowledge: Knowledge
+    facts: FactBuilder
+    engine: RulesEngine
+    cards: CardBuilder
+    lookback_days: int
+
+    def decide(
+        self, request: HookRequest, service: Service, pool: ResourcePool, today: date
+    ) -> Decision:
+        facts = self.facts.build(
+            pool.by_type, today, draft_orders(request, service), pool.references
+        )
+        findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts), self.knowledge)
+        context = CardContext(request.hookInstance, request.context.patientId, self.lookback_days)
+        return Decision(self.cards.build(findings, facts, context), facts)
+
+
+def build_pipeline(knowledge: Knowledge, settings: Settings) -> Pipeline:
+    """Record -> cards; also what `twitch-cds evaluate` runs, without a server."""
+    return Pipeline(
+        knowledge,
+        FactBuilder(Vocabulary(knowledge), settings.lookback_days),
+        RulesEngine(knowledge),
+        CardBuilder(knowledge),
+        settings.lookback_days,
+    )

@@ -1,0 +1,1 @@
+"""Durable storage: card feedback, issued cards, JWT replay records, migrations, housekeeping."""

@@ -1,0 +1,275 @@
+"""`twitch-cds check-rules`: every authoring mistake in rules/ at once, with where it is.
+
+The service refuses to start on an inconsistent rules/ too, but stops at the first problem
+and speaks in model terms. This check reads the YAML as written and reports, file by file:
+
+- files that are missing or not valid YAML, and entries of the wrong shape;
+- codes of an unknown code system (only those of `cds.knowledge.SYSTEMS` can match);
+- missing sources: a code without its reference `source`, a threshold, ingredient or card
+  without a source, a source without a label or an https URL;
+- thresholds without units: an analyte without its canonical `unit`, or whose unit table
+  does not give that unit the factor 1; a scored observation with a unit table but no unit
+  (one with neither is a score in points);
+- duplicate entries: the same code twice in one value set or one analyte;
+- dangling references: a rule naming a value set, analyte, flag, drug class or finding that
+  does not exist, and everything `cds.knowledge` cross-checks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from cds.knowledge import SYSTEMS, load_knowledge
+
+FILES = (
+    "sources.yaml",
+    "valuesets.yaml",
+    "labs.yaml",
+    "medications.yaml",
+    "findings.yaml",
+    "ruleset.yaml",
+)
+LAB_GROUPS = ("analytes", "scored_observations", "coded_observations")
+# The keys of rule patterns that name something defined in another file.
+REFERENCES = {
+    "concept": "value set",
+    "analyte": "analyte",
+    "class": "drug class",
+    "finding": "finding",
+}
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    file: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}: {self.where}: {self.message}"
+            if self.where
+            else f"{self.file}: {self.message}"
+        )
+
+
+def check(rules_dir: Path) -> list[Problem]:
+    """All problems found in `rules_dir`, sorted by file and place; [] when it is sound."""
+    documents: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for name in FILES:
+        path = rules_dir / name
+        try:
+            documents[name] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(Problem(name, "", "file missing"))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f"line {mark.line + 1}" if mark else ""
+            reason = getattr(error, "problem", None) or "syntax error"
+            problems.append(Problem(name, line, f"not valid YAML ({reason})"))
+    if problems:
+        return sorted(problems)
+    problems += _sources(documents["sources.yaml"])
+    problems += _source_references(documents)
+    problems += _codes(documents)
+    problems += _units(documents["labs.yaml"])
+    problems += _rule_references(documents)
+    problems += _model(rules_dir)
+    return sorted(set(problems))
+
+
+def _mapping(document: Any) -> dict[str, Any]:
+    return document if isinstance(document, dict) else {}
+
+
+def _sources(sources: Any) -> Iterator[Problem]:
+    for key, source in _mapping(sources).items():
+        if not isinstance(source, dict) or not source.get("label"):
+            yield Problem("sources.yaml", key, "source without a label")
+        elif not str(source.get("url", "")).startswith("https://"):
+            yield Problem("sources.yaml", key, "source without an https URL")
+
+
+def _source_references(documents: dict[str, Any]) -> Iterator[Problem]:
+    """Cards and thresholds cite a source of sources.yaml; drug ingredients a reference."""
+    known = set(_mapping(documents["sources.yaml"]))
+    cited: list[tuple[str, str, Any]] = []
+    for name, text in _mapping(_mapping(documents["findings.yaml"]).get("findings")).items():
+        text = _mapping(text)
+        cited += [("findings.yaml", f"findings.{name}.source", text.get("source"))]
+        cited += [
+            ("findings.yaml", f"findings.{name}.links", key) for key in text.get("links") or []
+        ]
+    labs = _mapping(documents["labs.yaml"])
+    for group in LAB_GROUPS:
+        for name, item in _mapping(labs.get(group)).items():
+            for key in ("low", "critical", "high", "positive", "albumin_correction"):
+                if isinstance(_mapping(item).get(key), dict):
+                    cited.append(("labs.yaml", f"{group}.{name}.{key}", item[key].get("source")))
+    for file, where, key in cited:
+        if not key:
+            yield Problem(file, where, "no source")
+        elif key not in known:
+            yield Problem(file, where, f"source {key!r} is not in sources.yaml")
+    # An ingredient cites the reference (clinical-reference.md) its class membership is from.
+    ingredients = _mapping(_mapping(documents["medications.yaml"]).get("ingredients"))
+    for name, item in ingredients.items():
+        if not _mapping(item).get("source"):
+            yield Problem("medications.yaml", f"ingredients.{name}", "no source")
+
+
+def _code_lists(documents: dict[str, Any]) -> Iterator[tuple[str, str, list[Any], bool]]:
+    """(file, place, codes, needs a source) for every list of codes in rules/."""
+    for name, valueset in _mapping(documents["valuesets.yaml"]).items():
+        yield "valuesets.yaml", name, _mapping(valueset).get("codes") or [], True
+    labs = _mapping(documents["labs.yaml"])
+    for group in LAB_GROUPS:
+        for name, item in _mapping(labs.get(group)).items():
+            yield "labs.yaml", f"{group}.{name}", _mapping(item).get("codes") or [], True
+            answers = _mapping(item).get("positive_values")
+            if answers:
+                # Answer codes are SNOMED unless stated (cds.decision.facts reads them that way).
+                yield (
+                    "labs.yaml",
+                    f"{group}.{name}.positive_values",
+                    [{"system": "snomed", **a} for a in answers if isinstance(a, dict)],
+                    False,
+                )
+
+
+def _codes(documents: dict[str, Any]) -> Iterator[Problem]:
+    for file, place, codes, needs_source in _code_lists(documents):
+        seen: Counter[tuple[str, str]] = Counter()
+        for index, code in enumerate(codes):
+            where = (
+                f"{place}.codes[{index}]" if "positive_values" not in place else f"{place}[{index}]"
+            )
+            if not isinstance(code, dict) or "code" not in code:
+                yield Problem(file, where, "a code entry needs at least `code`")
+                continue
+            system = code.get("system", "loinc")
+            if system not in SYSTEMS:
+                yield Problem(
+                    file,
+                    where,
+                    f"unknown code system {system!r} (known: {', '.join(sorted(SYSTEMS))})",
+                )
+            if needs_source and not code.get("source"):
+                yield Problem(file, where, f"code {code['code']} has no source")
+            seen[(system, str(code["code"]))] += 1
+        for (system, value), count in seen.items():
+            if count > 1:
+                yield Problem(file, place, f"{system} {value} listed {count} times")
+
+
+def _units(labs: Any) -> Iterator[Problem]:
+    labs = _mapping(labs)
+    for name, analyte in _mapping(labs.get("analytes")).items():
+        where = f"analytes.{name}"
+        analyte = _mapping(analyte)
+        unit, units = analyte.get("unit"), _mapping(analyte.get("units"))
+        thresholds = [k for k in ("low", "critical", "high") if analyte.get(k)]
+        if not unit:
+            yield Problem(
+                "labs.yaml",
+                where,
+                "no canonical `unit`: thresholds "
+                f"{', '.join(thresholds) or '(none yet)'} would have no unit",
+            )
+        elif units.get(unit) != 1.0:
+            yield Problem("labs.yaml", where, f"unit {unit!r} must be in `units` with factor 1.0")
+    for name, scored in _mapping(labs.get("scored_observations")).items():
+        scored = _mapping(scored)
+        where = f"scored_observations.{name}"
+        if scored.get("units") and not scored.get("unit"):
+            yield Problem("labs.yaml", where, "`units` given but no `unit` for the threshold")
+
+
+def _patterns(value: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping inside a rule's `all:` (patterns nest under $and, $or, $not...)."""
+    if isinstance(value, dict):
+        yield value
+        for item in value.values():
+            yield from _patterns(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _patterns(item)
+
+
+def _rule_references(documents: dict[str, Any]) -> Iterator[Problem]:
+    labs = _mapping(documents["labs.yaml"])
+    analytes = _mapping(labs.get("analytes"))
+    defined = {
+        "concept": set(_mapping(documents["valuesets.yaml"])),
+        "analyte": set(analytes),
+        "class": set(_mapping(_mapping(documents["medications.yaml"]).get("classes"))),
+        "finding": set(_mapping(_mapping(documents["findings.yaml"]).get("findings"))),
+    }
+    flags = {flag for a in analytes.values() for flag in _mapping(_mapping(a).get("flags"))}
+    rulesets = _mapping(_mapping(documents["ruleset.yaml"]).get("rulesets"))
+    for ruleset_name, rules in rulesets.items():
+        for rule_name, rule in _mapping(rules).items():
+            where = f"rulesets.{ruleset_name}.{rule_name}"
+            for pattern in _patterns(_mapping(rule).get("all")):
+                for key, kind in REFERENCES.items():
+                    value = pattern.get(key)
+                    if isinstance(value, str) and value not in defined[key]:
+                        yield Problem("ruleset.yaml", where, f"unknown {kind} {value!r}")
+                if pattern.get("kind") == "lab":
+                    for test in _patterns(pattern):
+                        for flag in set(test) - {
+                            "kind",
+                            "analyte",
+                            "low",
+                            "critical",
+                            "high",
+                            "finding",
+                            "$and",
+                            "$or",
+                            "$ex",
+                            "$not",
+                        }:
+                            if (
+                                not flag.startswith("$")
+                                and test.get(flag) is True
+                                and flag not in flags
+                            ):
+                                yield Problem("ruleset.yaml", where, f"unknown lab flag {flag!r}")
+            finding = _mapping(_mapping(rule).get("then")).get("finding")
+            if (
+                isinstance(finding, str)
+                and not finding.startswith("$")
+                and finding not in defined["finding"]
+            ):
+                yield Problem("ruleset.yaml", where, f"no card text for finding {finding!r}")
+
+
+def _model(rules_dir: Path) -> Iterator[Problem]:
+    """What the service itself checks at start-up, as problems instead of one exception."""
+    files = {
+        "sources": "sources.yaml",
+        "valuesets": "valuesets.yaml",
+        "labs": "labs.yaml",
+        "medications": "medications.yaml",
+        "findings": "findings.yaml",
+        "rulesets": "ruleset.yaml",
+    }
+    try:
+        load_knowledge(rules_dir)
+    except ValidationError as error:
+        for detail in error.errors():
+            location = [str(part) for part in detail["loc"]]
+            message = detail["msg"].removeprefix("Value error, ")
+            if location:
+                yield Problem(files.get(location[0], location[0]), ".".join(location[1:]), message)
+            else:
+                for line in message.splitlines()[1:] or [message]:
+                    yield Problem("rules/", "", f"dangling reference: {line.strip()}")

@@ -1,0 +1,1 @@
+"""The HTTP edge: app factory, routes, middleware, JWT verification, operations, serving."""

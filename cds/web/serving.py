@@ -1,0 +1,94 @@
+"""Running the service under uvicorn: `twitch-cds serve`.
+
+Host, port and worker count default to `TWITCH_CDS_HOST`, `TWITCH_CDS_PORT` and
+`TWITCH_CDS_WORKERS`, so a container is configured by its environment alone.
+
+The database is migrated first, in a child process (`migrate_in_child`). Shutdown is
+graceful: on SIGTERM or SIGINT uvicorn stops accepting connections, lets the
+requests in flight finish (up to `GRACEFUL_SHUTDOWN_SECONDS`), then runs the app's shutdown
+(database connections closed) in every worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+from cds.logs import server_log_config
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+# prometheus-client's multiprocess mode (see cds.metrics), chosen when it is first imported.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def env_default(name: str, default: str) -> str:
+    return os.environ.get(f"TWITCH_CDS_{name}", default)
+
+
+def serve(host: str, port: int, workers: int) -> None:
+    migrate_in_child()
+    with tempfile.TemporaryDirectory(prefix="twitch-cds-metrics-") as scratch:
+        prepare_metrics_directory(Path(os.environ.get(METRICS_DIR_ENV) or scratch))
+        # uvicorn's own lines (before the app configures logging, and in the supervisor of
+        # the workers) are JSON like the service's. The root level follows the service
+        # setting; the app's settings validate it again at start.
+        level = os.environ.get("TWITCH_CDS_LOG_LEVEL", "INFO").upper()
+        uvicorn.run(
+            "cds.web.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            log_config=server_log_config(level if level in _LEVELS else "INFO"),
+        )
+
+
+def migrate_in_child() -> None:
+    """Bring the database to the current schema in a short-lived child process.
+
+    The workers then find it current and never load Alembic (see `cds.store.storage.SCHEMA_HEAD`);
+    with one worker, uvicorn serves from this very process, which must not load it either.
+    """
+    child = multiprocessing.get_context("fork").Process(target=_migrate, name="migrate")
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"twitch-cds serve: database migration failed (exit {child.exitcode})")
+
+
+def _migrate() -> None:
+    from cds.settings import Settings
+    from cds.store.storage import make_engine, migrate
+
+    engine = make_engine(Settings().database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+def prepare_metrics_directory(directory: Path) -> None:
+    """Every worker process counts into files of one directory, which /metrics sums.
+
+    It is emptied (files of a previous run would be summed into this one) and exported
+    before uvicorn starts the workers, which inherit it, and before this process imports
+    prometheus-client, which reads it once at import.
+    """
+    if directory.exists():
+        for child in directory.iterdir():
+            if child.is_file():
+                child.unlink()
+            else:
+                shutil.rmtree(child)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[METRICS_DIR_ENV] = str(directory)
