@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -21,22 +19,11 @@ from cds.knowledge import load_knowledge
 from cds.settings import PROJECT_ROOT
 from cds.tools.clinical_logic import render
 from tests.conftest import SERVICE_PV
+from tests.support.cli import run
 from tests.support.fhir import days_ago, lab, medication, patient, twitch
 from tests.support.paths import SYNTHEA
 
 COMMANDS = ["serve", "evaluate", "rules", "check-rules", "discovery", "feedback-report"]
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    """`twitch-cds ARGV...` as a user runs it: its own process, exit status, stdout, stderr."""
-    result = subprocess.run(
-        [sys.executable, "-m", "cds.tools.cli", *argv],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=120,
-    )
-    return result.returncode, result.stdout, result.stderr
 
 
 def write_bundle(path: Path, *resources: dict[str, Any]) -> Path:
@@ -58,15 +45,9 @@ def topics(response_json: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cds.tools.cli", command, "--help"],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"usage: twitch-cds {command}")
+    status, out, err = run(command, "--help")
+    assert status == 0, err
+    assert out.startswith(f"usage: twitch-cds {command}")
 
 
 # --- evaluate -------------------------------------------------------------------------------
