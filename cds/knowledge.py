@@ -41,9 +41,28 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What a reviewer weighs a source as (rules/sources.yaml explains each).
+SourceKind = Literal[
+    "guideline",
+    "textbook",
+    "review",
+    "drug-label",
+    "lab-catalogue",
+    "standard",
+    "calculator",
+    "consumer",
+]
+# The kinds a card may name as its `source`: a laboratory catalogue is cited beside the value
+# for its reference interval, a standard or calculator for what it defines, never as the card's
+# source; a consumer site is never cited.
+CARD_SOURCE_KINDS: frozenset[str] = frozenset({"guideline", "textbook", "review", "drug-label"})
+NEVER_CITED_KINDS: frozenset[str] = frozenset({"consumer"})
+
+
 class Source(_Model):
     label: str
     url: str
+    kind: SourceKind
     supports: list[ClaimKind]
 
 
@@ -461,12 +480,6 @@ class Knowledge(_Model):
                     problems += self._unsupported(
                         f"analyte {name} {which}", threshold.source, ["lab-cutoff"]
                     )
-            if analyte.finding and analyte.low is not None:
-                problems += self._unsupported(
-                    f"analyte {name} low (card source)",
-                    analyte.low.source,
-                    texts[analyte.finding].claims[:1],
-                )
             if analyte.albumin_correction:
                 problems += self._unsupported(
                     f"analyte {name} albumin correction",
@@ -482,6 +495,34 @@ class Knowledge(_Model):
                 problems += self._unsupported(
                     f"ingredient {name} mechanism", ingredient.mechanism_source, ["drug-effect"]
                 )
+        return problems + self._card_source_kinds()
+
+    def card_sources(self) -> list[tuple[str, str]]:
+        """(where, source key) for every source a card can name as its `source`: the card
+        text's, and the drug reference a drug card cites for the drug it names."""
+        cited = [(f"finding {code}", text.source) for code, text in self.findings.findings.items()]
+        cited += [
+            (f"ingredient {name} mechanism", ingredient.mechanism_source)
+            for name, ingredient in self.medications.ingredients.items()
+            if ingredient.mechanism_source
+        ]
+        return cited
+
+    def _card_source_kinds(self) -> list[str]:
+        """A card's source is a guideline, textbook chapter, peer-reviewed review or drug label;
+        no card cites a consumer site, not even as a link."""
+        problems = [
+            f"{where}: source {key} is a {self.sources[key].kind}, not a card source "
+            f"({', '.join(sorted(CARD_SOURCE_KINDS))})"
+            for where, key in self.card_sources()
+            if key in self.sources and self.sources[key].kind not in CARD_SOURCE_KINDS
+        ]
+        problems += [
+            f"finding {code} link: source {key} is a {self.sources[key].kind} site"
+            for code, text in self.findings.findings.items()
+            for key in text.links
+            if key in self.sources and self.sources[key].kind in NEVER_CITED_KINDS
+        ]
         return problems
 
 

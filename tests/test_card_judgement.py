@@ -165,7 +165,7 @@ def test_confirmed_diagnosis_without_care_says_diagnosed_not_consider_mnd(
         MND
     ]
     assert "diagnosed" in card["summary"]
-    assert "consider motor neurone disease" not in card["summary"]
+    assert "consider motor neuron disease" not in card["summary"]
     assert "name the suspected diagnosis" not in card["detail"]
     assert card["suggestions"][0]["label"] == "Refer to neurology"
 
@@ -174,7 +174,7 @@ def test_diagnosed_mnd_with_weakness_does_not_ask_to_name_a_suspected_diagnosis(
     client: TestClient,
 ) -> None:
     card = cards(client, twitch(), condition("G12.21"), condition("M62.81"), *normal_workup())[MND]
-    assert "consider motor neurone disease" not in card["summary"]
+    assert "consider motor neuron disease" not in card["summary"]
     assert "name the suspected diagnosis" not in card["detail"]
 
 

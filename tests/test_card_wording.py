@@ -5,11 +5,17 @@ relationships in words. Through HTTP, plus focused unit tests of the name format
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from cds.decision.cards import prescriber_name
+from cds.settings import PROJECT_ROOT
+from cds.tools.rules_check import check
 from tests.support.app import module_client
 from tests.support.cards import patient_view_cards as cards
 from tests.support.fhir import (
@@ -21,7 +27,7 @@ from tests.support.fhir import (
     medication,
     twitch,
 )
-from tests.test_clinical_coverage import SMOKING, normal_workup
+from tests.test_clinical_coverage import SMOKING, busy_record, normal_workup
 
 RAW_STATUS = re.compile(
     r"\((draft|active|final|amended|corrected|stopped|completed|"
@@ -88,3 +94,62 @@ def test_family_relationship_in_words(client: TestClient, code: str, words: str)
     )["red-flag-muscular-dystrophy"]
     assert words in card["summary"] and words in card["detail"]
     assert code not in card["summary"] and f"({code}" not in card["detail"]
+
+
+# --- issue 17 point 5: plain words, one spelling ------------------------------------------------
+
+WORDING = yaml.safe_load((PROJECT_ROOT / "rules" / "wording.yaml").read_text(encoding="utf-8"))
+
+
+def clinician_reads(card: dict[str, Any]) -> list[str]:
+    """What a clinician reads on a card; source titles keep their published spelling."""
+    texts = [card["summary"], card["detail"], card["source"]["topic"]["display"]]
+    texts += [reason["display"] for reason in card["overrideReasons"]]
+    for suggestion in card.get("suggestions", []):
+        texts.append(suggestion["label"])
+        texts += [action["description"] for action in suggestion["actions"]]
+    return texts
+
+
+def test_card_texts_are_us_english_without_internal_jargon(client: TestClient) -> None:
+    found = cards(
+        client,
+        *busy_record(),
+        lab("17861-6", 8.0, "mg/dL"),
+        condition("R06.00"),  # dyspnoea: an MND card with a respiratory sign
+        condition("R19.7"),  # diarrhoea
+        medication(text="Caffeine 200 MG Oral Tablet"),
+        condition("F41.1"),
+    )
+    assert len(found) >= 14
+    british = [spelling.lower() for spelling in WORDING["us_spelling"]]
+    for code, card in found.items():
+        for text in clinician_reads(card):
+            lowered = text.lower()
+            assert not [b for b in british if b in lowered], (code, text)
+            assert not [j for j in WORDING["jargon"] if j.lower() in lowered], (code, text)
+    # The low lab values of this record were judged by the rules' limits: said in words.
+    assert "the usual adult limit" in found["hyponatremia"]["detail"]
+    drug = found["electrolyte-depleting-drug"]["detail"]
+    assert "magnesium, potassium or calcium" in drug and "Mg/K/Ca" not in drug
+
+
+def test_check_rules_lints_british_spelling_and_jargon_in_card_texts(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "rules", rules)
+    findings = (rules / "findings.yaml").read_text(encoding="utf-8")
+    findings = findings.replace(
+        "why: Low potassium causes muscle weakness",
+        "why: Hypokalaemia (default limit) causes muscle weakness",
+    )
+    (rules / "findings.yaml").write_text(findings, encoding="utf-8")
+    problems = [str(p) for p in check(rules)]
+    assert any(
+        "findings.hypokalemia.why: British spelling 'aemia'" in p and "'emia'" in p
+        for p in problems
+    ), problems
+    assert any(
+        "findings.hypokalemia.why: internal jargon 'default limit'" in p for p in problems
+    ), problems
+    # Source titles keep their published spelling: the shipped rules pass.
+    assert check(PROJECT_ROOT / "rules") == []

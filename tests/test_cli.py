@@ -208,7 +208,7 @@ def test_check_rules_lists_every_problem_with_its_place(tmp_path: Path) -> None:
                 )
             ],
             "ruleset.yaml": [("{concept: fluid-loss}", "{concept: fluid-lost}")],
-            "findings.yaml": [("    source: hallmark-magnesium\n", "    source: nowhere\n")],
+            "findings.yaml": [("    source: statpearls-hypomagnesemia\n", "    source: nowhere\n")],
         },
     )
     status, out, _ = run("check-rules", "--rules-dir", str(rules))

@@ -2,9 +2,9 @@
 
 order-select looks only at the orders named in `context.selections`; order-sign at every draft
 order. A drug of a twitch-relevant class gives a card naming it when the record documents a
-twitch complaint; a drug that lowers Mg/K/Ca gives a warning without the complaint when that
-electrolyte is already low. The patient's existing medicines and chart findings are
-patient-view's business and never give a card here.
+twitch complaint; a drug that lowers magnesium, potassium or calcium gives a warning without
+the complaint when that electrolyte is already low. The patient's existing medicines and chart
+findings are patient-view's business and never give a card here.
 """
 
 from __future__ import annotations

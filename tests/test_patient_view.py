@@ -161,7 +161,7 @@ def test_preliminary_or_entered_in_error_results_do_not_count(client: TestClient
 def test_reference_range_of_the_result_defines_low(client: TestClient) -> None:
     # 1.75 mg/dL is normal by the default (< 1.7) but low by this lab's own range 1.8-2.4.
     cards = codes(client, twitch(), lab(MAGNESIUM_MASS, 1.75, "mg/dL", low=1.8, high=2.4))
-    assert "lower limit 1.8 mg/dL" in cards["hypomagnesemia"]["detail"]
+    assert "lower limit of 1.8 mg/dL" in cards["hypomagnesemia"]["detail"]
     # A range in a convertible other unit (0.66 mmol/L = 1.6 mg/dL) is converted too.
     cards = codes(
         client, twitch(), lab(MAGNESIUM_MASS, 1.65, "mg/dL", low=0.66, range_unit="mmol/L")

@@ -99,7 +99,9 @@ def test_concurrent_evaluations_get_exactly_their_own_findings(engine: RulesEngi
 def test_knowledge_loader_rejects_a_dangling_reference(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
-    text = (rules / "findings.yaml").read_text().replace("source: arup-b12", "source: nowhere")
+    text = (
+        (rules / "findings.yaml").read_text().replace("source: statpearls-b12", "source: nowhere")
+    )
     (rules / "findings.yaml").write_text(text)
     with pytest.raises(ValueError, match="unknown source nowhere"):
         load_knowledge(rules)

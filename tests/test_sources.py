@@ -7,6 +7,7 @@ returned through HTTP cites a source of its claim's kind.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from cds.knowledge import Knowledge, load_knowledge
+from cds.knowledge import CARD_SOURCE_KINDS, Knowledge, load_knowledge
+from cds.tools.rules_check import check
 from tests.support.app import module_client
 from tests.support.cards import patient_view_cards as cards
 from tests.support.fhir import coded_observation, condition, lab, medication, twitch
@@ -179,14 +181,82 @@ def test_corticosteroid_and_hypokalaemia_cite_no_referral_guideline(
         assert not any("referral" in knowledge.sources[keys[url]].supports for url in urls), code
 
 
-def test_lab_cards_cite_the_page_of_the_cut_off_that_judged_them(
+def test_lab_cards_cite_a_textbook_and_link_the_page_of_the_cut_off_that_judged_them(
     client: TestClient, knowledge: Knowledge
 ) -> None:
+    """Issue 17 point 6: a laboratory catalogue is cited for the reference interval beside
+    the value (a link), never as the card's source."""
     keys = by_url(knowledge)
     low = cards(client, twitch(), lab("2823-3", 3.1, "mmol/L"))["hypokalemia"]
     critical = cards(client, twitch(), lab("2951-2", 118, "mmol/L"))["hyponatremia"]
     potassium = knowledge.labs.analytes["potassium"]
     sodium = knowledge.labs.analytes["sodium"]
     assert potassium.low is not None and sodium.critical is not None
-    assert keys[low["source"]["url"]] == potassium.low.source
-    assert keys[critical["source"]["url"]] == sodium.critical.source
+    assert keys[low["source"]["url"]] == "statpearls-hypokalemia"
+    assert keys[critical["source"]["url"]] == "statpearls-hyponatremia"
+    assert potassium.low.source in {keys[link["url"]] for link in low["links"]}
+    assert sodium.critical.source in {keys[link["url"]] for link in critical["links"]}
+
+
+# --- issue 17 point 6: sources a reviewer accepts ----------------------------------------------
+
+
+def test_every_source_records_its_kind(knowledge: Knowledge) -> None:
+    kinds = {key: source.kind for key, source in knowledge.sources.items()}
+    assert kinds["nice-ng127"] == "guideline"
+    assert kinds["statpearls-hypokalemia"] == "textbook"
+    assert kinds["fhp-potassium"] == "lab-catalogue"
+    assert "consumer" not in kinds.values()  # none is kept once no card cites it
+
+
+def test_every_card_cites_a_guideline_textbook_review_or_label_never_a_consumer_site(
+    client: TestClient, knowledge: Knowledge
+) -> None:
+    keys = by_url(knowledge)
+    found = cards(
+        client,
+        *busy_record(),
+        lab("17861-6", 8.0, "mg/dL"),
+        medication(text="Caffeine 200 MG Oral Tablet"),
+        condition("F41.1"),
+        coded_observation(SMOKING, "449868002"),
+    )
+    assert {"stimulant", "nicotine", "anxiety-stress", "hypocalcemia"} <= set(found)
+    for code, card in found.items():
+        source = knowledge.sources[keys[card["source"]["url"]]]
+        assert source.kind in CARD_SOURCE_KINDS, (code, source.label)
+        for link in card["links"]:
+            assert knowledge.sources[keys[link["url"]]].kind != "consumer", (code, link)
+    everything = json.dumps(found).lower()
+    assert "verywell" not in everything
+
+
+def test_check_rules_fails_on_a_consumer_site_as_a_card_source(tmp_path: Path) -> None:
+    rules = copy_rules(tmp_path)
+
+    def add_consumer_site(data: dict[str, Any]) -> None:
+        data["health-blog"] = {
+            "label": "A health blog: causes of twitching",
+            "url": "https://blog.example.org/twitching",
+            "kind": "consumer",
+            "supports": ["cause-of-twitching"],
+        }
+
+    edit(rules / "sources.yaml", add_consumer_site)
+    edit(rules / "findings.yaml", lambda d: d["findings"]["stimulant"].update(source="health-blog"))
+    problems = [str(p) for p in check(rules)]
+    assert any("finding stimulant" in p and "health-blog is a consumer" in p for p in problems), (
+        problems
+    )
+
+
+def test_check_rules_fails_on_a_laboratory_catalogue_as_a_card_source(tmp_path: Path) -> None:
+    rules = copy_rules(tmp_path)
+    edit(
+        rules / "findings.yaml",
+        lambda d: d["findings"]["hypokalemia"].update(
+            source="fhp-potassium", claims=["lab-cutoff", "cause-of-twitching"]
+        ),
+    )
+    problems = [str(p) for p in check(rules)]
+    assert any("fhp-potassium is a lab-catalogue" in p for p in problems), problems

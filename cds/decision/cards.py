@@ -320,8 +320,10 @@ class CardBuilder:
     ) -> tuple[str, list[str]]:
         """The page that states the card's claim, and further links.
 
-        A lab card cites the source of the cut-off that judged it (critical or low); a drug
-        card the mechanism source of each drug it names; otherwise the card text's source.
+        A drug card cites the drug reference of each drug it names; otherwise the card text's
+        source (a guideline, textbook chapter or review). A lab card links the page of the
+        cut-off that judged its value (critical or low): a laboratory catalogue is cited for
+        its reference interval, never as the card's source.
         """
         knowledge = self.knowledge
         evidence = [facts.evidence[ref] for ref in finding.evidence]
@@ -334,7 +336,7 @@ class CardBuilder:
                 else analyte.low
             )
             if limit is not None:
-                return limit.source, text.links
+                return text.source, [limit.source, *text.links]
         ingredients = _ingredients_by_evidence(facts)
         drugs = [ingredients[ref] for ref in finding.evidence if ref in ingredients]
         mechanisms = [

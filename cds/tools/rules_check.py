@@ -12,11 +12,15 @@ and speaks in model terms. This check reads the YAML as written and reports, fil
   (one with neither is a score in points);
 - duplicate entries: the same code twice in one value set or one analyte;
 - dangling references: a rule naming a value set, analyte, flag, drug class or finding that
-  does not exist, and everything `cds.knowledge` cross-checks.
+  does not exist, and everything `cds.knowledge` cross-checks (among them: a card whose source
+  is not a guideline, textbook chapter, review or drug label, such as a consumer site);
+- card texts that are not plain US English (rules/wording.yaml): a British spelling
+  ("paraesthesia") or the service's own jargon ("(default limit)", "Mg/K/Ca").
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +39,13 @@ FILES = (
     "medications.yaml",
     "findings.yaml",
     "ruleset.yaml",
+    "record.yaml",
+    "wording.yaml",
+)
+# Keys of findings.yaml whose values are identifiers (source keys, codes, claim kinds), not
+# words a clinician reads.
+IDENTIFIER_KEYS = frozenset(
+    {"topic_system", "source", "links", "claims", "suggest", "labs", "mentions", "suppressed_by"}
 )
 LAB_GROUPS = ("analytes", "scored_observations", "coded_observations")
 # The keys of rule patterns that name something defined in another file.
@@ -82,6 +93,7 @@ def check(rules_dir: Path) -> list[Problem]:
     problems += _codes(documents)
     problems += _units(documents["labs.yaml"])
     problems += _rule_references(documents)
+    problems += _wording(documents)
     problems += _model(rules_dir)
     return sorted(set(problems))
 
@@ -191,6 +203,72 @@ def _units(labs: Any) -> Iterator[Problem]:
         where = f"scored_observations.{name}"
         if scored.get("units") and not scored.get("unit"):
             yield Problem("labs.yaml", where, "`units` given but no `unit` for the threshold")
+
+
+def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(place, text) for every string inside a findings.yaml entry, identifiers left out;
+    dictionary keys that are codes (relationships, coding fields) are not text either."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        if {"system", "code"} <= set(value):  # a Coding: only its display is text
+            if isinstance(value.get("display"), str):
+                yield f"{where}.display", value["display"]
+            return
+        for key, item in value.items():
+            if key not in IDENTIFIER_KEYS:
+                yield from _strings(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{where}[{index}]")
+
+
+def card_texts(documents: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(file, place, text) for every text of rules/ that reaches a card."""
+    for where, text in _strings(_mapping(documents["findings.yaml"]), ""):
+        yield "findings.yaml", where, text
+    for name, valueset in _mapping(documents["valuesets.yaml"]).items():
+        valueset = _mapping(valueset)
+        if isinstance(valueset.get("label"), str):
+            yield "valuesets.yaml", f"{name}.label", valueset["label"]
+        for index, code in enumerate(valueset.get("codes") or []):
+            if isinstance(_mapping(code).get("label"), str):
+                yield "valuesets.yaml", f"{name}.codes[{index}].label", code["label"]
+    labs = _mapping(documents["labs.yaml"])
+    for group in LAB_GROUPS:
+        for name, item in _mapping(labs.get(group)).items():
+            if isinstance(_mapping(item).get("label"), str):
+                yield "labs.yaml", f"{group}.{name}.label", item["label"]
+    for name, cls in _mapping(_mapping(documents["medications.yaml"]).get("classes")).items():
+        if isinstance(_mapping(cls).get("label"), str):
+            yield "medications.yaml", f"classes.{name}.label", cls["label"]
+    record = _mapping(documents["record.yaml"])
+    for name, flag in _mapping(record.get("lab_flags")).items():
+        if isinstance(_mapping(flag).get("label"), str):
+            yield "record.yaml", f"lab_flags.{name}.label", flag["label"]
+
+
+def _wording(documents: dict[str, Any]) -> Iterator[Problem]:
+    """Card texts in US English and without the service's own jargon (rules/wording.yaml)."""
+    wording = _mapping(documents["wording.yaml"])
+    spellings = {str(k).lower(): str(v) for k, v in _mapping(wording.get("us_spelling")).items()}
+    jargon = [str(j) for j in wording.get("jargon") or []]
+    british = (
+        re.compile("|".join(re.escape(k) for k in sorted(spellings, key=len, reverse=True)), re.I)
+        if spellings
+        else None
+    )
+    for file, where, text in card_texts(documents):
+        for match in british.finditer(text) if british else ():
+            yield Problem(
+                file,
+                where,
+                f"British spelling {match[0]!r} in {text!r}: write "
+                f"{spellings[match[0].lower()]!r} (US English)",
+            )
+        for term in jargon:
+            if term.lower() in text.lower():
+                yield Problem(file, where, f"internal jargon {term!r} in {text!r}: say it in words")
 
 
 def _patterns(value: Any) -> Iterator[dict[str, Any]]:

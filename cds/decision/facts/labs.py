@@ -38,7 +38,8 @@ from cds.decision.facts.vocabulary import Vocabulary
 from cds.knowledge import Analyte, Code, Knowledge, Threshold
 from cds.units import convert, quantity_units
 
-DEFAULT = " (default limit)"
+# The limit from rules/ is used where the laboratory sent no reference range of its own.
+USUAL_LIMIT = ", the usual adult limit"
 PRELIMINARY = "preliminary"
 # How many other same-day results are named beside the one that decides.
 MAX_STATED_BESIDE = 3
@@ -394,23 +395,23 @@ def judge(
     high: bool | None = False
     if analyte.use_reference_range and result.ref_low is not None:
         low = _holds("below", result.ref_low, interval)
-        basis = f"below the lab's lower limit {fmt(result.ref_low)} {unit}"
+        basis = f"below the laboratory's lower limit of {fmt(result.ref_low)} {unit}"
     elif analyte.low is not None:
         low = _threshold(analyte.low)
-        basis = threshold_words(analyte.low, sex, unit) + DEFAULT
+        basis = threshold_words(analyte.low, sex, unit) + USUAL_LIMIT
     if analyte.use_reference_range and result.ref_high is not None:
         high = _holds("above", result.ref_high, interval)
-        high_basis = f"above the lab's upper limit {fmt(result.ref_high)} {unit}"
+        high_basis = f"above the laboratory's upper limit of {fmt(result.ref_high)} {unit}"
     else:
         high = _threshold(analyte.high) if analyte.high else False
-        high_basis = threshold_words(analyte.high, sex, unit) + DEFAULT if analyte.high else ""
+        high_basis = threshold_words(analyte.high, sex, unit) + USUAL_LIMIT if analyte.high else ""
     if high:
         basis = high_basis
     critical: bool | None = False
     if analyte.critical is not None:
         critical = _threshold(analyte.critical)
         if critical:
-            basis = "critical: " + threshold_words(analyte.critical, sex, unit) + DEFAULT
+            basis = "critically low: " + threshold_words(analyte.critical, sex, unit)
     if None in (low, high, critical):
         notes.append(f"reported as {result.reported}: cannot be judged against the limit")
         if flag and flag.direction in ("low", "high"):
