@@ -172,8 +172,10 @@ def test_the_service_asks_for_phosphate_and_answers_the_new_card(
     card = cards_by_code(response.json())["hypophosphatemia"]
     assert card["indicator"] == "warning"
     assert card["summary"] == f"Low phosphate (1.89 mg/dL on {when})"
-    assert card["source"]["url"] == "https://renal.testcatalog.org/show/PHOS"
-    assert card["source"]["label"].startswith("Mayo Clinic Laboratories, Phosphorus")
+    # The card cites the textbook chapter; the laboratory page of the cut-off is linked.
+    assert card["source"]["url"] == "https://www.ncbi.nlm.nih.gov/books/NBK493172/"
+    assert card["source"]["label"] == "StatPearls: Hypophosphatemia"
+    assert "https://renal.testcatalog.org/show/PHOS" in [link["url"] for link in card["links"]]
     assert "1.89 mg/dL (reported as 0.61 mmol/L)" in card["detail"]
     assert "below 2.5 mg/dL" in card["detail"]
     assert "LOINC 2777-1" in card["detail"]
