@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,9 +26,11 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.types import Scope
 
-from cds.cdshooks import Card
+if TYPE_CHECKING:  # at run time only the types: `twitch-cds serve` imports this module too
+    from starlette.types import Scope
+
+    from cds.cdshooks import Card
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus-client chooses where values live when it is imported (just above): expose
@@ -61,13 +64,18 @@ FEEDBACK = Counter(
 )
 
 
-def exposition() -> tuple[bytes, str]:
-    """The current metrics in Prometheus text format, and its content type."""
+def exposed_registry() -> CollectorRegistry:
+    """What a scrape reports: the sum of every worker's files, or this process's registry."""
     if MULTIPROCESS:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current metrics in Prometheus text format, and its content type."""
+    return generate_latest(exposed_registry()), CONTENT_TYPE_LATEST
 
 
 def observe_request(method: str, route: str, service: str, status: int, seconds: float) -> None:

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     rules_dir: Path = PROJECT_ROOT / "rules"
     hooks_dir: Path = PROJECT_ROOT / "hooks"
     log_level: str = "INFO"
+    # Exposure (docs/operating.md, "Kubernetes"). Set, `twitch-cds serve` answers /metrics on
+    # this port only (for Prometheus alone to reach), no longer on the service port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # /docs, /redoc and /openapi.json: handy for integrators, but they describe the API to
+    # anyone who can reach the port, token or not; the production overlay turns them off.
+    api_docs: bool = True
 
     @field_validator("fhir_allowed_bases", "cors_origins", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ from tests.support.cli import run
 from tests.support.fhir import days_ago, lab, medication, patient, twitch
 from tests.support.paths import SYNTHEA
 
-COMMANDS = ["serve", "evaluate", "rules", "check-rules", "discovery", "feedback-report"]
+COMMANDS = ["serve", "migrate", "evaluate", "rules", "check-rules", "discovery", "feedback-report"]
 
 
 def write_bundle(path: Path, *resources: dict[str, Any]) -> Path:

@@ -89,8 +89,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SCHEMA_HEAD = "0002"
 
 
-# pg_advisory_xact_lock key serialising migrations across processes ("twitch-cds").
-_MIGRATION_LOCK_KEY = 0x7477_6974_6368
+# pg_advisory_xact_lock key serialising migrations across processes ("twitch-cds"); public
+# for the test that holds it to make replicas queue behind it (tests/test_replicas_start.py).
+MIGRATION_LOCK_KEY = 0x7477_6974_6368
 
 
 def migrate(engine: Engine) -> None:
@@ -120,10 +121,20 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def migrate_database(url: str) -> str | None:
+    """`migrate` on the database at `url` with an engine of its own; the revision it is at."""
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+        return schema_revision(engine)
+    finally:
+        engine.dispose()
 
 
 def schema_revision(engine: Engine) -> str | None:

@@ -30,6 +30,22 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args.host, args.port, args.workers)
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cds.settings import get_settings
+    from cds.store.storage import migrate_database
+
+    try:
+        revision = migrate_database(args.database_url or get_settings().database_url)
+    except SQLAlchemyError as error:  # one line, not a traceback, in a Job's or pod's log
+        first_line = str(getattr(error, "orig", None) or error).splitlines()[0]
+        print(f"twitch-cds migrate: {type(error).__name__}: {first_line}", file=sys.stderr)
+        return 1
+    print(f"twitch-cds migrate: database schema at revision {revision}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from cds.decision.pipeline import build_pipeline
     from cds.tools.evaluation import EvaluationError, evaluate, render_table
@@ -147,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes (TWITCH_CDS_WORKERS; default 1)",
     )
     serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the database schema to the current revision, then exit",
+        description="Apply the database migrations (Alembic) under a lock, so that any number "
+        "of replicas or Jobs may run it at once: one applies them, the others wait and find the "
+        "schema current. `serve` does the same at start; this runs it on its own (a Kubernetes "
+        "init container or Job, a deploy script).",
+    )
+    migrate.add_argument("--database-url", help="default: TWITCH_CDS_DATABASE_URL")
+    migrate.set_defaults(run=_migrate)
 
     evaluate = commands.add_parser(
         "evaluate",

@@ -68,9 +68,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="CDS Hooks service: causes and red flags of muscle twitching.",
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
-    app.include_router(routes.router)
-    app.include_router(operations.router)
+    edge_routers = [routes.router, operations.router]
+    if settings.metrics_port is None:  # else served on its own port (cds.web.serving)
+        edge_routers.append(operations.metrics_router)
+    for router in edge_routers:
+        app.include_router(router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
@@ -88,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         EdgeMiddleware,
         max_body_bytes=settings.max_body_bytes,
         body_budget_bytes=settings.body_budget_bytes,
-        routes=[*routes.router.routes, *operations.router.routes],
+        routes=[route for router in edge_routers for route in router.routes],
     )
     return app
 

@@ -3,6 +3,8 @@
 They are unauthenticated (probes and Prometheus carry no CDS client JWT), answer no patient
 data, and are left out of the OpenAPI document. A reverse proxy facing EHRs should not pass
 `/metrics` on (deploy/proxy/haproxy.cfg refuses it); Prometheus scrapes each replica directly.
+With `TWITCH_CDS_METRICS_PORT` set, `/metrics` leaves the service port (`metrics_router` is not
+mounted) and `cds.web.serving` answers it on that port instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cds.logs import log
 from cds.web.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)
+metrics_router = APIRouter(include_in_schema=False)
 
 
 @router.get("/health")
@@ -62,7 +65,7 @@ def _database_answers(runtime: Runtime) -> bool:
     return True
 
 
-@router.get("/metrics")
+@metrics_router.get("/metrics")
 async def prometheus_metrics() -> Response:
     """Prometheus text format; with several worker processes, the sum over all of them."""
     body, content_type = await run_in_threadpool(metrics.exposition)

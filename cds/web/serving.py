@@ -7,6 +7,10 @@ The database is migrated first, in a child process (`migrate_in_child`). Shutdow
 graceful: on SIGTERM or SIGINT uvicorn stops accepting connections, lets the
 requests in flight finish (up to `GRACEFUL_SHUTDOWN_SECONDS`), then runs the app's shutdown
 (database connections closed) in every worker.
+
+With `TWITCH_CDS_METRICS_PORT` set, this process (uvicorn's supervisor when there are several
+workers) also answers `/metrics` on that port, from a thread: the workers' multiprocess files
+are summed as on the service port, which then no longer answers `/metrics`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,16 @@ def env_default(name: str, default: str) -> str:
 
 
 def serve(host: str, port: int, workers: int) -> None:
+    from cds.settings import Settings
+
+    metrics_port = Settings().metrics_port
+    if metrics_port == port:
+        raise SystemExit(f"twitch-cds serve: TWITCH_CDS_METRICS_PORT must differ from {port}")
     migrate_in_child()
     with tempfile.TemporaryDirectory(prefix="twitch-cds-metrics-") as scratch:
         prepare_metrics_directory(Path(os.environ.get(METRICS_DIR_ENV) or scratch))
+        if metrics_port is not None:
+            serve_metrics(host, metrics_port)
         # uvicorn's own lines (before the app configures logging, and in the supervisor of
         # the workers) are JSON like the service's. The root level follows the service
         # setting; the app's settings validate it again at start.
@@ -68,13 +79,23 @@ def migrate_in_child() -> None:
 
 def _migrate() -> None:
     from cds.settings import Settings
-    from cds.store.storage import make_engine, migrate
+    from cds.store.storage import migrate_database
 
-    engine = make_engine(Settings().database_url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
+    migrate_database(Settings().database_url)
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Answer Prometheus on its own port, from a daemon thread of this process.
+
+    Called after `prepare_metrics_directory`: prometheus-client, imported here, must find the
+    multiprocess directory set. A port already taken stops the start (OSError), as uvicorn's
+    own port does.
+    """
+    from prometheus_client import start_http_server
+
+    from cds.metrics import exposed_registry
+
+    start_http_server(port, addr=host, registry=exposed_registry())
 
 
 def prepare_metrics_directory(directory: Path) -> None:
