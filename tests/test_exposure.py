@@ -4,9 +4,6 @@ port of its own (served by `twitch-cds serve`, summed over the worker processes)
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SERVICE_PV, LiveServer, free_port
+from tests.support.cli import run
 from tests.support.fhir import hook_request, lab, twitch
 
 DOCS = ("/docs", "/redoc", "/openapi.json")
@@ -98,12 +96,11 @@ def test_serve_answers_metrics_on_the_metrics_port_summed_over_workers(
 
 def test_serve_refuses_a_metrics_port_equal_to_the_service_port() -> None:
     port = free_port()
-    result = subprocess.run(
-        [sys.executable, "-m", "cds.tools.cli", "serve", "--port", str(port)],
-        env={**os.environ, "TWITCH_CDS_AUTH": "none", "TWITCH_CDS_METRICS_PORT": str(port)},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    status, _, stderr = run(
+        "serve",
+        "--port",
+        str(port),
+        env={"TWITCH_CDS_AUTH": "none", "TWITCH_CDS_METRICS_PORT": str(port)},
     )
-    assert result.returncode == 1
-    assert f"TWITCH_CDS_METRICS_PORT must differ from {port}" in result.stderr
+    assert status == 1
+    assert f"TWITCH_CDS_METRICS_PORT must differ from {port}" in stderr

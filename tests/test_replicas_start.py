@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 
 from cds.store.storage import MIGRATION_LOCK_KEY, SCHEMA_HEAD
 from tests.conftest import SERVICE_PV, free_port
+from tests.support.cli import run
 from tests.support.paths import SANDBOX
 from tests.support.postgres import PostgresTestServer, temporary_database
 
@@ -211,30 +212,18 @@ def test_migrate_command_applies_the_schema_once_then_finds_it_current(
     fresh_database: str,
 ) -> None:
     """`twitch-cds migrate` (the init container) twice: the second run changes nothing."""
-    outputs = [
-        subprocess.run(
-            [sys.executable, "-m", "cds.tools.cli", "migrate", "--database-url", fresh_database],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout
-        for _ in range(2)
-    ]
-    assert outputs == [f"twitch-cds migrate: database schema at revision {SCHEMA_HEAD}\n"] * 2
+    outputs = [run("migrate", "--database-url", fresh_database) for _ in range(2)]
+    assert (
+        outputs == [(0, f"twitch-cds migrate: database schema at revision {SCHEMA_HEAD}\n", "")] * 2
+    )
     with connect(fresh_database) as admin:
         assert sorted(n.removeprefix("public.") for n, _ in created_tables(admin)) == sorted(TABLES)
 
 
 def test_migrate_command_fails_in_one_line_when_the_database_is_unreachable() -> None:
     url = f"postgresql+psycopg://twitch:secret-password@127.0.0.1:{free_port()}/nowhere"
-    result = subprocess.run(
-        [sys.executable, "-m", "cds.tools.cli", "migrate", "--database-url", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert result.stderr.startswith("twitch-cds migrate: OperationalError: ")
-    assert len(result.stderr.splitlines()) == 1
-    assert "secret-password" not in result.stderr
+    status, _, stderr = run("migrate", "--database-url", url)
+    assert status == 1
+    assert stderr.startswith("twitch-cds migrate: OperationalError: ")
+    assert len(stderr.splitlines()) == 1
+    assert "secret-password" not in stderr
