@@ -364,19 +364,53 @@ def test_every_known_analyte_result_is_judged_or_reported(
     client: TestClient, result: Result
 ) -> None:
     """Never a false absence: the work-up card does not call this result's analyte missing.
-    And the result is judged: with its value moved past the analyte's limit (everything else
-    as the origin wrote it, and the record's other results of the analyte left out so that
-    this one is the latest), a card cites it - so the service read its code, status, date,
-    unit and subject as they are. A normal value leaves no trace on a card; the probe is how
-    the test sees that it was judged."""
+    And the result is judged or reported: a card names it with its date (as evidence, or set
+    aside with its reason); else, with its value moved past the analyte's limit (everything
+    else as the origin wrote it, and the record's other results of the analyte left out so
+    that this one is the latest), a card cites it - so the service read its code, status,
+    date, unit and subject as they are. A normal value leaves no trace on a card; the probe is
+    how the test sees that it was judged."""
     analyte = KNOWLEDGE.labs.analytes[result.analyte]
     counted = analyte.workup_counts_for or result.analyte
     label = KNOWLEDGE.labs.analytes[counted].label
     cards = answer(client, result.record)
     assert f"**{label}**: no result" not in _workup_missing(cards)
+    if _named(cards, result):
+        return
     probe = _probe(result)
     assert probe is not None, "no value in a unit the rules convert, and not reported"
     resources, stated = probe
     probed = answer(client, result.record, resources)
     cited = [card for card in probed.values() if stated in card["detail"]]
     assert cited, f"{analyte.label} {stated} not cited: {sorted(probed)}"
+
+
+def _named(cards: dict[str, dict[str, Any]], result: Result) -> bool:
+    """Whether a card names this result: a line of its analyte (or of the work-up test it
+    counts for) with the result's date ("undated" when it has none) - as evidence, or as a
+    result set aside with its reason."""
+    analyte = KNOWLEDGE.labs.analytes[result.analyte]
+    labels = {
+        analyte.label,
+        KNOWLEDGE.labs.analytes[analyte.workup_counts_for or result.analyte].label,
+    }
+    day = _day(result.resource) or "undated"
+    return any(
+        day in line and any(f"**{label}**" in line for label in labels)
+        for card in cards.values()
+        for line in card["detail"].splitlines()
+    )
+
+
+def _day(observation: dict[str, Any]) -> str | None:
+    """The day the result was taken as the origin wrote it (YYYY-MM-DD), if it says."""
+    period = observation.get("effectivePeriod") or {}
+    for value in (
+        observation.get("effectiveDateTime"),
+        observation.get("effectiveInstant"),
+        period.get("start"),
+        observation.get("issued"),
+    ):
+        if isinstance(value, str) and len(value) >= 10:
+            return value[:10]
+    return None
