@@ -5,6 +5,8 @@
 #   bash scripts/container-smoke.sh               # one container, as the image runs by default
 #   bash scripts/container-smoke.sh --scale-out   # also: compose.yaml's two replicas + proxy
 #                                                 # on a shared PostgreSQL
+#   bash scripts/container-smoke.sh --kubernetes  # the production overlay's pod as podman
+#                                                 # runs it (read-only, no capabilities...)
 #
 # Needs podman (Debian: apt-get install podman debootstrap); run as root. How it works here:
 # - crun fails on setrlimit in this kind of sandbox: podman is pointed at a containers.conf
@@ -27,7 +29,8 @@ mode=single
 case "${1:-}" in
   "") ;;
   --scale-out) mode=scale-out ;;
-  *) echo "usage: $0 [--scale-out]" >&2; exit 2 ;;
+  --kubernetes) mode=kubernetes ;;
+  *) echo "usage: $0 [--scale-out | --kubernetes]" >&2; exit 2 ;;
 esac
 
 command -v podman >/dev/null || { echo "container-smoke: podman is not installed" >&2; exit 1; }
@@ -73,8 +76,8 @@ build "$IMAGE" .
 step "built in $((SECONDS - started)) s"
 
 bash scripts/bootstrap.sh test >"$WORK_DIR/bootstrap.log" 2>&1
-if [ "$mode" = single ]; then
-  .venv/bin/python -m tests.support.container_checks single "$IMAGE"
+if [ "$mode" = single ] || [ "$mode" = kubernetes ]; then
+  .venv/bin/python -m tests.support.container_checks "$mode" "$IMAGE"
 else
   .venv/bin/python -m tests.support.container_checks scale-out "$IMAGE" "$PROXY_IMAGE"
 fi

@@ -1,5 +1,6 @@
-"""The container image builds here and serves (scripts/container-smoke.sh), alone and as
-compose.yaml's scale-out: two replicas behind the proxy on one PostgreSQL.
+"""The container image builds here and serves (scripts/container-smoke.sh), alone, as
+compose.yaml's scale-out (two replicas behind the proxy on one PostgreSQL), and as the
+Kubernetes production overlay's pod (read-only root filesystem, no capabilities).
 
 Needs podman and debootstrap (scripts/install-test-deps.sh installs them on Debian) and root;
 skipped without them. The first run makes the base image and builds (~3 min); later runs
@@ -65,6 +66,28 @@ def test_scale_out_replicas_share_replay_cache_and_feedback() -> None:
         "a token used at replica 1 is refused at replica 2",
         "through the proxy, the same token twice: [200, 401]",
         "feedback sent to both replicas stored once",
+    ):
+        assert f"ok: {check}" in output, output
+
+
+@needs_podman
+def test_the_kubernetes_pod_spec_runs_the_image() -> None:
+    """What the manifests' validation cannot show: that the image works under the pod's
+    security context (read-only root, only the emptyDir writable, no capabilities, uid 10001)
+    with the overlay's settings, its init container and its metrics port."""
+    try:
+        find_postgres_bindir()
+    except PostgresBinariesNotFound:
+        pytest.skip("needs the PostgreSQL server binaries")
+    output = smoke("--kubernetes")
+    for check in (
+        "init container: twitch-cds migrate: database schema at revision",
+        "the root filesystem is read-only",
+        "hook call returned the magnesium card",
+        "no /metrics on the service port",
+        "the metrics port counts the hook call",
+        "no API docs in production",
+        "SIGTERM: graceful stop",
     ):
         assert f"ok: {check}" in output, output
 

@@ -14,24 +14,25 @@ kubernetes-validate does not ship: it is checked here by what it must point at i
 from __future__ import annotations
 
 import copy
-import functools
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
-from cds.settings import PROJECT_ROOT, Settings
+from cds.settings import Settings
 from cds.web import operations
 from cds.web.serving import GRACEFUL_SHUTDOWN_SECONDS
+from tests.support.kubernetes import (
+    OVERLAYS,
+    main_container,
+    one,
+    one_named,
+    pod_spec,
+    render,
+    settings_data,
+)
 
-KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
-OVERLAYS = {"base": KUBERNETES / "base", "production": KUBERNETES / "overlays" / "production"}
 # The oldest Kubernetes release still maintained when this was written, and the newest whose
 # schema kubernetes-validate ships: the manifests must be valid for both.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -48,54 +49,6 @@ KINDS = {
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 # Read by `twitch-cds serve` from the environment rather than by Settings (cds/web/serving.py).
 SERVE_VARIABLES = {"TWITCH_CDS_HOST", "TWITCH_CDS_PORT", "TWITCH_CDS_WORKERS"}
-Object = dict[str, Any]
-
-
-def kubectl() -> str:
-    beside_python = Path(sys.executable).parent / "kubectl"
-    found = str(beside_python) if beside_python.exists() else shutil.which("kubectl")
-    assert found, "kubectl not found: install the test extra (pip install -e '.[test]')"
-    return found
-
-
-@functools.cache
-def render(overlay: str) -> tuple[Object, ...]:
-    result = subprocess.run(
-        [kubectl(), "kustomize", str(OVERLAYS[overlay])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return tuple(yaml.safe_load_all(result.stdout))
-
-
-def one(objects: tuple[Object, ...], kind: str, name: str | None = None) -> Object:
-    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
-    assert len(found) == 1, f"{kind} {name or ''}: {len(found)} found"
-    return found[0]
-
-
-def pod_spec(objects: tuple[Object, ...]) -> Object:
-    spec: Object = one(objects, "Deployment")["spec"]["template"]["spec"]
-    return spec
-
-
-def main_container(objects: tuple[Object, ...]) -> Object:
-    container: Object = one_named(pod_spec(objects)["containers"], "twitch-cds")
-    return container
-
-
-def one_named(items: list[Object], name: str) -> Object:
-    found = [item for item in items if item["name"] == name]
-    assert len(found) == 1, f"{name}: {len(found)} found"
-    return found[0]
-
-
-def settings_data(objects: tuple[Object, ...]) -> dict[str, str]:
-    data: dict[str, str] = one(objects, "ConfigMap")["data"]
-    return data
 
 
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:

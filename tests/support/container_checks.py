@@ -9,6 +9,13 @@ stop (exit code 0).
 network, sharing a throwaway PostgreSQL: a token used at one replica is refused at the
 other, feedback sent to both is stored once, calls through the proxy reach both replicas.
 
+`kubernetes`: the production overlay's pod as podman can run it, read from the rendered
+manifests (tests/support/kubernetes.py): its user, read-only root filesystem with only the
+emptyDir writable, dropped capabilities, no privilege escalation, its settings ConfigMap and
+the Secret's keys (a throwaway PostgreSQL); the init container `migrate`, then the service:
+readiness, a hook call, /metrics on the metrics port only, no API docs, a graceful stop within
+the grace period. Host networking, so the two ports are moved to free ones.
+
 Run from the repository root: `python -m tests.support.container_checks single IMAGE`.
 """
 
@@ -28,6 +35,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from tests.support import kubernetes as k8s
 from tests.support.jwt_tokens import TokenFactory, bearer
 from tests.support.postgres import running_postgres, temporary_database
 
@@ -134,8 +142,8 @@ def expect(condition: bool, message: str) -> None:
 
 
 @contextlib.contextmanager
-def container(name: str, image: str, *args: str) -> Iterator[str]:
-    podman("run", "-d", "--name", name, *args, image)
+def container(name: str, image: str, *args: str, command: tuple[str, ...] = ()) -> Iterator[str]:
+    podman("run", "-d", "--name", name, *args, image, *command)
     try:
         yield name
     finally:
@@ -299,6 +307,94 @@ def scale_out(image: str, proxy_image: str) -> None:
             expect(calls >= 1, f"{name} answered {calls} hook call(s)")
 
 
+def pod_options(pod: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """podman's options for what a pod spec says about one container's security and volumes."""
+    security, pod_security = spec["securityContext"], pod["securityContext"]
+    options = ["--user", f"{pod_security['runAsUser']}:{pod_security['runAsGroup']}"]
+    options += [f"--cap-drop={capability}" for capability in security["capabilities"]["drop"]]
+    if security["allowPrivilegeEscalation"] is False:
+        options += ["--security-opt", "no-new-privileges"]
+    if security["readOnlyRootFilesystem"]:  # and no tmpfs of podman's own: only the emptyDirs
+        options += ["--read-only", "--read-only-tmpfs=false"]
+    empty_dirs = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+    for mount in spec.get("volumeMounts", []):
+        size = empty_dirs[mount["name"]]["sizeLimit"].removesuffix("Mi")
+        options += ["--tmpfs", f"{mount['mountPath']}:rw,size={size}m,mode=1777"]
+    return options
+
+
+def pod_environment(
+    spec: dict[str, Any], settings: dict[str, str], secrets: dict[str, str]
+) -> list[str]:
+    """`-e` options: the ConfigMap's settings (envFrom), then the container's own variables."""
+    values = dict(settings) if spec.get("envFrom") else {}
+    for variable in spec.get("env", []):
+        source = variable.get("valueFrom", {}).get("secretKeyRef")
+        values[variable["name"]] = secrets[source["key"]] if source else variable["value"]
+    return [option for name, value in values.items() for option in ("-e", f"{name}={value}")]
+
+
+def kubernetes(image: str) -> None:
+    objects = k8s.render("production")
+    pod, settings = k8s.pod_spec(objects), dict(k8s.settings_data(objects))
+    [init], main = pod["initContainers"], k8s.main_container(objects)
+    tokens = TokenFactory()
+    port, metrics_port = free_port(), free_port()
+    base, run_id = f"http://127.0.0.1:{port}", uuid.uuid4().hex[:8]
+    settings |= {
+        "TWITCH_CDS_HOST": "127.0.0.1",  # host network: loopback, on free ports
+        "TWITCH_CDS_PORT": str(port),
+        "TWITCH_CDS_METRICS_PORT": str(metrics_port),
+        "TWITCH_CDS_PUBLIC_BASE_URL": base,
+    }
+    with running_postgres() as server, temporary_database(server) as db_url:
+        secrets = {
+            "database-url": db_url,
+            "trusted-issuers": json.dumps(tokens.trusted_issuers()),
+        }
+        migrate = podman(
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            *pod_options(pod, init),
+            *pod_environment(init, settings, secrets),
+            image,
+            *init["command"],
+        )
+        expect(
+            "database schema at revision" in migrate.stdout,
+            f"init container: {migrate.stdout.strip()}",
+        )
+        name = f"twitch-cds-pod-{run_id}"
+        options = pod_options(pod, main) + pod_environment(main, settings, secrets)
+        with container(name, image, "--network", "host", *options, command=main["command"]):
+            wait_ready(base, name)
+            written = podman("exec", name, "touch", "/app/written", check=False)
+            expect(written.returncode != 0, "the root filesystem is read-only")
+            url = f"{base}/cds-services/{SERVICE}"
+            check_card(httpx.post(url, json=hook_request(), headers=bearer(tokens.token(url))))
+            expect(
+                httpx.get(f"{base}/metrics").status_code == 404, "no /metrics on the service port"
+            )
+            scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            expect(
+                f'service="{SERVICE}",status="200"' in scrape,
+                "the metrics port counts the hook call",
+            )
+            docs = [httpx.get(f"{base}{path}").status_code for path in ("/docs", "/openapi.json")]
+            expect(docs == [404, 404], "no API docs in production")
+            grace = pod["terminationGracePeriodSeconds"]
+            started = time.monotonic()
+            podman("stop", "-t", str(grace), name)
+            state = podman("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+            expect(
+                state == "0",
+                f"SIGTERM: graceful stop in {time.monotonic() - started:.1f} s "
+                f"(grace period {grace} s), exit code {state}",
+            )
+
+
 def json_lines(text: str) -> Iterator[dict[str, Any]]:
     """The JSON objects among a container's log lines (podman may add other lines)."""
     for line in text.splitlines():
@@ -312,12 +408,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["single", "scale-out"])
+    parser.add_argument("mode", choices=["single", "scale-out", "kubernetes"])
     parser.add_argument("image")
     parser.add_argument("proxy_image", nargs="?")
     args = parser.parse_args(argv)
     if args.mode == "single":
         single(args.image)
+    elif args.mode == "kubernetes":
+        kubernetes(args.image)
     else:
         scale_out(args.image, args.proxy_image)
 
