@@ -331,6 +331,12 @@ def _analyte_of(resource: dict[str, Any]) -> str | None:
     return next((r.analyte for r in results() if r.resource is resource), None)
 
 
+def _counted_for(resource: dict[str, Any]) -> str | None:
+    """The work-up test a resource's result counts for (ionized calcium counts for calcium)."""
+    name = _analyte_of(resource)
+    return None if name is None else KNOWLEDGE.labs.analytes[name].workup_counts_for or name
+
+
 def _same_component(probed: dict[str, Any], result: Result) -> dict[str, Any]:
     index = result.resource["component"].index(result.part)
     component: dict[str, Any] = probed["component"][index]
@@ -363,8 +369,9 @@ SET_ASIDE_SILENTLY = {
 def test_every_known_analyte_result_is_judged_or_reported(
     client: TestClient, result: Result
 ) -> None:
-    """Never a false absence: the work-up card does not call this result's analyte missing.
-    And the result is judged or reported: a card names it with its date (as evidence, or set
+    """Never a false absence: the work-up card does not call this result's work-up test
+    missing (it does, in the same words, once the record's results of that test are taken
+    out). And the result is judged or reported: a card names it with its date (as evidence, or set
     aside with its reason); else, with its value moved past the analyte's limit (everything
     else as the origin wrote it, and the record's other results of the analyte left out so
     that this one is the latest), a card cites it - so the service read its code, status,
@@ -372,9 +379,13 @@ def test_every_known_analyte_result_is_judged_or_reported(
     how the test sees that it was judged."""
     analyte = KNOWLEDGE.labs.analytes[result.analyte]
     counted = analyte.workup_counts_for or result.analyte
-    label = KNOWLEDGE.labs.analytes[counted].label
     cards = answer(client, result.record)
-    assert f"**{label}**: no result" not in _workup_missing(cards)
+    if KNOWLEDGE.labs.analytes[counted].workup:
+        absent = f"**{KNOWLEDGE.labs.analytes[counted].label}**: no result"
+        assert absent not in _workup_missing(cards)
+        # Without the record's results of that test, the card does say so in these words.
+        without = tuple(r for r in result.record.resources if _counted_for(r) != counted)
+        assert absent in _workup_missing(answer(client, result.record, without))
     if _named(cards, result):
         return
     probe = _probe(result)
