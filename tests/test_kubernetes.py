@@ -8,7 +8,9 @@ own endpoints, a shutdown that fits in the grace period, HPA and PDB that fit to
 settings that are settings of the service, and secrets only referenced.
 
 The ServiceMonitor is a custom resource of the Prometheus Operator, whose schema
-kubernetes-validate does not ship: it is checked here by what it must point at instead.
+kubernetes-validate does not ship: it is validated against the operator's own
+CustomResourceDefinition (a pinned copy in tests/fixtures/kubernetes), and checked for what it
+must point at.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
-from cds.settings import Settings
+from cds.settings import PROJECT_ROOT, Settings
 from cds.web import operations
 from cds.web.serving import GRACEFUL_SHUTDOWN_SECONDS
 from tests.support.kubernetes import (
@@ -46,9 +51,41 @@ KINDS = {
     "ServiceAccount",
     "ServiceMonitor",
 }
-CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Custom resources, and the CustomResourceDefinition (Prometheus Operator 0.93.0) whose schema
+# they are validated against.
+CUSTOM_RESOURCES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): PROJECT_ROOT
+    / "tests/fixtures/kubernetes/monitoring.coreos.com_servicemonitors.yaml"
+}
 # Read by `twitch-cds serve` from the environment rather than by Settings (cds/web/serving.py).
 SERVE_VARIABLES = {"TWITCH_CDS_HOST", "TWITCH_CDS_PORT", "TWITCH_CDS_WORKERS"}
+
+
+def strict(schema: Any) -> Any:
+    """A CRD's schema as the API server applies it under strict field validation (kubectl
+    apply's default): a field the schema does not name is refused, unless it says
+    `x-kubernetes-preserve-unknown-fields`."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: strict(value) for key, value in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        schema["additionalProperties"] = False
+    return schema
+
+
+def custom_resource_validator(obj: dict[str, Any]) -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load(CUSTOM_RESOURCES[(obj["apiVersion"], obj["kind"])].read_text())
+    assert crd["spec"]["names"]["kind"] == obj["kind"]
+    group, version = obj["apiVersion"].split("/")
+    assert crd["spec"]["group"] == group
+    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+    return jsonschema.Draft7Validator(strict(served["schema"]["openAPIV3Schema"]))
 
 
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -73,10 +110,29 @@ def test_every_object_validates_against_the_pinned_kubernetes_schema(
     validated = []
     for obj in render(overlay):
         if (obj["apiVersion"], obj["kind"]) in CUSTOM_RESOURCES:
-            continue  # no schema shipped: see test_servicemonitor_scrapes_every_pod_on_...
+            continue  # no schema shipped: test_custom_resources_validate_against_their_crd
         kubernetes_validate.validate(obj, version, strict=True)
         validated.append(obj["kind"])
     assert len(validated) == len(render(overlay)) - len(CUSTOM_RESOURCES)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_custom_resources_validate_against_their_crd(overlay: str) -> None:
+    custom = [o for o in render(overlay) if (o["apiVersion"], o["kind"]) in CUSTOM_RESOURCES]
+    assert len(custom) == len(CUSTOM_RESOURCES)
+    for obj in custom:
+        custom_resource_validator(obj).validate(obj)
+
+
+def test_the_crd_schema_refuses_a_misspelt_field_and_a_wrong_type() -> None:
+    monitor = one(render("production"), "ServiceMonitor")
+    validator = custom_resource_validator(monitor)
+    misspelt = copy.deepcopy(monitor)
+    misspelt["spec"]["endpoints"][0]["intervall"] = "30s"
+    wrong_type = copy.deepcopy(monitor)
+    wrong_type["spec"]["endpoints"][0]["interval"] = "every 30 seconds"  # not a duration
+    for broken in (misspelt, wrong_type):
+        assert not validator.is_valid(broken)
 
 
 def test_the_validator_refuses_a_misspelt_field_and_a_wrong_type() -> None:
