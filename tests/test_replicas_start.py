@@ -22,13 +22,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from psycopg.rows import TupleRow
 from sqlalchemy.engine import make_url
 
 from cds.store.storage import MIGRATION_LOCK_KEY, SCHEMA_HEAD
@@ -99,15 +100,16 @@ def start_replica(database_url: str, log_path: Path, *command: str) -> Replica:
     return Replica(process, f"http://127.0.0.1:{port}", log_path)
 
 
-def connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
+def connect(database_url: str) -> psycopg.Connection[TupleRow]:
     url = make_url(database_url)
     return psycopg.connect(
         host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True
     )
 
 
-def wait_until(condition: object, what: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
-    assert callable(condition)
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_SECONDS
+) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.05
     while not condition():
@@ -117,7 +119,7 @@ def wait_until(condition: object, what: str, timeout: float = START_TIMEOUT_SECO
         delay = min(delay * 2, 0.5)
 
 
-def waiting_for_migration_lock(admin: psycopg.Connection[tuple[object, ...]]) -> int:
+def waiting_for_migration_lock(admin: psycopg.Connection[TupleRow]) -> int:
     """Backends of this database queued on the migration lock (a bigint advisory lock is
     shown as its high and low 32 bits, objsubid 1)."""
     row = admin.execute(
@@ -130,7 +132,7 @@ def waiting_for_migration_lock(admin: psycopg.Connection[tuple[object, ...]]) ->
         (MIGRATION_LOCK_KEY >> 32, MIGRATION_LOCK_KEY & 0xFFFF_FFFF),
     ).fetchone()
     assert row is not None
-    return int(str(row[0]))
+    return int(row[0])
 
 
 @pytest.fixture
@@ -142,9 +144,9 @@ def fresh_database(postgres_server: PostgresTestServer) -> Iterator[str]:
         yield url
 
 
-def created_tables(admin: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, int]]:
+def created_tables(admin: psycopg.Connection[TupleRow]) -> list[tuple[str, int]]:
     return [
-        (str(name), int(str(pid)))
+        (str(name), int(pid))
         for name, pid in admin.execute(
             "SELECT object_identity, backend_pid FROM ddl_log "
             "WHERE command_tag = 'CREATE TABLE' ORDER BY object_identity"

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cds.settings import PROJECT_ROOT
 
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
@@ -30,8 +32,6 @@ def kubectl() -> str:
 @functools.cache
 def render(overlay: str) -> tuple[Object, ...]:
     """`kubectl kustomize` of an overlay ("base" or "production"): its objects."""
-    import yaml
-
     result = subprocess.run(
         [kubectl(), "kustomize", str(OVERLAYS[overlay])],
         capture_output=True,
