@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,7 +26,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///twitch-cds.sqlite3"
     lookback_days: int = Field(default=365, ge=1)
     trusted_issuers: dict[str, Any] = Field(default_factory=dict)
+    # The URL EHRs call, of which each token's `aud` must be the exact endpoint. Required with
+    # JWT auth: the request's own Host header is the client's to choose.
     public_base_url: str | None = None
+    # Development only: without a public base URL, take the audience from the Host header.
+    dev_audience_from_host: bool = False
     fhir_allowed_bases: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "http://127.0.0.1",
@@ -41,6 +46,7 @@ class Settings(BaseSettings):
     # Request bodies one worker holds at once: past it, a request waits before its body is
     # read (TCP holds the rest back), so a burst of large records cannot exhaust memory.
     body_budget_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Clock skew allowed between the EHR and this service on a token's exp, iat and nbf.
     jwt_leeway_seconds: int = Field(default=60, ge=0)
     jwks_cache_seconds: int = Field(default=300, ge=1)
     rules_dir: Path = PROJECT_ROOT / "rules"
@@ -52,6 +58,23 @@ class Settings(BaseSettings):
     # /docs, /redoc and /openapi.json: handy for integrators, but they describe the API to
     # anyone who can reach the port, token or not; the production overlay turns them off.
     api_docs: bool = True
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _absolute_base_url(cls, value: str | None) -> str | None:
+        """The base of every audience: an absolute http(s) URL, no query or fragment.
+        Empty is the same as unset, as an empty environment variable usually means."""
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("https", "http")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError("must be an absolute http(s) URL without query or fragment")
+        return value
 
     @field_validator("fhir_allowed_bases", "cors_origins", mode="before")
     @classmethod

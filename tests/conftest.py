@@ -97,7 +97,8 @@ class LiveServer:
                 "--workers",
                 str(workers),
             ],
-            env={**os.environ, **env},
+            # Its public base URL (every JWT's audience) is the URL the tests call.
+            env={**os.environ, "TWITCH_CDS_PUBLIC_BASE_URL": self.base_url, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -57,8 +58,18 @@ def tokens() -> TokenFactory:
 
 
 @pytest.fixture
-def jwt_client(make_client: Callable[..., TestClient], tokens: TokenFactory) -> TestClient:
-    return make_client(auth="jwt", trusted_issuers=tokens.trusted_issuers())
+def make_jwt_client(make_client: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    """An app with TWITCH_CDS_AUTH=jwt whose public base URL is the one TestClient calls."""
+
+    def make(**overrides: Any) -> TestClient:
+        return make_client(**{"auth": "jwt", "public_base_url": BASE, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def jwt_client(make_jwt_client: Callable[..., TestClient], tokens: TokenFactory) -> TestClient:
+    return make_jwt_client(trusted_issuers=tokens.trusted_issuers())
 
 
 # --- the three authenticated endpoints ----------------------------------------------------
@@ -328,7 +339,7 @@ def test_public_base_url_is_the_audience(
 
 
 def test_sandbox_shaped_token_verifies_with_jwks_file(
-    make_client: Callable[..., TestClient], tmp_path: Path
+    make_jwt_client: Callable[..., TestClient], tmp_path: Path
 ) -> None:
     """The sandbox's header and claims (ES384, kid, jku), signed with our own P-384 key.
 
@@ -342,9 +353,7 @@ def test_sandbox_shaped_token_verifies_with_jwks_file(
     jwks_file.write_text(
         json.dumps({"keys": [public_jwk(key, header["kid"], use="sig", alg="ES384")]})
     )
-    client = make_client(
-        auth="jwt", trusted_issuers={SANDBOX_ISSUER: {"jwks_file": str(jwks_file)}}
-    )
+    client = make_jwt_client(trusted_issuers={SANDBOX_ISSUER: {"jwks_file": str(jwks_file)}})
     now = int(time.time())
     token = jwt.encode(
         {**claims, "aud": SERVICE_URL, "iat": now, "exp": now + 300},
@@ -398,15 +407,15 @@ class ShiftedClock:
 
 
 def test_jku_not_on_the_allow_list_is_refused_without_any_fetch(
-    make_client: Callable[..., TestClient],
+    make_jwt_client: Callable[..., TestClient],
     tokens: TokenFactory,
     https_jwks: Callable[[], JwksServer],
 ) -> None:
     issuer_server, attacker = https_jwks(), https_jwks()
     issuer_server.documents["/jwks.json"] = tokens.jwks
     attacker.documents["/jwks.json"] = tokens.jwks
-    client = make_client(
-        auth="jwt", trusted_issuers={tokens.issuer: {"jwks_url": issuer_server.url("/jwks.json")}}
+    client = make_jwt_client(
+        trusted_issuers={tokens.issuer: {"jwks_url": issuer_server.url("/jwks.json")}}
     )
     for jku in (attacker.url("/jwks.json"), issuer_server.url("/other.json"), SANDBOX_JKU):
         token = tokens.token(SERVICE_URL, headers={"jku": jku})
@@ -417,7 +426,7 @@ def test_jku_not_on_the_allow_list_is_refused_without_any_fetch(
 
 
 def test_jwks_url_issuer_keys_are_fetched_cached_and_rotated(
-    make_client: Callable[..., TestClient],
+    make_jwt_client: Callable[..., TestClient],
     tokens: TokenFactory,
     https_jwks: Callable[[], JwksServer],
     monkeypatch: pytest.MonkeyPatch,
@@ -425,7 +434,7 @@ def test_jwks_url_issuer_keys_are_fetched_cached_and_rotated(
     server = https_jwks()
     url = server.url("/jwks.json")
     server.documents["/jwks.json"] = tokens.jwks
-    client = make_client(auth="jwt", trusted_issuers={tokens.issuer: {"jwks_url": url}})
+    client = make_jwt_client(trusted_issuers={tokens.issuer: {"jwks_url": url}})
     clock = ShiftedClock()
     monkeypatch.setattr(cds.web.auth, "time", clock)
 
@@ -450,13 +459,13 @@ def test_jwks_url_issuer_keys_are_fetched_cached_and_rotated(
 
 
 def test_unreachable_jwks_url_is_401_not_500(
-    make_client: Callable[..., TestClient],
+    make_jwt_client: Callable[..., TestClient],
     tokens: TokenFactory,
     https_jwks: Callable[[], JwksServer],
 ) -> None:
     server = https_jwks()
-    client = make_client(
-        auth="jwt", trusted_issuers={tokens.issuer: {"jwks_url": server.url("/missing.json")}}
+    client = make_jwt_client(
+        trusted_issuers={tokens.issuer: {"jwks_url": server.url("/missing.json")}}
     )
     assert_unauthorized(
         service_call(client, bearer(tokens.token(SERVICE_URL))), "issuer keys unavailable"

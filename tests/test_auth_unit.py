@@ -31,6 +31,7 @@ from cds.web.auth import (
     JwtVerifier,
     RemoteJwks,
     StaticJwks,
+    TrustedIssuer,
     VerifiedClient,
     parse_trusted_issuers,
 )
@@ -82,6 +83,8 @@ def make_token(
     }
     header = {"typ": "JWT", "kid": EC_KID, **(headers or {})}
     payload = {k: v for k, v in payload.items() if v is not DROP}
+    if header["typ"] is DROP:
+        header["typ"] = None  # PyJWT adds typ "JWT" to a header without one, unless None
     header = {k: v for k, v in header.items() if v is not DROP}
     return jwt.encode(payload, key, algorithm=alg, headers=header)
 
@@ -158,12 +161,13 @@ async def rejected(verifier: JwtVerifier, header: str | None) -> AuthError:
 async def test_valid_es384_token_verifies(
     static_verifier: JwtVerifier, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    token = make_token(ec_key, jti="jti-1", sub="client-42", tenant="hospital-a", exp=4102444800)
+    exp = int(time.time()) + 300
+    token = make_token(ec_key, jti="jti-1", sub="client-42", tenant="hospital-a", exp=exp)
 
     client = await static_verifier.verify(bearer(token), AUDIENCE)
 
     assert client == VerifiedClient(
-        issuer=ISSUER, subject="client-42", tenant="hospital-a", jti="jti-1", expires_at=4102444800
+        issuer=ISSUER, subject="client-42", tenant="hospital-a", jti="jti-1", expires_at=exp
     )
 
 
@@ -471,12 +475,200 @@ async def test_typ_other_than_jwt_rejected(
 
 
 @pytest.mark.asyncio
-async def test_missing_typ_accepted(
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "Jwt"])
+async def test_typ_jwt_in_any_case_accepted(
+    static_verifier: JwtVerifier, ec_key: ec.EllipticCurvePrivateKey, typ: str
+) -> None:
+    token = make_token(ec_key, headers={"typ": typ})
+
+    assert (await static_verifier.verify(bearer(token), AUDIENCE)).issuer == ISSUER
+
+
+@pytest.mark.asyncio
+async def test_missing_typ_rejected(
     static_verifier: JwtVerifier, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     token = make_token(ec_key, headers={"typ": DROP})
 
-    assert (await static_verifier.verify(bearer(token), AUDIENCE)).issuer == ISSUER
+    assert (await rejected(static_verifier, bearer(token))).reason == "missing typ"
+
+
+@pytest.mark.asyncio
+async def test_issuer_with_require_typ_false_may_omit_typ_but_not_send_another(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    other = "https://other-ehr.example.org"
+    jwks = {"keys": [ec_jwk(ec_key, EC_KID, alg="ES384")]}
+    verifier = JwtVerifier(
+        parse_trusted_issuers(
+            {ISSUER: {"jwks": jwks, "require_typ": False}, other: {"jwks": jwks}}
+        ),
+        InMemoryReplayCache(),
+    )
+    assert verifier.issuers_without_typ == [ISSUER]
+
+    no_typ = make_token(ec_key, headers={"typ": DROP})
+    assert (await verifier.verify(bearer(no_typ), AUDIENCE)).issuer == ISSUER
+    wrong_typ = make_token(ec_key, headers={"typ": "at+jwt"})
+    assert (await rejected(verifier, bearer(wrong_typ))).reason == "typ must be JWT"
+    # The relaxation is the one issuer's, not every issuer's.
+    other_no_typ = make_token(ec_key, iss=other, headers={"typ": DROP})
+    assert (await rejected(verifier, bearer(other_no_typ))).reason == "missing typ"
+
+
+# --- lifetime and time claims -----------------------------------------------------------
+
+MINUTE = 60
+YEAR = 365 * 24 * 3600
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("offsets", "reason"),
+    [
+        ({"exp": 10 * YEAR}, "exp too far ahead"),
+        ({"exp": 300 + 60 + 30}, "exp too far ahead"),  # past five minutes and the skew
+        ({"iat": -YEAR, "exp": 60}, "token too old"),
+        ({"iat": -(300 + 60 + 30), "exp": 60}, "token too old"),
+        ({"iat": 2 * MINUTE, "exp": 4 * MINUTE}, "token not yet valid"),
+        ({"nbf": 2 * MINUTE, "exp": 4 * MINUTE}, "token not yet valid"),
+        ({"exp": -2 * MINUTE, "iat": -4 * MINUTE}, "token expired"),
+    ],
+    ids=[
+        "exp ten years ahead",
+        "exp six and a half minutes ahead",
+        "iat a year old",
+        "iat six and a half minutes old",
+        "iat in the future",
+        "nbf in the future",
+        "expired beyond the skew",
+    ],
+)
+async def test_lifetime_is_limited(
+    static_verifier: JwtVerifier,
+    ec_key: ec.EllipticCurvePrivateKey,
+    offsets: dict[str, int],
+    reason: str,
+) -> None:
+    now = int(time.time())
+    token = make_token(ec_key, **{claim: now + offset for claim, offset in offsets.items()})
+
+    assert (await rejected(static_verifier, bearer(token))).reason == reason
+
+
+@pytest.mark.asyncio
+async def test_the_longest_lifetime_and_the_skew_are_accepted(
+    static_verifier: JwtVerifier, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Five minutes ahead plus most of the 60 s skew, issued just under six minutes ago."""
+    now = int(time.time())
+    token = make_token(ec_key, exp=now + 300 + 50, iat=now - 300 - 50, nbf=now + 50)
+
+    assert (await static_verifier.verify(bearer(token), AUDIENCE)).expires_at == now + 350
+
+
+@pytest.mark.asyncio
+async def test_skew_setting_is_the_only_tolerance(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    jwks = {"keys": [ec_jwk(ec_key, EC_KID, alg="ES384")]}
+    verifier = JwtVerifier(
+        parse_trusted_issuers({ISSUER: {"jwks": jwks}}), InMemoryReplayCache(), leeway_seconds=0
+    )
+    now = int(time.time())
+
+    late = make_token(ec_key, exp=now + 320)
+    assert (await rejected(verifier, bearer(late))).reason == "exp too far ahead"
+    early = make_token(ec_key, iat=now + 20)
+    assert (await rejected(verifier, bearer(early))).reason == "token not yet valid"
+    assert (await verifier.verify(bearer(make_token(ec_key, exp=now + 290)), AUDIENCE)).jti
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("{now}", "must be a number"),  # a numeric string: PyJWT's int() would take it
+        (True, "must be a number"),
+        (None, "must be a number"),
+        ([0], "must be a number"),
+        ({"t": 0}, "must be a number"),
+        (10**20, "out of range"),
+        (10**400, "out of range"),
+        (-1, "out of range"),
+        (1e308, "out of range"),
+    ],
+)
+async def test_time_claims_must_be_numbers_in_range(
+    static_verifier: JwtVerifier,
+    ec_key: ec.EllipticCurvePrivateKey,
+    claim: str,
+    value: Any,
+    reason: str,
+) -> None:
+    if value == "{now}":
+        value = str(int(time.time()))
+    token = make_token(ec_key, **{claim: value})
+
+    error = await rejected(static_verifier, bearer(token))
+
+    if value is None and claim != "nbf":  # PyJWT's `require` takes null for absent
+        assert error.reason == f"missing {claim}"
+    else:
+        assert error.reason == f"{claim} {reason}"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_non_finite_time_claims_are_out_of_range(
+    static_verifier: JwtVerifier, ec_key: ec.EllipticCurvePrivateKey, constant: str
+) -> None:
+    """Python's JSON parser reads these non-standard literals; RFC 8259 has no such numbers."""
+    header = {"alg": "ES384", "typ": "JWT", "kid": EC_KID}
+    now = int(time.time())
+    claims = f'"iss":"{ISSUER}","aud":"{AUDIENCE}","iat":{now},"jti":"{uuid.uuid4()}"'
+    payload = f'{{{claims},"exp":{constant}}}'
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(payload.encode())}"
+    algorithm = jwt.get_algorithm_by_name("ES384")
+    signature = algorithm.sign(signing_input.encode(), ec_key)
+
+    token = f"{signing_input}.{b64url(signature)}"
+
+    assert (await rejected(static_verifier, bearer(token))).reason == "exp out of range"
+
+
+@pytest.mark.asyncio
+async def test_fractional_numeric_dates_are_accepted(
+    static_verifier: JwtVerifier, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """RFC 7519 §2: a NumericDate may be a non-integer."""
+    now = time.time()
+    token = make_token(ec_key, iat=now - 0.5, exp=now + 299.5, nbf=now - 0.25)
+
+    assert (await static_verifier.verify(bearer(token), AUDIENCE)).expires_at == int(now + 299.5)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"jti": "a\x00b"}, "invalid jti"),
+        ({"jti": "\ud800"}, "invalid jti"),
+        ({"jti": "x" * 257}, "invalid jti"),
+        ({"tenant": "hospital\x00"}, "invalid tenant"),
+        ({"tenant": "t" * 257}, "invalid tenant"),
+        ({"sub": "\udfff"}, "invalid sub"),
+    ],
+    ids=["jti NUL", "jti lone surrogate", "jti too long", "tenant NUL", "tenant long", "sub"],
+)
+async def test_text_claims_that_cannot_be_stored_or_logged_are_refused(
+    static_verifier: JwtVerifier,
+    ec_key: ec.EllipticCurvePrivateKey,
+    claims: dict[str, Any],
+    reason: str,
+) -> None:
+    token = make_token(ec_key, **claims)
+
+    assert (await rejected(static_verifier, bearer(token))).reason == reason
 
 
 @pytest.mark.asyncio
@@ -703,7 +895,7 @@ def test_parse_inline_jwks(ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAP
 
     issuers = parse_trusted_issuers(json.dumps({ISSUER: {"jwks": jwks}}))
 
-    keys = issuers[ISSUER]
+    keys = issuers[ISSUER].keys
     assert isinstance(keys, StaticJwks)
     assert keys.keys[EC_KID].algorithms == {"ES384"}
     assert keys.keys[RSA_KID].algorithms == {"RS384"}
@@ -715,14 +907,19 @@ def test_parse_jwks_file(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> 
 
     issuers = parse_trusted_issuers({ISSUER: {"jwks_file": str(path)}})
 
-    assert isinstance(issuers[ISSUER], StaticJwks)
-    assert set(issuers[ISSUER].keys) == {EC_KID}
+    keys = issuers[ISSUER].keys
+    assert isinstance(keys, StaticJwks)
+    assert set(keys.keys) == {EC_KID}
 
 
 def test_parse_jwks_url() -> None:
     url = "https://ehr.example.org/.well-known/jwks.json"
 
-    assert parse_trusted_issuers({ISSUER: {"jwks_url": url}}) == {ISSUER: RemoteJwks(url)}
+    assert parse_trusted_issuers({ISSUER: {"jwks_url": url}}) == {
+        ISSUER: TrustedIssuer(RemoteJwks(url), require_typ=True)
+    }
+    relaxed = parse_trusted_issuers({ISSUER: {"jwks_url": url, "require_typ": False}})
+    assert relaxed == {ISSUER: TrustedIssuer(RemoteJwks(url), require_typ=False)}
 
 
 def test_parse_sandbox_jwks_fixture() -> None:
@@ -730,7 +927,7 @@ def test_parse_sandbox_jwks_fixture() -> None:
         {"https://sandbox.cds-hooks.org": {"jwks_file": str(FIXTURES / "sandbox-jwks.json")}}
     )
 
-    keys = issuers["https://sandbox.cds-hooks.org"]
+    keys = issuers["https://sandbox.cds-hooks.org"].keys
     assert isinstance(keys, StaticJwks)
     assert keys.keys["44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"].algorithms == {"ES384"}
 
@@ -751,7 +948,7 @@ def test_parse_skips_unusable_keys(
         ]
     }
 
-    keys = parse_trusted_issuers({ISSUER: {"jwks": jwks}})[ISSUER]
+    keys = parse_trusted_issuers({ISSUER: {"jwks": jwks}})[ISSUER].keys
 
     assert isinstance(keys, StaticJwks)
     assert set(keys.keys) == {EC_KID}
@@ -768,6 +965,9 @@ def test_parse_skips_unusable_keys(
         ({ISSUER: {}}, "exactly one of"),
         ({ISSUER: {"jwks_uri": "https://x.example/jwks"}}, "exactly one of"),
         ({ISSUER: {"jwks_url": "https://x.example/jwks", "jwks": {"keys": []}}}, "exactly one of"),
+        ({ISSUER: {"require_typ": False}}, "exactly one of"),
+        ({ISSUER: {"jwks_url": "https://x.example/jwks", "typ": "JWT"}}, "exactly one of"),
+        ({ISSUER: {"jwks_url": "https://x.example/jwks", "require_typ": "no"}}, "true or false"),
         ({ISSUER: {"jwks_url": "ftp://x.example/jwks"}}, "absolute https URL"),
         ({ISSUER: {"jwks_url": "/relative/jwks"}}, "absolute https URL"),
         ({ISSUER: {"jwks_file": "/nonexistent/jwks.json"}}, "cannot read jwks_file"),

@@ -324,6 +324,9 @@ class FeedbackStore:
             return int(connection.execute(query).scalar_one())
 
 
+_LATEST_EXPIRY = 2**63 - 1  # the largest BigInteger
+
+
 class DatabaseReplayCache:
     """JWT `jti` replay protection shared by every worker process through the database."""
 
@@ -331,7 +334,12 @@ class DatabaseReplayCache:
         self.engine = engine
 
     def check_and_store(self, jti: str, issuer: str, expires_at: int) -> bool:
-        """True when the jti is new (and now remembered until `expires_at`)."""
+        """True when the jti is new (and now remembered until `expires_at`).
+
+        `expires_at` is held within the column's signed 64 bits: a later expiry means the same
+        (remembered for ever), and the database would refuse it as an overflow.
+        """
+        expires_at = max(0, min(expires_at, _LATEST_EXPIRY))
         now = int(time.time())
         # RETURNING, not rowcount: with psycopg, SQLAlchemy 2.1 reports rowcount -1 for this
         # INSERT, which `bool()` took for "new": every replayed jti was accepted.

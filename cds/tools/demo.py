@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from cds.settings import PROJECT_ROOT
+from cds.web.auth import MAX_TOKEN_LIFETIME_SECONDS
 
 DEMO_DIR = PROJECT_ROOT / "demo"
 FHIR_SERVER_DIR = PROJECT_ROOT / "tests" / "fhir_server"
@@ -52,7 +53,8 @@ SANDBOX_URL = "https://sandbox.cds-hooks.org/"
 SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
 CURL_ISSUER = "twitch-cds-demo"
 CURL_KID = "twitch-cds-demo-1"
-CURL_TOKEN_SECONDS = 8 * 3600
+# The longest a token may live (CDS Hooks: exp at most five minutes ahead).
+CURL_TOKEN_SECONDS = MAX_TOKEN_LIFETIME_SECONDS
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 # The sandbox's "screen" for each hook (its query parameters `hook` and `screen`).
 SANDBOX_SCREENS = {
@@ -402,7 +404,10 @@ def describe(
             curl = curl_line(service_url, signer.token(service_url), body)
             lines += [f"     sandbox: {link}", f"     curl:    {curl}"]
         lines.append("")
-    lines.append("Each curl line works once (the service refuses a replayed JWT).")
+    lines.append(
+        f"Each curl line works once, within {CURL_TOKEN_SECONDS // 60} minutes "
+        "(the service refuses a replayed or expired JWT)."
+    )
     return "\n".join(lines)
 
 
@@ -446,6 +451,8 @@ def running_service(
         ),
     }
     base_url = f"http://{options.host}:{options.port}"
+    # The sandbox and the curl lines call this very URL: it is every token's audience.
+    env["TWITCH_CDS_PUBLIC_BASE_URL"] = base_url
     process = subprocess.Popen(
         [
             sys.executable,

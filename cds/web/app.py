@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "for local development and the CDS Hooks sandbox only"
                 )
             runtime: Runtime = app.state.runtime
+            log_trust_relaxations(runtime)
             log.info("started", services=len(runtime.catalog), auth=settings.auth)
             chores = [asyncio.create_task(runtime.issued.run())]
             if runtime.verifier is not None:
@@ -97,6 +98,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routes=[route for router in edge_routers for route in router.routes],
     )
     return app
+
+
+def log_trust_relaxations(runtime: Runtime) -> None:
+    """Warn at start about every way JWT verification was configured below the standard, so
+    that an operator reading the log sees what a development setting left open."""
+    if runtime.verifier is None:
+        return
+    if not runtime.settings.public_base_url:
+        log.warning(
+            "token audience taken from the Host header (TWITCH_CDS_DEV_AUDIENCE_FROM_HOST): "
+            "a client may name any audience; for development only, set "
+            "TWITCH_CDS_PUBLIC_BASE_URL in production"
+        )
+    for issuer in runtime.verifier.issuers_without_typ:
+        log.warning("tokens of this issuer may omit typ (require_typ false)", issuer=issuer)
 
 
 async def _invalid_request(_request: Request, exc: Exception) -> Response:

@@ -8,6 +8,12 @@ Trust model: ``iss`` must be on an allow-list; each trusted issuer has either a 
 JWKS (inline or from a file, exchanged out of band) or a ``jwks_url``. A token's ``jku``
 header is never used to discover keys: for a ``jwks_url`` issuer it must equal that URL,
 and for a static issuer it is ignored because the pinned keys are authoritative.
+
+Tokens are short-lived (RFC 8725 §3.10): CDS Hooks caps ``exp`` at five minutes ahead, so a
+token is refused when ``exp`` is further ahead than that or ``iat`` is older, give or take the
+clock skew. Every claim is checked against RFC 7519 as written (NumericDates are JSON numbers,
+not numeric strings, which PyJWT would take), so that no claim value, however odd, gets
+further than a 401.
 """
 
 from __future__ import annotations
@@ -30,11 +36,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import (
-    ExpiredSignatureError,
-    ImmatureSignatureError,
     InvalidAlgorithmError,
     InvalidAudienceError,
-    InvalidIssuedAtError,
     InvalidIssuerError,
     InvalidJTIError,
     InvalidSignatureError,
@@ -45,6 +48,7 @@ from jwt.exceptions import (
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
+    "MAX_TOKEN_LIFETIME_SECONDS",
     "AuthError",
     "InMemoryReplayCache",
     "IssuerKeys",
@@ -52,6 +56,7 @@ __all__ = [
     "RemoteJwks",
     "ReplayCache",
     "StaticJwks",
+    "TrustedIssuer",
     "VerificationKey",
     "VerifiedClient",
     "parse_trusted_issuers",
@@ -65,10 +70,20 @@ _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512
 ALLOWED_ALGORITHMS = frozenset(_EC_CURVE_ALGORITHM.values()) | _RSA_ALGORITHMS
 
 _REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "jti"]
+#: CDS Hooks 2.0: "exp" no more than five minutes ahead; "iat" no older than that either.
+MAX_TOKEN_LIFETIME_SECONDS = 300
+# NumericDates outside 1970..9999 are refused: no real clock is there, and bounded values
+# cannot overflow a datetime or the replay store's 64-bit column.
+_LATEST_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z
+_TIME_CLAIMS = ("exp", "iat", "nbf")
 _MIN_RSA_KEY_BITS = 2048
 # Bounds on attacker-controlled sizes: a CDS client token is well under 1 KiB.
 _MAX_TOKEN_CHARS = 8192
 _MAX_JTI_CHARS = 256
+_MAX_TEXT_CLAIM_CHARS = 256
+# Text claims that are stored (jti) or logged (tenant): no control characters (NUL cannot
+# be stored in PostgreSQL) and no lone surrogates (they cannot be encoded as UTF-8).
+_PLAIN_TEXT_RE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]+")
 _MAX_JWKS_BYTES = 256 * 1024
 _JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 # JWS compact serialisation; an empty signature is allowed so that alg "none" is
@@ -78,12 +93,9 @@ _COMPACT_JWS_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # Most specific first: InvalidSignatureError is a DecodeError, for instance.
 _JWT_ERROR_REASONS: tuple[tuple[type[PyJWTError], str], ...] = (
     (InvalidSignatureError, "invalid signature"),
-    (ExpiredSignatureError, "token expired"),
-    (ImmatureSignatureError, "token not yet valid"),
     (InvalidAudienceError, "audience mismatch"),
     (InvalidIssuerError, "issuer mismatch"),
     (InvalidAlgorithmError, "algorithm does not match key"),
-    (InvalidIssuedAtError, "invalid iat"),
     (InvalidJTIError, "invalid jti"),
     (InvalidSubjectError, "invalid sub"),
 )
@@ -151,6 +163,18 @@ class RemoteJwks:
 IssuerKeys = StaticJwks | RemoteJwks
 
 
+@dataclass(frozen=True)
+class TrustedIssuer:
+    """One entry of the issuer allow-list: where its keys come from, and its relaxations.
+
+    ``require_typ`` is False only for an EHR known to omit the ``typ`` header that CDS
+    Hooks 2.0 requires; a ``typ`` it does send must still be ``JWT``.
+    """
+
+    keys: IssuerKeys
+    require_typ: bool = True
+
+
 class ReplayCache(Protocol):
     """Remembers token ids so that a captured token cannot be replayed."""
 
@@ -193,7 +217,7 @@ class InMemoryReplayCache:
             del self._expiry[entry]
 
 
-def parse_trusted_issuers(raw: str | Mapping[str, Any]) -> dict[str, IssuerKeys]:
+def parse_trusted_issuers(raw: str | Mapping[str, Any]) -> dict[str, TrustedIssuer]:
     """Parse the ``TWITCH_CDS_TRUSTED_ISSUERS`` setting (JSON text or already decoded).
 
     Static JWKS are read and validated here so that a bad key file stops the service at
@@ -215,13 +239,26 @@ def _issuer_name(issuer: Any) -> str:
     return issuer
 
 
-def _parse_issuer(issuer: str, entry: Any) -> IssuerKeys:
-    """Turn one issuer's entry into its key source; exactly one source is allowed."""
+def _parse_issuer(issuer: str, entry: Any) -> TrustedIssuer:
+    """Turn one issuer's entry into its key source (exactly one) and its ``require_typ``."""
     where = f"trusted issuers: {issuer!r}"
     sources = ("jwks_url", "jwks_file", "jwks")
-    if not isinstance(entry, Mapping) or len(entry) != 1 or next(iter(entry)) not in sources:
+    if not isinstance(entry, Mapping):
         raise ValueError(f"{where}: expected an object with exactly one of {', '.join(sources)}")
-    kind, value = next(iter(entry.items()))
+    given = [kind for kind in sources if kind in entry]
+    unknown = sorted(str(name) for name in entry if name not in (*sources, "require_typ"))
+    if len(given) != 1 or unknown:
+        raise ValueError(
+            f"{where}: expected an object with exactly one of {', '.join(sources)}"
+            " and optionally require_typ"
+        )
+    require_typ = entry.get("require_typ", True)
+    if not isinstance(require_typ, bool):
+        raise ValueError(f"{where}: require_typ must be true or false")
+    return TrustedIssuer(_key_source(given[0], entry[given[0]], where), require_typ)
+
+
+def _key_source(kind: str, value: Any, where: str) -> IssuerKeys:
     if kind == "jwks_url":
         return RemoteJwks(_parse_url(value, where))
     if kind == "jwks_file":
@@ -367,13 +404,14 @@ class _RemoteKeySet:
 class JwtVerifier:
     """Verifies ``Authorization: Bearer <JWT>`` headers from trusted CDS clients.
 
+    ``leeway_seconds`` is the clock skew allowed on ``exp``, ``iat`` and ``nbf``;
     ``jwks_min_refetch_seconds`` bounds how often a ``jwks_url`` is fetched per issuer;
     ``allow_insecure_jku`` permits http JWKS URLs and exists for tests only.
     """
 
     def __init__(
         self,
-        issuers: Mapping[str, IssuerKeys],
+        issuers: Mapping[str, TrustedIssuer],
         replay_cache: ReplayCache,
         *,
         leeway_seconds: int = 60,
@@ -390,31 +428,37 @@ class JwtVerifier:
         self._http_client = http_client
         self._remote = {
             issuer: _RemoteKeySet(
-                _checked_fetch_url(keys.jwks_url, allow_insecure_jku),
+                _checked_fetch_url(trusted.keys.jwks_url, allow_insecure_jku),
                 self._fetch_jwks,
                 jwks_ttl_seconds,
                 jwks_min_refetch_seconds,
             )
-            for issuer, keys in self._issuers.items()
-            if isinstance(keys, RemoteJwks)
+            for issuer, trusted in self._issuers.items()
+            if isinstance(trusted.keys, RemoteJwks)
         }
+
+    @property
+    def issuers_without_typ(self) -> list[str]:
+        """Issuers whose tokens may omit ``typ``, so that the start-up log can name them."""
+        return sorted(name for name, trusted in self._issuers.items() if not trusted.require_typ)
 
     async def verify(self, authorization_header: str | None, audience: str) -> VerifiedClient:
         """Authenticate a request whose JWT ``aud`` must be exactly ``audience``.
 
         Checks are ordered so that nothing attacker-chosen triggers work before it is
-        known to be acceptable: algorithm and header first, then the issuer allow-list,
-        then key lookup, signature and claims, and the replay check last so that a
-        rejected token does not consume its ``jti``.
+        known to be acceptable: algorithm and header first, then the issuer allow-list (and
+        its ``typ`` rule), then key lookup, signature and claims, and the replay check last
+        so that a rejected token does not consume its ``jti``.
         """
         token = _bearer_token(authorization_header)
         header = _unverified_header(token)
         kid = _check_header(header)
         issuer = self._trusted_issuer(token)
+        _check_typ(header, self._issuers[issuer].require_typ)
         self._check_jku(header, issuer)
         key = await self._key(issuer, kid)
         claims = self._decode(token, key, issuer, audience)
-        client = _client_from_claims(claims, issuer)
+        client = _client_from_claims(claims, issuer, time.time(), self._leeway)
         # Tokens are accepted until exp + leeway, so they must be remembered that long.
         if not self._replay_cache.check_and_store(
             client.jti, client.issuer, client.expires_at + self._leeway
@@ -435,12 +479,12 @@ class JwtVerifier:
 
     def _check_jku(self, header: Mapping[str, Any], issuer: str) -> None:
         """Refuse a ``jku`` other than the issuer's configured URL; it is never fetched."""
-        keys = self._issuers[issuer]
+        keys = self._issuers[issuer].keys
         if "jku" in header and isinstance(keys, RemoteJwks) and header["jku"] != keys.jwks_url:
             raise AuthError("jku not trusted")
 
     async def _key(self, issuer: str, kid: str) -> VerificationKey:
-        keys = self._issuers[issuer]
+        keys = self._issuers[issuer].keys
         if isinstance(keys, RemoteJwks):
             return await self._remote[issuer].get(kid)
         key = keys.keys.get(kid)
@@ -451,6 +495,11 @@ class JwtVerifier:
     def _decode(
         self, token: str, key: VerificationKey, issuer: str, audience: str
     ) -> dict[str, Any]:
+        """Signature, ``iss``, ``aud`` and presence of the required claims, by PyJWT.
+
+        The time claims are checked by `_check_times` instead: PyJWT passes them through
+        ``int()``, which takes numeric strings and booleans that RFC 7519 does not allow.
+        """
         try:
             claims = jwt.decode(
                 token,
@@ -458,8 +507,12 @@ class JwtVerifier:
                 algorithms=sorted(key.algorithms),
                 audience=audience,
                 issuer=issuer,
-                leeway=self._leeway,
-                options={"require": _REQUIRED_CLAIMS},
+                options={
+                    "require": _REQUIRED_CLAIMS,
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
         except MissingRequiredClaimError as exc:
             raise AuthError(f"missing {exc.claim}") from None
@@ -542,10 +595,19 @@ def _check_header(header: Mapping[str, Any]) -> str:
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise AuthError("missing kid")
-    typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
-        raise AuthError("typ must be JWT")
     return kid
+
+
+def _check_typ(header: Mapping[str, Any], required: bool) -> None:
+    """CDS Hooks 2.0 requires ``typ`` ``JWT`` (case-insensitive, RFC 7515 §4.1.9); an issuer
+    configured with ``require_typ: false`` may leave it out, but not send another value."""
+    if "typ" not in header:
+        if required:
+            raise AuthError("missing typ")
+        return
+    typ = header["typ"]
+    if not isinstance(typ, str) or typ.upper() != "JWT":
+        raise AuthError("typ must be JWT")
 
 
 def _jwt_error_reason(exc: PyJWTError) -> str:
@@ -555,17 +617,60 @@ def _jwt_error_reason(exc: PyJWTError) -> str:
     return "invalid token"
 
 
-def _client_from_claims(claims: Mapping[str, Any], issuer: str) -> VerifiedClient:
-    jti = claims["jti"]
-    if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI_CHARS:
-        raise AuthError("invalid jti")
-    tenant = claims.get("tenant")
-    if tenant is not None and not isinstance(tenant, str):
-        raise AuthError("invalid tenant")
+def _client_from_claims(
+    claims: Mapping[str, Any], issuer: str, now: float, leeway: int
+) -> VerifiedClient:
+    expires_at = _check_times(claims, now, leeway)
+    optional = {
+        name: _plain_text(claims[name], name, _MAX_TEXT_CLAIM_CHARS)
+        for name in ("sub", "tenant")
+        if name in claims
+    }
     return VerifiedClient(
         issuer=issuer,
-        subject=claims.get("sub"),
-        tenant=tenant,
-        jti=jti,
-        expires_at=int(claims["exp"]),
+        subject=optional.get("sub"),
+        tenant=optional.get("tenant"),
+        jti=_plain_text(claims["jti"], "jti", _MAX_JTI_CHARS),
+        expires_at=expires_at,
     )
+
+
+def _plain_text(value: Any, name: str, max_chars: int) -> str:
+    """A text claim that is stored or logged: bounded, printable, encodable."""
+    if not isinstance(value, str) or len(value) > max_chars or not _PLAIN_TEXT_RE.fullmatch(value):
+        raise AuthError(f"invalid {name}")
+    return value
+
+
+def _check_times(claims: Mapping[str, Any], now: float, leeway: int) -> int:
+    """Check ``exp``, ``iat`` and ``nbf`` against ``now``, give or take ``leeway`` seconds,
+    and return ``exp``.
+
+    A token lives at most `MAX_TOKEN_LIFETIME_SECONDS`: ``exp`` may not be further ahead,
+    nor ``iat`` further back. The checks are pure so that they can be tested at any instant.
+    """
+    times = {name: _numeric_date(claims, name) for name in _TIME_CLAIMS if name in claims}
+    exp, iat = times["exp"], times["iat"]
+    if exp <= now - leeway:
+        raise AuthError("token expired")
+    if iat > now + leeway or times.get("nbf", 0) > now + leeway:
+        raise AuthError("token not yet valid")
+    if exp > now + MAX_TOKEN_LIFETIME_SECONDS + leeway:
+        raise AuthError("exp too far ahead")
+    if iat < now - MAX_TOKEN_LIFETIME_SECONDS - leeway:
+        raise AuthError("token too old")
+    return int(exp)
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float:
+    """A NumericDate (RFC 7519 §2): a JSON number, here between 1970 and 9999.
+
+    ``bool`` is refused although Python counts it as an ``int``; the range check also
+    refuses NaN and infinities, which Python's JSON parser accepts.
+    """
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError(f"{name} must be a number")
+    if not 0 <= value <= _LATEST_NUMERIC_DATE:
+        raise AuthError(f"{name} out of range")
+    return value

@@ -2,7 +2,7 @@
 
 The hook call is the hot path (an EHR calls it on every chart open while the clinician
 waits), so it pays for each step once: the body is decoded once, by msgspec, and of the
-record only what the facts read (`DecodingRoute`, `cds.decision.request_body`);
+record only what the facts read (`AuthenticatedRoute`, `cds.decision.request_body`);
 the decision runs inline, since it is pure-Python CPU work that a thread pool in the same
 process only slows down with GIL hand-offs; and the cards are serialised once, by orjson,
 without FastAPI validating the response model again (the model still documents the answer).
@@ -49,20 +49,28 @@ class DecodedRequest(Request):
         return self._json
 
 
-class DecodingRoute(APIRoute):
-    """FastAPI's route with `DecodedRequest`: FastAPI reads JSON bodies via `request.json()`,
-    so validation, its error answers and the OpenAPI documentation stay FastAPI's."""
+class AuthenticatedRoute(APIRoute):
+    """FastAPI's route, authenticating the client before anything else, then reading the body
+    as a `DecodedRequest`.
+
+    FastAPI reads and parses a body before it runs any dependency, so an anonymous caller
+    could make the service parse whatever it sends, and learn from a 400 what it thinks of
+    it. Here the token is verified first (`authenticate`); the `Client` dependency only hands
+    on the result. The body is then read by FastAPI through `request.json()`, so validation,
+    its error answers and the OpenAPI documentation stay FastAPI's.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
-        async def with_decoded_body(request: Request) -> Response:
+        async def authenticated(request: Request) -> Response:
+            request.state.client = await authenticate(request)
             return await handler(DecodedRequest(request.scope, request.receive))
 
-        return with_decoded_body
+        return authenticated
 
 
-router = APIRouter(route_class=DecodingRoute)
+router = APIRouter(route_class=AuthenticatedRoute)
 _OUTCOME_SCHEMA = {
     "type": "object",
     "required": ["resourceType", "issue"],
@@ -106,14 +114,23 @@ def runtime(request: Request) -> Runtime:
 
 
 async def authenticate(request: Request) -> VerifiedClient | None:
-    """Verify the client's JWT against the exact URL it called (CDS Hooks §Trusting Clients)."""
+    """Verify the client's JWT against the exact URL it called (CDS Hooks §Trusting Clients).
+
+    The URL is the public base URL and the path; only with TWITCH_CDS_DEV_AUDIENCE_FROM_HOST
+    (start-up refuses JWT mode without one or the other) is it the URL as the request names it.
+    A request with several Authorization headers is refused: which one counts would depend
+    on the code reading them.
+    """
     rt = runtime(request)
     if rt.verifier is None:
         return None
     base = rt.settings.public_base_url
     audience = (base.rstrip("/") + request.url.path) if base else str(request.url.replace(query=""))
     try:
-        client = await rt.verifier.verify(request.headers.get("authorization"), audience)
+        authorization = request.headers.getlist("authorization")
+        if len(authorization) > 1:
+            raise AuthError("more than one Authorization header")
+        client = await rt.verifier.verify(next(iter(authorization), None), audience)
     except AuthError as error:
         log.info("authentication failed", reason=error.reason)
         raise HTTPException(
@@ -123,7 +140,13 @@ async def authenticate(request: Request) -> VerifiedClient | None:
     return client
 
 
-Client = Annotated[VerifiedClient | None, Depends(authenticate)]
+def authenticated_client(request: Request) -> VerifiedClient | None:
+    """The client `AuthenticatedRoute` verified before the body was read."""
+    client: VerifiedClient | None = request.state.client
+    return client
+
+
+Client = Annotated[VerifiedClient | None, Depends(authenticated_client)]
 
 
 def find_service(request: Request, service_id: str) -> Service:

@@ -116,6 +116,8 @@ class TokenFactory:
         if key is None:
             key = self.rsa_key if rsa_alg else self.ec_key
         header = {"typ": "JWT", "kid": self.rsa_kid if rsa_alg else self.ec_kid, **(headers or {})}
+        if header["typ"] is DROP:
+            header["typ"] = None  # PyJWT adds typ "JWT" to a header without one, unless None
         header = {k: v for k, v in header.items() if v is not DROP}
         return jwt.encode(self.claims(aud, **claims), key, algorithm=alg, headers=header)
 
