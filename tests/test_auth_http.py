@@ -12,15 +12,18 @@ production configuration path is exercised without any test-only switch.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 import cds.web.auth
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
@@ -233,6 +236,43 @@ REJECTIONS: dict[str, tuple[Callable[[TokenFactory], str], str]] = {
     "no jti": (lambda t: t.token(SERVICE_URL, jti=DROP), "missing jti"),
     "no exp": (lambda t: t.token(SERVICE_URL, exp=DROP), "missing exp"),
     "typ not JWT": (lambda t: t.token(SERVICE_URL, headers={"typ": "at+jwt"}), "typ must be JWT"),
+    "no typ": (lambda t: t.token(SERVICE_URL, headers={"typ": DROP}), "missing typ"),
+    # Lifetime: CDS Hooks allows exp at most five minutes ahead (plus the 60 s skew).
+    "exp ten years ahead": (
+        lambda t: t.token(SERVICE_URL, exp=now() + 10 * 365 * 86400),
+        "exp too far ahead",
+    ),
+    "exp seven minutes ahead": (
+        lambda t: t.token(SERVICE_URL, exp=now() + 420),
+        "exp too far ahead",
+    ),
+    "iat a year old": (
+        lambda t: t.token(SERVICE_URL, iat=now() - 365 * 86400, exp=now() + 60),
+        "token too old",
+    ),
+    "exp 10^20 (was a 500 from the replay store)": (
+        lambda t: t.token(SERVICE_URL, exp=10**20),
+        "exp out of range",
+    ),
+    "exp a numeric string": (
+        lambda t: t.token(SERVICE_URL, exp=str(now() + 300)),
+        "exp must be a number",
+    ),
+    "iat a numeric string": (
+        lambda t: t.token(SERVICE_URL, iat=str(now())),
+        "iat must be a number",
+    ),
+    "nbf a numeric string": (
+        lambda t: t.token(SERVICE_URL, nbf=str(now())),
+        "nbf must be a number",
+    ),
+    "exp true": (lambda t: t.token(SERVICE_URL, exp=True), "exp must be a number"),
+    "negative iat": (lambda t: t.token(SERVICE_URL, iat=-1), "iat out of range"),
+    "jti with NUL": (lambda t: t.token(SERVICE_URL, jti="a\x00b"), "invalid jti"),
+    "tenant with a lone surrogate": (
+        lambda t: t.token(SERVICE_URL, tenant="\ud800"),
+        "invalid tenant",
+    ),
     "not a JWT": (lambda t: "not-a-jwt", "malformed token"),
     "three junk segments": (lambda t: "Zm9v.YmFy.YmF6", "malformed token"),
     "oversized": (lambda t: "a" * 9000 + ".b.c", "malformed token"),
@@ -296,6 +336,64 @@ def test_authentication_comes_before_any_other_answer(
     )
 
 
+@pytest.mark.parametrize("endpoint", ["service", "feedback"])
+def test_a_malformed_body_is_not_parsed_before_the_token_is_verified(
+    jwt_client: TestClient, tokens: TokenFactory, endpoint: str
+) -> None:
+    """Unauthenticated, a body that is not JSON gets the 401, not the parser's 400."""
+    path = ENDPOINTS[endpoint][1]
+
+    def post(authorization: dict[str, str]) -> httpx.Response:
+        return jwt_client.post(
+            path,
+            content=b'{"hook": "patient-view", oops',
+            headers={"Content-Type": "application/json", **authorization},
+        )
+
+    assert_unauthorized(post({}), None)
+    assert_unauthorized(post(bearer(TokenFactory().token(BASE + path))), "invalid signature")
+    # Once the client is known, the body is read and its fault named.
+    response = post(bearer(tokens.token(BASE + path)))
+    assert response.status_code == 400 and "JSON" in response.text
+
+
+@pytest.mark.parametrize("endpoint", sorted(ENDPOINTS))
+def test_two_authorization_headers_are_refused(
+    jwt_client: TestClient, tokens: TokenFactory, endpoint: str
+) -> None:
+    call, path = ENDPOINTS[endpoint]
+    first, second = tokens.token(BASE + path), tokens.token(BASE + path)
+    for pair in ((first, second), (first, first), (first, "not-a-jwt")):
+        headers = httpx.Headers([("Authorization", f"Bearer {token}") for token in pair])
+        response = call(jwt_client, headers)
+        assert_unauthorized(response, "more than one Authorization header")
+    # Neither token was consumed by the refused request.
+    assert call(jwt_client, bearer(first)).status_code == 200
+
+
+def test_issuer_configured_with_require_typ_false_may_omit_typ(
+    make_jwt_client: Callable[..., TestClient], tokens: TokenFactory
+) -> None:
+    other = TokenFactory(issuer="https://other-ehr.example.org")
+    client = make_jwt_client(
+        trusted_issuers={
+            tokens.issuer: {"jwks": tokens.jwks, "require_typ": False},
+            **other.trusted_issuers(),
+        }
+    )
+    no_typ = {"typ": DROP}
+    assert (
+        service_call(client, bearer(tokens.token(SERVICE_URL, headers=no_typ))).status_code == 200
+    )
+    assert_unauthorized(
+        service_call(client, bearer(tokens.token(SERVICE_URL, headers={"typ": "JOSE"}))),
+        "typ must be JWT",
+    )
+    assert_unauthorized(
+        service_call(client, bearer(other.token(SERVICE_URL, headers=no_typ))), "missing typ"
+    )
+
+
 def test_health_check_needs_no_token(jwt_client: TestClient) -> None:
     assert jwt_client.get("/healthz").status_code == 200
 
@@ -333,6 +431,79 @@ def test_public_base_url_is_the_audience(
     assert_unauthorized(
         service_call(client, bearer(tokens.token(SERVICE_URL))), "audience mismatch"
     )
+
+
+OTHER_VENDOR = "other-vendor.example"
+
+
+def test_a_forged_host_header_does_not_choose_the_audience(
+    jwt_client: TestClient, tokens: TokenFactory
+) -> None:
+    """A token minted for another vendor's service, replayed here with that vendor's Host."""
+    theirs = tokens.token(f"http://{OTHER_VENDOR}/cds-services/{SERVICE_PV}")
+    response = service_call(jwt_client, {**bearer(theirs), "Host": OTHER_VENDOR})
+    assert_unauthorized(response, "audience mismatch")
+
+
+def test_jwt_mode_refuses_to_start_without_a_public_base_url(
+    make_client: Callable[..., TestClient], tokens: TokenFactory
+) -> None:
+    for unset in ({}, {"public_base_url": ""}):
+        with pytest.raises(ValueError, match="TWITCH_CDS_PUBLIC_BASE_URL"):
+            make_client(auth="jwt", trusted_issuers=tokens.trusted_issuers(), **unset)
+    # Without JWT verification there is no audience, hence nothing to refuse.
+    assert make_client(auth="none").get("/cds-services").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "base", ["cds.example.org", "/cds", "ftp://cds.example.org", "https://cds.example.org/?x=1"]
+)
+def test_public_base_url_must_be_an_absolute_http_url(
+    make_settings: Callable[..., Any], base: str
+) -> None:
+    with pytest.raises(ValidationError, match="absolute http"):
+        make_settings(public_base_url=base)
+
+
+def test_development_setting_takes_the_audience_from_the_host_header(
+    make_client: Callable[..., TestClient], tokens: TokenFactory
+) -> None:
+    """What TWITCH_CDS_DEV_AUDIENCE_FROM_HOST leaves open, hence for development only."""
+    client = make_client(
+        auth="jwt", trusted_issuers=tokens.trusted_issuers(), dev_audience_from_host=True
+    )
+    theirs = tokens.token(f"http://{OTHER_VENDOR}/cds-services/{SERVICE_PV}")
+    assert service_call(client, {**bearer(theirs), "Host": OTHER_VENDOR}).status_code == 200
+    assert service_call(client, bearer(tokens.token(SERVICE_URL))).status_code == 200
+
+
+def test_real_server_logs_each_relaxation_as_a_warning_at_start(
+    start_server: Callable[..., LiveServer], tokens: TokenFactory
+) -> None:
+    relaxed = {tokens.issuer: {"jwks": tokens.jwks, "require_typ": False}}
+    server = start_server(
+        TWITCH_CDS_AUTH="jwt",
+        TWITCH_CDS_PUBLIC_BASE_URL="",
+        TWITCH_CDS_DEV_AUDIENCE_FROM_HOST="true",
+        TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(relaxed),
+    )
+    records = [
+        json.loads(line) for line in server.log_path.read_text().splitlines() if line[:1] == "{"
+    ]
+    warnings = [r for r in records if r.get("level") == "warning"]
+    assert any("Host header" in r["event"] for r in warnings), warnings
+    assert [r["issuer"] for r in warnings if "typ" in r["event"]] == [tokens.issuer]
+
+
+def test_real_server_refuses_jwt_mode_without_a_public_base_url(
+    start_server: Callable[..., LiveServer], tokens: TokenFactory
+) -> None:
+    with pytest.raises(RuntimeError, match="TWITCH_CDS_PUBLIC_BASE_URL"):
+        start_server(
+            TWITCH_CDS_AUTH="jwt",
+            TWITCH_CDS_PUBLIC_BASE_URL="",
+            TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers()),
+        )
 
 
 # --- issuers configured with jwks_file / jwks_url -----------------------------------------
@@ -503,3 +674,60 @@ def test_real_server_verifies_tokens_and_refuses_replays(
         f"{url}/feedback", json=FEEDBACK, headers=bearer(tokens.token(f"{url}/feedback"))
     )
     assert response.status_code == 200
+
+
+def raw_exchange(base_url: str, request: bytes) -> bytes:
+    """Send `request` as is and read the answer until the server closes or has sent it all:
+    what a client that announces a body and never sends it gets back."""
+    parts = urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=15) as connection:
+        connection.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer) < answer_length(answer):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def answer_length(answer: bytes) -> int:
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(answer) + 1
+
+
+def test_real_server_answers_401_without_reading_the_body(
+    start_server: Callable[..., LiveServer], tokens: TokenFactory
+) -> None:
+    """The request announces 100 kB and sends none: an answer proves no byte was waited for.
+
+    Also checks that uvicorn hands both Authorization headers of a request to the service.
+    """
+    server = start_server(
+        TWITCH_CDS_AUTH="jwt", TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers())
+    )
+    host = urlsplit(server.base_url).netloc
+    for path in (f"/cds-services/{SERVICE_PV}", f"/cds-services/{SERVICE_PV}/feedback"):
+        token = tokens.token(server.base_url + path)
+        for authorization, reason in (
+            ([], None),
+            (["Bearer not-a-jwt"], "malformed token"),
+            ([f"Bearer {token}", f"Bearer {token}"], "more than one Authorization header"),
+        ):
+            head = [
+                f"POST {path} HTTP/1.1",
+                f"Host: {host}",
+                "Content-Type: application/json",
+                "Content-Length: 100000",
+                *(f"Authorization: {value}" for value in authorization),
+            ]
+            answer = raw_exchange(server.base_url, ("\r\n".join(head) + "\r\n\r\n").encode())
+            status_line, _, _ = answer.partition(b"\r\n")
+            assert status_line.startswith(b"HTTP/1.1 401"), answer[:300]
+            body = json.loads(answer.partition(b"\r\n\r\n")[2])
+            if reason is not None:
+                assert body["issue"][0]["diagnostics"] == reason
