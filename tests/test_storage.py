@@ -320,6 +320,17 @@ def test_replay_cache_purges_only_expired_entries(db: Engine, clock: list[float]
     assert cache.check_and_store("jti-2", "iss", now + 1) is False
 
 
+@pytest.mark.parametrize("expires", [10**20, 2**63, -(10**20)], ids=["1e20", "2^63", "-1e20"])
+def test_replay_cache_holds_any_expiry_without_overflow(
+    db: Engine, clock: list[float], expires: int
+) -> None:
+    """An expiry beyond the 64-bit column is held as its end (remembered for ever): it once
+    reached the database as is, and PostgreSQL's overflow became a 500."""
+    cache = DatabaseReplayCache(db)
+    assert cache.check_and_store("jti-far", "iss", expires) is True
+    assert cache.check_and_store("jti-far", "iss", expires) is (expires < 0)
+
+
 def test_replay_cache_accepts_a_jti_once_among_concurrent_threads(db: Engine) -> None:
     cache = DatabaseReplayCache(db)
     expires = int(time.time()) + 300
