@@ -50,7 +50,11 @@ def low_magnesium_call() -> dict[str, Any]:
 
 
 def test_health_and_ready_answer_without_a_token(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(auth="jwt", trusted_issuers=TokenFactory().trusted_issuers())
+    client = make_client(
+        auth="jwt",
+        public_base_url="http://testserver",
+        trusted_issuers=TokenFactory().trusted_issuers(),
+    )
     for path in ("/health", "/healthz"):
         assert client.get(path).json() == {"status": "ok"}
     ready = client.get("/ready")
@@ -247,7 +251,12 @@ def test_expired_token_ids_are_purged_in_the_background(
             return sorted(connection.execute(select(jwt_seen.c.jti)).scalars())
 
     monkeypatch.setattr(housekeeping, "REPLAY_PURGE_SECONDS", 0.1)
-    make_client(auth="jwt", trusted_issuers=TokenFactory().trusted_issuers(), database_url=database)
+    make_client(
+        auth="jwt",
+        public_base_url="http://testserver",
+        trusted_issuers=TokenFactory().trusted_issuers(),
+        database_url=database,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and remembered() != ["current"]:
         time.sleep(0.1)
