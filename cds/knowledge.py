@@ -291,6 +291,15 @@ class RecordReading(_Model):
         return self
 
 
+class OrderingText(_Model):
+    """A drug card's wording when the drug is being ordered now (order-select, order-sign)."""
+
+    summary: str
+    summary_with_lab: str | None = None
+    consider: str
+    consider_with_lab: str | None = None
+
+
 class CardText(_Model):
     title: str
     claims: list[ClaimKind]
@@ -308,6 +317,7 @@ class CardText(_Model):
     suppressed_by: Literal["serious"] | None = None
     red_flag: bool = False
     mentions: list[str] = []
+    ordering: OrderingText | None = None
 
 
 class OverrideReason(_Model):
@@ -343,6 +353,12 @@ class DuplicateTexts(_Model):
     consider: str
 
 
+class LabStatusTexts(_Model):
+    missing: str
+    normal: str
+    on_record: str
+
+
 class LabOrder(_Model):
     label: str
     description: str
@@ -357,6 +373,7 @@ class Findings(_Model):
     red_flag_texts: RedFlagTexts
     duplicate: DuplicateTexts
     relationships: dict[str, str]
+    lab_status: LabStatusTexts
     lab_order: LabOrder
     findings: dict[str, CardText]
 

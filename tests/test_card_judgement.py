@@ -244,7 +244,7 @@ def test_drug_lowering_an_already_low_electrolyte_says_replace_and_review(
         lab(VITAMIN_D, 35, "ng/mL"),
     )["electrolyte-depleting-drug"]
     assert card["indicator"] == "warning"
-    assert "Replace and monitor" in card["detail"]
+    assert "Replace potassium and recheck it" in card["detail"]
     assert "consider an alternative if it is low" not in card["detail"].lower()
     assert "if it is low" not in card["summary"]
 

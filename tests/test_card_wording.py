@@ -71,7 +71,7 @@ def test_no_summary_carries_a_raw_fhir_status(client: TestClient) -> None:
         assert not RAW_STATUS.search(card["summary"]), (code, card["summary"])
     assert "Prednisone 5 mg oral tablet" in found["corticosteroid"]["summary"]
     # The detail still states the medication's status, as the contract asks.
-    assert "(active)" in found["corticosteroid"]["detail"]
+    assert "(active, " in found["corticosteroid"]["detail"]
 
 
 def test_smoking_answer_is_not_a_concatenated_display(client: TestClient) -> None:

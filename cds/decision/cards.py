@@ -20,7 +20,7 @@ from typing import Any
 from cds.cdshooks import Action, Card, Coding, Link, Source, Suggestion
 from cds.decision.facts import Evidence, Facts
 from cds.decision.findings import ConsolidatedFinding
-from cds.knowledge import CardText, Knowledge
+from cds.knowledge import CardText, Knowledge, OrderingText
 
 SUMMARY_LIMIT = 139
 LABEL_LIMIT = 60
@@ -95,8 +95,10 @@ def short_value(evidence: Evidence) -> str:
 
 
 def _in_sentence(label: str) -> str:
-    """'Muscle weakness' -> 'muscle weakness'; acronyms ('ALS', 'TSH') keep their case."""
-    return label[0].lower() + label[1:] if label[1:2].islower() else label
+    """'Muscle weakness' -> 'muscle weakness'; acronyms and mixed case ('ALS', 'HbA1c') keep
+    their case."""
+    first = label.split(" ", 1)[0]
+    return label[0].lower() + label[1:] if first[1:].islower() else label
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()#|!~])")
@@ -158,6 +160,14 @@ class CardBuilder:
                 parts.append(f"(reported as {md(evidence.reported)})")
         status = self.relation(evidence) if evidence.kind == "family" else evidence.status
         details = [d for d in (status, evidence.when and f"dated {evidence.when}") if d]
+        if evidence.kind == "medication":
+            details.append(
+                f"started {evidence.started}" if evidence.started else "start date not recorded"
+            )
+        elif evidence.started:
+            details.append(f"ordered {evidence.started}")
+        if evidence.kind in ("medication", "order"):
+            details.append(f"dose {evidence.dose}" if evidence.dose else "dose not recorded")
         if details:
             parts.append(f"({', '.join(md(d) for d in details)})")
         line = "- " + " ".join(parts)
@@ -196,6 +206,7 @@ class CardBuilder:
         )
         card_id = uuid.uuid5(context.hook_instance, finding.code)
         summary, consider = self._wording(finding, text, facts, evidence)
+        status = self._lab_status(text, facts, evidence, context.lookback_days)
         mentioned = [self.texts.findings[code].title for code in text.mentions if code in present]
         detail = "\n".join(
             [
@@ -211,6 +222,7 @@ class CardBuilder:
                 text.why,
                 "",
                 f"**Consider:** {consider}",
+                *(["", *status] if status else []),
             ]
         )
         suggestions = ([referral] if referral and text.suggest == "referral" else []) + [
@@ -261,22 +273,30 @@ class CardBuilder:
             and facts.evidence[ref].kind not in ("complaint", "missing")
         ]
         critical = finding.indicator == "critical"
+        analytes = self.knowledge.labs.analytes
+        lowered = dict.fromkeys(a for e in evidence for a in e.lowers)
         words = {
             "evidence": self._summary_evidence(evidence),
             "lab": self.short_evidence(labs[0]) if labs else "",
             "value": short_value(labs[0]) if labs else "",
+            "electrolyte": _in_sentence(labs[0].label) if labs else "",
+            "lowers": _joined([_in_sentence(analytes[a].label) for a in lowered]),
             "diagnosis": _in_sentence(diagnosis.label) if diagnosis else "",
             "signs": ", ".join(self.short_evidence(e) for e in signs),
         }
+        # A drug being ordered now (order hooks) is advised on before signing; a drug the
+        # patient already takes (patient-view) keeps the advice for a current drug.
+        ordering = text.ordering if any(e.kind == "order" for e in evidence) else None
         flag = self.texts.red_flag_texts
         if "duplicate" in finding.tags:
             drugs = [e for e in evidence if e.kind in ("order", "medication")]
             words["evidence"] = self.short_evidence(drugs[0])
             words["other"] = self.short_evidence(drugs[-1])
             duplicate = self.texts.duplicate
+            advice = self._plain_advice(text, critical, labs, ordering)
             return (
                 duplicate.summary.format(**words),
-                f"{duplicate.consider} {self._plain_advice(text, critical, labs)}",
+                f"{duplicate.consider} {advice.format(**words)}",
             )
         if finding.known:
             summary = flag.known_critical_summary if critical and signs else flag.known_summary
@@ -288,6 +308,13 @@ class CardBuilder:
                 flag.diagnosed_critical_summary if critical and signs else flag.diagnosed_summary
             )
             consider = flag.critical_consider if critical else flag.diagnosed_consider
+        elif ordering:
+            summary = (
+                ordering.summary_with_lab
+                if labs and ordering.summary_with_lab
+                else ordering.summary
+            )
+            consider = self._plain_advice(text, critical, labs, ordering)
         else:
             summary = (
                 text.summary_critical
@@ -297,10 +324,21 @@ class CardBuilder:
                 else text.summary
             )
             consider = self._plain_advice(text, critical, labs)
-        return summary.format(**words), consider
+        return summary.format(**words), consider.format(**words)
 
     @staticmethod
-    def _plain_advice(text: CardText, critical: bool, labs: list[Evidence]) -> str:
+    def _plain_advice(
+        text: CardText,
+        critical: bool,
+        labs: list[Evidence],
+        ordering: OrderingText | None = None,
+    ) -> str:
+        if ordering:
+            return (
+                ordering.consider_with_lab
+                if labs and ordering.consider_with_lab
+                else ordering.consider
+            )
         if critical and text.consider_critical:
             return text.consider_critical
         if labs and text.consider_with_lab:
@@ -350,16 +388,59 @@ class CardBuilder:
         return text.source, text.links
 
     # -- suggestions ----------------------------------------------------------------------
-    def _labs_to_order(self, text: CardText, facts: Facts, evidence: list[Evidence]) -> list[str]:
-        """Missing tests this card offers: its own list, every missing work-up test (work-up
-        card), or what its drugs lower (monitoring). Only tests with no result in the lookback."""
+    def _wanted_labs(self, text: CardText, evidence: list[Evidence]) -> list[str]:
+        """The tests this card wants: its own list, every work-up test (work-up card), or what
+        its drugs lower (monitoring)."""
         if text.suggest == "monitoring-labs":
-            wanted = list(dict.fromkeys(a for e in evidence for a in e.lowers))
-        elif text.suggest == "missing-labs" and not text.labs:
-            wanted = [name for name, a in self.knowledge.labs.analytes.items() if a.workup]
-        else:
-            wanted = text.labs
-        return [name for name in wanted if name in facts.missing_labs]
+            return list(dict.fromkeys(a for e in evidence for a in e.lowers))
+        if text.suggest == "missing-labs" and not text.labs:
+            return [name for name, a in self.knowledge.labs.analytes.items() if a.workup]
+        return text.labs
+
+    def _labs_to_order(self, text: CardText, facts: Facts, evidence: list[Evidence]) -> list[str]:
+        """The wanted tests with no result in the lookback: offered as orders."""
+        return [name for name in self._wanted_labs(text, evidence) if name in facts.missing_labs]
+
+    def _lab_status(
+        self, text: CardText, facts: Facts, evidence: list[Evidence], lookback_days: int
+    ) -> list[str]:
+        """What the card says about each test it wants, beyond its own evidence: not measured
+        (named, and offered as an order), or already measured (named with value and date, and
+        within range when it is). The work-up card lists its missing tests as its evidence."""
+        if not (text.labs or text.suggest == "monitoring-labs"):
+            return []
+        analytes = self.knowledge.labs.analytes
+        shown = {e.analyte for e in evidence if e.analyte}
+        results = {
+            fact["analyte"]: (fact, facts.evidence[fact["evidence"]])
+            for fact in facts.facts
+            if fact["kind"] == "lab"
+        }
+        missing: list[str] = []
+        normal: list[str] = []
+        on_record: list[str] = []
+        for name in self._wanted_labs(text, evidence):
+            if name in shown:
+                continue
+            if name in facts.missing_labs:
+                missing.append(_in_sentence(analytes[name].label))
+            elif name in results:
+                fact, result = results[name]
+                abnormal = fact["low"] or fact["high"] or fact["critical"]
+                (on_record if abnormal else normal).append(self.short_evidence(result))
+            else:
+                on_record.append(
+                    f"{analytes[name].label} (a result within the last {lookback_days} days)"
+                )
+        words = self.texts.lab_status
+        lines = []
+        if missing:
+            lines.append(words.missing.format(tests=_joined(missing, "or"), days=lookback_days))
+        if normal:
+            lines.append(words.normal.format(results=_joined(normal)))
+        if on_record:
+            lines.append(words.on_record.format(results=_joined(on_record)))
+        return lines
 
     def _referral(
         self, red_flags: list[ConsolidatedFinding], facts: Facts, context: CardContext
@@ -436,6 +517,17 @@ class CardBuilder:
                 )
             ],
         )
+
+
+def _joined(items: list[str], last: str = "and") -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return (
+        items[0]
+        if len(items) == 1
+        else f"{', '.join(items[:-1])} {last} {items[-1]}"
+        if items
+        else ""
+    )
 
 
 def _ingredients_by_evidence(facts: Facts) -> dict[str, str]:

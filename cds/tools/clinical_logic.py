@@ -248,12 +248,39 @@ class _Document:
                 f"{', '.join(self.source(s) for s in sources)} |"
             )
 
+    def advice_rows(self) -> Iterator[str]:
+        """Each card's summary and advice per hook: a drug card speaks of a drug the patient
+        takes in patient-view, and of a drug being ordered in order-select and order-sign."""
+        for code, text in self.k.findings.findings.items():
+            taken = _advice(
+                text.summary, text.summary_with_lab, text.consider, text.consider_with_lab
+            )
+            if text.ordering is None:
+                yield f"| `{code}` | {taken} | same as patient-view |"
+                continue
+            order = text.ordering
+            ordered = _advice(
+                order.summary, order.summary_with_lab, order.consider, order.consider_with_lab
+            )
+            yield f"| `{code}` | {taken} | {ordered} |"
+
     def card_rows(self) -> Iterator[str]:
         for code, text in self.k.findings.findings.items():
             links = ", ".join(self.source(k) for k in text.links)
             yield (
                 f"| `{code}` | {', '.join(text.claims)} | {self.source(text.source)} | {links} |"
             )
+
+
+def _advice(summary: str, with_lab: str | None, consider: str, consider_lab: str | None) -> str:
+    """One table cell: the summary and the advice, and their wording beside a low value."""
+    parts = [f"**Summary:** {summary}"]
+    if with_lab:
+        parts.append(f"*with the low value:* {with_lab}")
+    parts.append(f"**Consider:** {consider}")
+    if consider_lab:
+        parts.append(f"*with the low value:* {consider_lab}")
+    return "<br>".join(part.replace("|", "\\|") for part in parts)
 
 
 def render(knowledge: Knowledge) -> str:
@@ -304,6 +331,21 @@ def render(knowledge: Knowledge) -> str:
         "| card | ingredients (RxNorm ingredient, SCD/SBD product or name) | drug references |",
         "|---|---|---|",
         *doc.drug_rows(),
+        "",
+        "## Card advice per hook",
+        "",
+        "What each card says and advises, as written in `rules/findings.yaml` (`{evidence}` is",
+        "the drug, result or sign the card cites, `{lab}` the low result beside a drug,",
+        "`{electrolyte}` and `{lowers}` what the drug lowers). In order-select and order-sign a",
+        "drug card speaks of the drug being ordered: what ordering it will do and what to do",
+        "before signing; in patient-view of a drug the patient already takes. Red-flag cards",
+        "resting on a diagnosis use the red-flag texts of `rules/findings.yaml` in every hook.",
+        "A card that wants a test names it as not measured (and offers it) or names the result",
+        "on record with its value and date.",
+        "",
+        "| card | patient-view | order-select, order-sign (a drug being ordered) |",
+        "|---|---|---|",
+        *doc.advice_rows(),
         "",
         "## Card sources",
         "",

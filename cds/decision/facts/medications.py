@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
-from cds.decision.facts.record import Evidence, Facts, Resource, Resources, codings, text, valid
+from cds.decision.facts.record import (
+    Evidence,
+    Facts,
+    Resource,
+    Resources,
+    codings,
+    number,
+    parse_date,
+    text,
+    valid,
+)
 from cds.decision.facts.vocabulary import Vocabulary
 
 ACTIVE_REQUEST = {"active"}
@@ -54,15 +65,7 @@ def read_medications(
                 continue
             seen |= ingredients
             for ingredient in sorted(ingredients):
-                _add_drug(
-                    vocabulary,
-                    "drug",
-                    "depletes",
-                    ingredient,
-                    drug.label,
-                    resource["status"],
-                    facts,
-                )
+                _add_drug(vocabulary, "drug", "depletes", ingredient, drug.label, resource, facts)
 
 
 def read_drafts(
@@ -79,15 +82,7 @@ def read_drafts(
             continue
         drug = drug_of(order, medications)
         for ingredient in sorted(_counted(vocabulary, order, drug)):
-            _add_drug(
-                vocabulary,
-                "draft",
-                "draft-depletes",
-                ingredient,
-                drug.label,
-                str(order.get("status", "draft")),
-                facts,
-            )
+            _add_drug(vocabulary, "draft", "draft-depletes", ingredient, drug.label, order, facts)
 
 
 def is_therapy(resource: Resource) -> bool:
@@ -209,19 +204,22 @@ def _add_drug(
     depletes_kind: str,
     ingredient: str,
     label: str,
-    status: str,
+    resource: Resource,
     facts: Facts,
 ) -> None:
     meds = vocabulary.knowledge.medications
     spec = meds.ingredients[ingredient]
     finding = meds.classes[spec.drug_class].finding
+    status = text(resource.get("status")) or ("draft" if kind == "draft" else "")
     evidence = facts.cite(
         Evidence(
             "medication" if kind == "drug" else "order",
             label or ingredient,
-            status=status,
+            status=status or None,
             judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})",
             lowers=tuple(spec.lowers),
+            started=started(resource),
+            dose=dose(resource),
         )
     )
     facts.add(
@@ -247,3 +245,51 @@ def _label(concept: Any) -> str:
             return display
     text = concept.get("text") if isinstance(concept, dict) else None
     return text if isinstance(text, str) else ""
+
+
+def started(resource: Resource) -> date | None:
+    """When the drug was started: an order's `authoredOn`, a statement's effective start."""
+    period = resource.get("effectivePeriod")
+    for value in (
+        resource.get("authoredOn"),
+        period.get("start") if isinstance(period, dict) else None,
+        resource.get("effectiveDateTime"),
+        resource.get("dateAsserted"),
+    ):
+        day = parse_date(value)
+        if day is not None:
+            return day
+    return None
+
+
+_PERIOD_UNITS = {"h": "hour", "d": "day", "wk": "week", "mo": "month"}
+
+
+def dose(resource: Resource) -> str | None:
+    """The dose as prescribed: the first dosage's text, else its dose and frequency."""
+    dosages = resource.get("dosageInstruction", resource.get("dosage"))
+    dosage = dosages[0] if isinstance(dosages, list) and dosages else None
+    if not isinstance(dosage, dict):
+        return None
+    written = text(dosage.get("text"))
+    if written and written.strip():
+        return written.strip()
+    amounts = dosage.get("doseAndRate")
+    amount = amounts[0].get("doseQuantity") if isinstance(amounts, list) and amounts else None
+    value = number(amount.get("value")) if isinstance(amount, dict) else None
+    if value is None or not isinstance(amount, dict):
+        return None
+    unit = text(amount.get("unit")) or text(amount.get("code")) or ""
+    words = f"{value:g} {unit}".strip()
+    timing = dosage.get("timing")
+    repeat = timing.get("repeat") if isinstance(timing, dict) else None
+    if isinstance(repeat, dict):
+        frequency, period = number(repeat.get("frequency")), number(repeat.get("period"))
+        unit_word = _PERIOD_UNITS.get(text(repeat.get("periodUnit")) or "")
+        if frequency and period and unit_word:
+            times = (
+                "once" if frequency == 1 else "twice" if frequency == 2 else f"{frequency:g} times"
+            )
+            every = f"a {unit_word}" if period == 1 else f"every {period:g} {unit_word}s"
+            words += f", {times} {every}"
+    return words

@@ -56,6 +56,10 @@ class Evidence:
     code: str | None = None
     lowers: tuple[str, ...] = ()
     analyte: str | None = None
+    # A drug's start (authoredOn, or the start of a statement's effective time) and its dose
+    # as prescribed: timing decides whether the drug can explain the twitching.
+    started: date | None = None
+    dose: str | None = None
 
 
 @dataclass
