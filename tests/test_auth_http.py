@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 import cds.web.auth
+from cds.settings import PROJECT_ROOT
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
 from tests.support.cards import cards_by_code
 from tests.support.fhir import hook_request, lab, twitch
@@ -504,6 +505,34 @@ def test_real_server_refuses_jwt_mode_without_a_public_base_url(
             TWITCH_CDS_PUBLIC_BASE_URL="",
             TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers()),
         )
+
+
+def test_the_integration_guides_example_token_is_accepted_as_documented(
+    make_jwt_client: Callable[..., TestClient], tokens: TokenFactory
+) -> None:
+    """The decoded example of docs/integration-guide.md §3, signed now with this issuer's key
+    (its times moved to now, its lifetime kept), passes; so the guide cannot drift from the
+    rules it states."""
+    guide = (PROJECT_ROOT / "docs" / "integration-guide.md").read_text()
+    example = guide[guide.index("An example, decoded") :]
+    blocks = [json.loads(block.split("```", 1)[0]) for block in example.split("```json")[1:3]]
+    header, claims = blocks
+    assert header == {"alg": "ES384", "typ": "JWT", "kid": header["kid"]}
+    public = urlsplit(claims["aud"])
+    client = make_jwt_client(
+        trusted_issuers={claims["iss"]: {"jwks": tokens.jwks}},
+        public_base_url=f"{public.scheme}://{public.netloc}",
+    )
+    lifetime = claims["exp"] - claims["iat"]
+    assert lifetime == 300
+    iat = int(time.time())
+    token = jwt.encode(
+        {**claims, "iat": iat, "exp": iat + lifetime},
+        tokens.ec_key,
+        algorithm=header["alg"],
+        headers={**header, "kid": tokens.ec_kid},
+    )
+    assert service_call(client, bearer(token), public.path).status_code == 200
 
 
 # --- issuers configured with jwks_file / jwks_url -----------------------------------------
