@@ -34,6 +34,7 @@ ClaimKind = Literal[
     "lab-cutoff",
     "score-cutoff",
     "calculation",
+    "critical-result",
 ]
 
 

@@ -57,6 +57,26 @@ FHIR_FAILURES = Counter(
     "Prefetch templates the FHIR server did not deliver",
     ["key"],
 )
+UNREAD = Counter(
+    "twitch_cds_resources_unread",
+    "Resources that exist in a record but were not used, by type and reason",
+    ["resource_type", "reason"],
+)
+# The resource types a label may name; any other is "other" (the type comes from the request).
+UNREAD_TYPES = frozenset(
+    {
+        "Patient",
+        "Observation",
+        "Condition",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Medication",
+        "FamilyMemberHistory",
+        "ServiceRequest",
+        "Encounter",
+        "EpisodeOfCare",
+    }
+)
 FEEDBACK = Counter(
     "twitch_cds_feedback_entries",
     "New feedback entries stored, by the topic of the card they are about",
@@ -114,3 +134,14 @@ def count_feedback(service: str, stored: Iterable[tuple[str, str]]) -> None:
     """Newly stored feedback entries, as (card topic, outcome) pairs."""
     for topic, outcome in stored:
         FEEDBACK.labels(service, topic, outcome).inc()
+
+
+def count_unread(counts: Iterable[tuple[tuple[str, str], int]]) -> None:
+    """Resources of one request that were not used, as ((resource type, reason), count).
+
+    The reasons are the fixed set of cds.decision.facts.record.UnreadReason; a resource type
+    outside UNREAD_TYPES is counted as "other", so a request cannot add series.
+    """
+    for (resource_type, reason), count in counts:
+        kind = resource_type if resource_type in UNREAD_TYPES else "other"
+        UNREAD.labels(kind, reason).inc(count)

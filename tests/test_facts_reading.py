@@ -221,8 +221,9 @@ def test_every_loinc_code_in_rules_has_a_valid_check_digit() -> None:
         assert loinc_check_digit(number) == check, code
 
 
-def test_a_future_result_is_counted_as_invalid() -> None:
+def test_a_future_result_is_set_aside_as_future_dated() -> None:
     future = lab(
         "2823-3", 4.4, "mmol/L", when=(today() + timedelta(days=3)).isoformat() + "T09:00:00Z"
     )
-    assert facts_of(future).invalid_resources == 1
+    [entry] = facts_of(future).set_aside
+    assert (entry.reason, entry.analyte) == ("future-dated", "potassium")

@@ -409,4 +409,5 @@ def test_resources_under_other_keys_are_pooled(client: TestClient) -> None:
 def test_result_without_unit_is_named_as_unusable_in_the_workup(client: TestClient) -> None:
     card = codes(client, twitch(), lab(MAGNESIUM_MASS, 1.2, None))["workup-incomplete"]
     assert "**Magnesium**: no usable result" in card["detail"]
-    assert "not judged" in card["detail"]
+    assert "1.2, " in card["detail"]
+    assert "unit not convertible (no unit)" in card["detail"].replace("\\", "")

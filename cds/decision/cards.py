@@ -142,8 +142,11 @@ class CardBuilder:
     def evidence_line(self, evidence: Evidence, lookback_days: int) -> str:
         """One markdown bullet stating the evidence in full."""
         if evidence.kind == "missing":
-            usable = "no usable" if evidence.judged else "no"
-            note = f" ({md(evidence.judged)})" if evidence.judged else ""
+            # A result that exists but was set aside is named with its date and reason.
+            usable = "no usable" if evidence.set_aside else "no"
+            note = (
+                f" (set aside: {md('; '.join(evidence.set_aside))})" if evidence.set_aside else ""
+            )
             return (
                 f"- **{md(evidence.label)}**: {usable} result in the last {lookback_days} "
                 f"days{note}"
@@ -347,9 +350,13 @@ class CardBuilder:
 
     def _summary_evidence(self, evidence: list[Evidence]) -> str:
         """The evidence named in the summary: all missing tests, else the first non-complaint."""
-        missing = [e.label for e in evidence if e.kind == "missing"]
+        missing = [
+            ("usable " if e.set_aside else "") + _in_sentence(e.label)
+            for e in evidence
+            if e.kind == "missing"
+        ]
         if missing:
-            return ", ".join(_in_sentence(label) for label in missing)
+            return ", ".join(missing)
         chosen = next((e for e in evidence if e.kind != "complaint"), evidence[0])
         return self.short_evidence(chosen)
 

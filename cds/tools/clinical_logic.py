@@ -106,7 +106,12 @@ class _Document:
             )
         if kind == "lab-missing":
             missing = [a.label for a in self.k.labs.analytes.values() if a.workup]
-            return f"no result in the lookback for any of: {', '.join(missing)}"
+            return f"no usable result in the lookback for any of: {', '.join(missing)}"
+        if kind == "lab-unreadable":
+            return (
+                "an unreadable result that the laboratory flags critical or whose value "
+                "reads as critical"
+            )
         drugs = {
             "drug": "an active drug of a class in Drug classes",
             "draft": "a drug of a class in Drug classes being ordered",

@@ -196,6 +196,8 @@ async def call_service(
     decision = rt.pipeline.decide(body, service, record.pool, datetime.now(UTC).date())
     facts = decision.facts
     metrics.count_cards(service.id, decision.cards)
+    unread = facts.unread_counts()
+    metrics.count_unread(unread.items())
     rt.issued.record(service.id, decision.cards)
     log.info(
         "hook",
@@ -205,8 +207,8 @@ async def call_service(
         resources=record.pool.count(),
         skipped=record.pool.skipped,
         other_patient=record.pool.other_patient,
-        invalid_resources=facts.invalid_resources,
-        unjudged=facts.unjudged_results,
+        unread={f"{kind}/{reason}": n for (kind, reason), n in sorted(unread.items())},
+        tolerated_faults=dict(sorted(facts.faults.items())),
         fetched=record.fetched_keys,
         unavailable=sorted(record.unavailable),
         facts=facts.kinds(),

@@ -5,10 +5,11 @@ resources and adding its facts and evidence; `record` holds what they share, `vo
 the code tables built from rules/. No family imports another.
 
 Selection happens on plain dicts first (resource type, status, code membership, recency),
-because validating every resource of a large record with fhir.resources costs more than
-everything else together. Only the resources that can become a fact are validated with the
-R4B models, one at a time, so one invalid resource is skipped (and counted) while the rest
-still count. Facts are aggregated - one per analyte, concept or ingredient - because each
+because checking every resource of a large record costs more than everything else together.
+Only the resources that can become a fact are checked, and only in the elements their family
+reads (`elements`), so an unreadable resource is set aside with its reason (and counted) while
+the rest still count, and a fault in an element nobody reads loses nothing.
+Facts are aggregated - one per analyte, concept or ingredient - because each
 asserted fact costs the rules engine time.
 """
 
@@ -21,24 +22,24 @@ from cds.decision.facts.labs import LabResult, judge, read_labs
 from cds.decision.facts.medications import read_drafts, read_medications
 from cds.decision.facts.problems import read_family, read_problems
 from cds.decision.facts.record import (
-    MODELS,
     Evidence,
     Facts,
     Resource,
     Resources,
+    SetAside,
     Window,
     parse_date,
 )
 from cds.decision.facts.vocabulary import Match, Vocabulary
 
 __all__ = [
-    "MODELS",
     "READ_TYPES",
     "Evidence",
     "FactBuilder",
     "Facts",
     "LabResult",
     "Match",
+    "SetAside",
     "Vocabulary",
     "judge",
     "parse_date",

@@ -8,6 +8,12 @@ day cannot be ordered, the most severe decides and the others are stated beside 
 critical value is never hidden. A preliminary result counts only when it is critical
 (critical values are phoned before finalisation). Impossible values and results dated in the
 future are invalid: counted, never judged.
+
+A result that exists but is not used - unreadable, preliminary, without a convertible unit or a
+value, future-dated, impossible - is set aside with its date and reason, and a work-up test
+whose only results were set aside is named with them, never called absent. An unreadable
+result that the laboratory flags critical, or whose value reads as critical, is a
+`lab-unreadable` fact: the clinician is asked to look in the laboratory system.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from cds.decision.facts.record import (
@@ -23,6 +30,7 @@ from cds.decision.facts.record import (
     Evidence,
     Facts,
     Resource,
+    SetAside,
     When,
     Window,
     codings,
@@ -32,7 +40,6 @@ from cds.decision.facts.record import (
     observation_time,
     text,
     threshold_words,
-    valid,
 )
 from cds.decision.facts.vocabulary import Vocabulary
 from cds.knowledge import Analyte, Code, Knowledge, Threshold
@@ -118,7 +125,7 @@ def read_labs(
         if analyte.finding or analyte.high or analyte.low or analyte.flags:
             outranking = results.get(analyte.outranked_by or "")
             _add_lab(vocabulary, chosen, results.get("albumin"), outranking, window, facts)
-    _missing(knowledge, set(results), set(candidates) - set(results), facts)
+    _missing(knowledge, set(results), facts)
 
 
 def _readings(
@@ -135,10 +142,16 @@ def _readings(
     )
     found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
     when = observation_time(obs) if found else None  # dates are read only where they matter
-    if when is None or when.day < window.since:
+    if when is None:
+        if found and any(key.startswith(("effective", "issued")) for key in obs):
+            for _, (name, _, _) in found:  # dated, but not in a form that can be read
+                facts.put_aside(obs, "unreadable", "effective[x]", analyte=name)
+        return
+    if when.day < window.since:
         return
     if window.in_future(when):
-        facts.invalid_resources += 1  # a future date is a data-entry error: never the latest
+        for _, (name, _, _) in found:  # a data-entry error: never the latest
+            facts.put_aside(obs, "future-dated", when=when.day, analyte=name)
         return
     for part, (name, spec, rank) in found:
         yield name, Reading(when, obs, part, spec, rank)
@@ -171,20 +184,70 @@ def _decide(
     for reading in found:
         if usable and reading.when.orderable(usable[0][0].when):
             break
-        result = _lab_result(vocabulary, name, analyte, reading, window, facts)
-        if result is None:
+        unreadable = facts.unreadable(reading.obs)
+        if unreadable is not None:
+            _unreadable(vocabulary, name, analyte, reading, unreadable, window, facts)
+            continue
+        result = _lab_result(vocabulary, name, analyte, reading, window)
+        if isinstance(result, SetAside):
+            facts.set_aside.append(result)
             continue
         judgement = judge(vocabulary, analyte, result, window.sex)
         if result.status == PRELIMINARY and not judgement.critical:
+            facts.put_aside(
+                reading.obs,
+                "preliminary",
+                when=reading.when.day,
+                analyte=name,
+                reported=result.reported,
+            )
             continue
         usable.append((result, judgement, reading))
+    if not usable:
+        return None
     usable.sort(key=lambda u: (u[1].severity, u[0].when.key()), reverse=True)
-    for index, (result, judgement, reading) in enumerate(usable):
-        if valid(reading.obs, facts):
-            others = {u[0].reported or u[0].flag: u[0] for u in usable[index + 1 :]}
-            others.pop(result.reported or result.flag, None)
-            return Decided(result, judgement, list(others.values())[:MAX_STATED_BESIDE])
-    return None
+    result, judgement, _ = usable[0]
+    others = {u[0].reported or u[0].flag: u[0] for u in usable[1:]}
+    others.pop(result.reported or result.flag, None)
+    return Decided(result, judgement, list(others.values())[:MAX_STATED_BESIDE])
+
+
+def _unreadable(
+    vocabulary: Vocabulary,
+    name: str,
+    analyte: Analyte,
+    reading: Reading,
+    element: str,
+    window: Window,
+    facts: Facts,
+) -> None:
+    """Set an unreadable result aside; when what can still be made of it - the laboratory's
+    flag, a number - says critical, add a `lab-unreadable` fact so that the clinician looks
+    in the laboratory system rather than trust the absence of a card."""
+    facts.put_aside(reading.obs, "unreadable", element, when=reading.when.day, analyte=name)
+    guess = _lab_result(vocabulary, name, analyte, reading, window)
+    flag = vocabulary.lab_flags.get(_flag(vocabulary, reading.part) or "")
+    critical = bool(flag and flag.critical)
+    if isinstance(guess, LabResult):
+        critical = critical or judge(vocabulary, analyte, guess, window.sex).critical
+    if not critical:
+        return
+    code = reading.part.get("code")
+    shown = guess.reported if isinstance(guess, LabResult) else None
+    flagged = f"flagged {flag.label} ({_flag(vocabulary, reading.part)})" if flag else None
+    facts.add(
+        {"kind": "lab-unreadable", "analyte": name},
+        Evidence(
+            "unread",
+            analyte.label,
+            reading.when.day,
+            reported=shown,
+            status=text(reading.obs.get("status")),
+            judged="; ".join(w for w in (f"unreadable ({element})", flagged) if w),
+            code=f"LOINC {reading.code.code}" if isinstance(code, dict) else None,
+            analyte=name,
+        ),
+    )
 
 
 def _lab_result(
@@ -193,10 +256,9 @@ def _lab_result(
     analyte: Analyte,
     reading: Reading,
     window: Window,
-    facts: Facts,
-) -> LabResult | None:
-    """The result in the analyte's canonical unit; None (counted) when it cannot be judged:
-    no convertible value and no flag of the laboratory, or an impossible value."""
+) -> LabResult | SetAside:
+    """The result in the analyte's canonical unit; set aside when it cannot be judged: no
+    convertible value and no flag of the laboratory, or an impossible value."""
     part = reading.part
     measured, comparator, units = _measured(part)
     if not units:
@@ -210,20 +272,23 @@ def _lab_result(
         stated = units[0]
     converted = None if measured is None else convert(measured, units, analyte.unit_factors)
     flag = _flag(vocabulary, part)
-    if converted is not None and analyte.impossible.holds(converted[0]):
-        facts.invalid_resources += 1  # an impossible value: a data or transmission error
-        return None
-    if converted is None and flag is None:
-        facts.unjudged_results += 1
-        return None
-    value, unit = converted if converted is not None else (None, None)
     reported = (
         None
         if measured is None
         else f"{comparator or ''}{fmt(measured)}{' ' + stated if stated else ''}"
     )
+    about: dict[str, Any] = {"when": reading.when.day, "analyte": name, "reported": reported}
+    if converted is not None and analyte.impossible.holds(converted[0]):
+        # An impossible value: a data or transmission error.
+        return SetAside("Observation", "impossible-value", id(reading.obs), **about)
+    if converted is None and flag is None:
+        if measured is None:
+            return SetAside("Observation", "no-value", id(reading.obs), **about)
+        detail = f"unit {stated}" if stated else "no unit"
+        return SetAside("Observation", "unit-not-convertible", id(reading.obs), detail, **about)
+    value, unit = converted if converted is not None else (None, None)
     ref_low, ref_high = _reference_limits(vocabulary, part, analyte, window)
-    status = str(reading.obs["status"])
+    status = str(text(reading.obs["status"]))
     raw = None if measured is None or unit is None else (measured, unit)
     return LabResult(
         name,
@@ -549,9 +614,10 @@ def _add_lab(
     facts.add(fact, evidence)
 
 
-def _missing(knowledge: Knowledge, present: set[str], unjudged: set[str], facts: Facts) -> None:
-    """Work-up analytes with no usable result; `unjudged` ones had results that could not
-    be judged (no or an unknown unit), which the card says rather than "no result"."""
+def _missing(knowledge: Knowledge, present: set[str], facts: Facts) -> None:
+    """Work-up analytes with no usable result. Results of one that were set aside (its own,
+    or of an analyte that counts for it) are named with their dates and reasons, so that the
+    card says "no usable result", never "no result"."""
     analytes = knowledge.labs.analytes
     covered = present | {
         analytes[p].workup_counts_for for p in present if analytes[p].workup_counts_for
@@ -559,8 +625,13 @@ def _missing(knowledge: Knowledge, present: set[str], unjudged: set[str], facts:
     facts.missing_labs = {name for name in analytes if name not in covered}
     for name, analyte in analytes.items():
         if analyte.workup and name not in covered:
-            note = "results without a convertible unit, not judged" if name in unjudged else None
+            counted = {name} | {a for a, spec in analytes.items() if spec.workup_counts_for == name}
+            newest = sorted(
+                {(s.when or date.min, s.words()) for s in facts.set_aside if s.analyte in counted},
+                reverse=True,
+            )
+            words = tuple(w for _, w in newest[:MAX_STATED_BESIDE])
             facts.add(
                 {"kind": "lab-missing", "analyte": name},
-                Evidence("missing", analyte.label, analyte=name, judged=note),
+                Evidence("missing", analyte.label, analyte=name, set_aside=words),
             )

@@ -24,7 +24,6 @@ from cds.decision.facts.record import (
     number,
     parse_date,
     text,
-    valid,
 )
 from cds.decision.facts.vocabulary import Vocabulary
 
@@ -61,7 +60,7 @@ def read_medications(
                 continue
             drug = drug_of(resource, medications)
             ingredients = _counted(vocabulary, resource, drug) - seen
-            if not ingredients or not valid(resource, facts):
+            if not ingredients or not facts.readable(resource):
                 continue
             seen |= ingredients
             for ingredient in sorted(ingredients):

@@ -27,7 +27,6 @@ from cds.decision.facts.record import (
     status_code,
     text,
     threshold_words,
-    valid,
 )
 from cds.decision.facts.vocabulary import Vocabulary
 from cds.units import convert, quantity_units, unit_factors
@@ -59,7 +58,7 @@ def read_problems(
     knowledge = vocabulary.knowledge
     seen: dict[str, list[Record]] = {}
     for resource, found, suspected, order in _candidates(vocabulary, resources, window):
-        if not valid(resource, facts):
+        if not facts.readable(resource):
             continue
         for concept, evidence in found.items():
             seen.setdefault(concept, []).append(Record(evidence, suspected, order))
@@ -99,7 +98,7 @@ def read_family(vocabulary: Vocabulary, histories: list[Resource], facts: Facts)
             else []
         )
         concepts = {k: v for k, v in vocabulary.concepts_of(found).items() if k not in seen}
-        if not concepts or not valid(history, facts):
+        if not concepts or not facts.readable(history):
             continue
         relation = codings(history.get("relationship"))
         who = relation[0].get("display") or relation[0].get("code") if relation else None
@@ -182,7 +181,11 @@ def _observed(
         for concept, match in matches.items():
             if concept not in latest or when.key() >= latest[concept][0].key():
                 evidence = Evidence(
-                    "problem", match.display, when.day, status=obs["status"], code=match.code_label
+                    "problem",
+                    match.display,
+                    when.day,
+                    status=text(obs["status"]),
+                    code=match.code_label,
                 )
                 latest[concept] = (when, obs, evidence if affirmed else None)
     for concept, (when, obs, affirming) in latest.items():
@@ -256,7 +259,7 @@ def _answer(
                 "problem",
                 positive[0].display,
                 when,
-                status=obs["status"],
+                status=text(obs["status"]),
                 code=f"LOINC {coded.codes[0].code} ({coded.label})",
             )
         }
@@ -271,7 +274,7 @@ def _answer(
             when,
             value=value,
             unit=scored.unit or "points",
-            status=obs["status"],
+            status=text(obs["status"]),
             judged="positive: " + threshold_words(scored.positive, sex, scored.unit or "points"),
             code=f"LOINC {scored.codes[0].code}",
         )

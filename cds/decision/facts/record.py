@@ -9,31 +9,43 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.familymemberhistory import FamilyMemberHistory
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.medicationstatement import MedicationStatement
-from fhir.resources.R4B.observation import Observation
-from pydantic import ValidationError
-
+from cds.decision.facts import elements
 from cds.knowledge import Threshold
 
 Resource = dict[str, Any]
 Resources = dict[str, list[Resource]]
-EvidenceKind = Literal["complaint", "problem", "family", "lab", "missing", "medication", "order"]
+EvidenceKind = Literal[
+    "complaint", "problem", "family", "lab", "missing", "unread", "medication", "order"
+]
+# Why a resource that exists was not used (the `reason` label of
+# twitch_cds_resources_unread_total: a fixed set, never free text).
+UnreadReason = Literal[
+    "unreadable",
+    "preliminary",
+    "unit-not-convertible",
+    "no-value",
+    "future-dated",
+    "impossible-value",
+    "other-patient",
+    "entered-in-error",
+]
+UNREAD_WORDS: dict[str, str] = {
+    "unreadable": "unreadable",
+    "preliminary": "preliminary",
+    "unit-not-convertible": "unit not convertible",
+    "no-value": "no numeric value",
+    "future-dated": "future-dated",
+    "impossible-value": "impossible value",
+    "other-patient": "another patient's",
+    "entered-in-error": "entered in error",
+}
 
 FINAL_OBSERVATION = {"final", "amended", "corrected"}
-MODELS: dict[str, Any] = {
-    "Condition": Condition,
-    "Observation": Observation,
-    "MedicationRequest": MedicationRequest,
-    "MedicationStatement": MedicationStatement,
-    "FamilyMemberHistory": FamilyMemberHistory,
-}
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
 # How far in the future a result may be dated before it is a data-entry error: clocks of the
@@ -60,6 +72,30 @@ class Evidence:
     # as prescribed: timing decides whether the drug can explain the twitching.
     started: date | None = None
     dose: str | None = None
+    # Results that exist but were not used, in words ("2026-03-01: preliminary"): a work-up
+    # test with such results is named "no usable result", never "no result".
+    set_aside: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A resource that exists but was not used, and why. `detail` says what exactly (the
+    unreadable element, the unit); `resource` tells two set-asides of one resource apart."""
+
+    resource_type: str
+    reason: UnreadReason
+    resource: int
+    detail: str | None = None
+    when: date | None = None
+    analyte: str | None = None
+    reported: str | None = None
+
+    def words(self) -> str:
+        """The date and the reason, as the work-up card states them."""
+        reason = UNREAD_WORDS[self.reason] + (f" ({self.detail})" if self.detail else "")
+        shown = f"{self.reported}, " if self.reported else ""
+        day = self.when.isoformat() if self.when else "undated"
+        return f"{shown}{day}: {reason}"
 
 
 @dataclass
@@ -69,8 +105,43 @@ class Facts:
     facts: list[dict[str, Any]] = field(default_factory=list)
     evidence: dict[str, Evidence] = field(default_factory=dict)
     missing_labs: set[str] = field(default_factory=set)
-    invalid_resources: int = 0
-    unjudged_results: int = 0
+    set_aside: list[SetAside] = field(default_factory=list)
+    # Faults tolerated in resources that were read (cds/decision/facts/elements.py), by kind.
+    faults: Counter[str] = field(default_factory=Counter)
+    _read: dict[int, str | None] = field(default_factory=dict)
+
+    def unreadable(self, resource: Resource) -> str | None:
+        """The read element that makes `resource` unreadable, or None; each resource is read
+        once per request (a panel's components share their Observation)."""
+        key = id(resource)
+        if key not in self._read:
+            reading = elements.read(resource)
+            self.faults.update(reading.faults)
+            self._read[key] = reading.unreadable
+        return self._read[key]
+
+    def readable(self, resource: Resource) -> bool:
+        """Whether `resource` can be read; one that cannot is set aside with its reason."""
+        element = self.unreadable(resource)
+        if element is not None:
+            self.put_aside(resource, "unreadable", element)
+        return element is None
+
+    def put_aside(
+        self,
+        resource: Resource,
+        reason: UnreadReason,
+        detail: str | None = None,
+        **about: Any,
+    ) -> SetAside:
+        entry = SetAside(str(resource.get("resourceType")), reason, id(resource), detail, **about)
+        self.set_aside.append(entry)
+        return entry
+
+    def unread_counts(self) -> Counter[tuple[str, str]]:
+        """Resources set aside, once each, by (resource type, reason)."""
+        seen = {(s.resource, s.resource_type, s.reason) for s in self.set_aside}
+        return Counter((kind, reason) for _, kind, reason in seen)
 
     def cite(self, evidence: Evidence) -> str:
         """Register evidence once; facts refer to it by this reference."""
@@ -147,9 +218,10 @@ def parse_date(value: Any) -> date | None:
 
 
 def text(value: Any) -> str | None:
-    """`value` if it is a string, else None: JSON from the EHR may hold a list or object where
-    FHIR has a code, status or id, and those must not reach a set or dict look-up."""
-    return value if isinstance(value, str) else None
+    """`value` without surrounding spaces if it is a string, else None: JSON from the EHR may
+    hold a list or object where FHIR has a code, status or id, and those must not reach a set
+    or dict look-up; and a status may come as "final " (Oracle Health), which is "final"."""
+    return value.strip() if isinstance(value, str) else None
 
 
 def codings(concept: Any) -> list[dict[str, Any]]:
@@ -167,17 +239,6 @@ def codings_of(value: Any) -> list[dict[str, Any]]:
 def status_code(concept: Any) -> str | None:
     codes = [c.get("code") for c in codings(concept)]
     return next((c for c in codes if isinstance(c, str)), None)
-
-
-def valid(resource: Resource, facts: Facts) -> bool:
-    """Validate one selected resource with its R4B model; an invalid one is counted, skipped."""
-    model = MODELS[resource["resourceType"]]
-    try:
-        model.model_validate(resource)
-    except (ValidationError, ValueError, TypeError, RecursionError):
-        facts.invalid_resources += 1
-        return False
-    return True
 
 
 def instant(value: Any) -> tuple[datetime, bool] | None:

@@ -1,0 +1,302 @@
+"""Element-level reading: a resource is checked only in the elements the service reads.
+
+Validating a resource whole with its fhir.resources R4B model loses it for a fault in any
+element - a vendor element, an R5 or STU3 element, a blank `method.text`, an extension with
+two `value[x]` - although nothing the service reads is wrong, and a critical potassium is then
+as good as absent. It is also slow (~120 us per resource, most of it the model's own checks).
+HAPI FHIR's lenient parser keeps reading past such faults; so does this module, and it counts
+them:
+
+- Each resource type has a *projection* (`READS`): the elements, and for some the sub-elements,
+  its fact family reads. Only those are checked, against the R4B element models' definitions
+  (which elements exist, which repeat, which are required) and the R4B primitive types (the
+  code, dateTime, decimal... patterns), so a fault elsewhere cannot matter and costs nothing.
+- Within the projection, what HAPI tolerates is tolerated and counted by kind: an unknown
+  element, a blank string or null, a malformed extension (extensions are never read), a
+  number where a string belongs (read as that string). A code or string with surrounding
+  spaces is read without them (`record.text`), uncounted.
+- Any other fault in a read element - a non-blank invalid value the service would lose, a
+  wrong shape, a missing required element - makes the resource unreadable, with the element
+  named as the reason. Only that resource is set aside.
+
+Top-level elements outside the projection are only looked at for the counts (unknown names,
+blank strings, malformed extensions), never checked further.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.familymemberhistory import FamilyMemberHistory
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+UNKNOWN = "unknown element"
+BLANK = "blank value"
+EXTENSION = "malformed extension"
+PRIMITIVE = "invalid primitive"
+FAULT_KINDS = (UNKNOWN, BLANK, EXTENSION, PRIMITIVE)
+EXTENSIONS = ("extension", "modifierExtension")
+
+# A projection: element name -> None (read whole) or the projection of its sub-elements (for a
+# list, of each item).
+Projection = Mapping[str, "Projection | None"]
+
+_REFERENCE: Projection = {"reference": None, "identifier": None, "type": None}
+_VALUE: dict[str, Projection | None] = {
+    "valueQuantity": None,
+    "valueString": None,
+    "valueCodeableConcept": None,
+    "valueBoolean": None,
+    "valueInteger": None,
+    "dataAbsentReason": None,
+    "interpretation": None,
+    "referenceRange": None,
+}
+_MEDICATION: dict[str, Projection | None] = {
+    "status": None,
+    "medicationCodeableConcept": None,
+    "medicationReference": {"reference": None, "display": None},
+    "subject": _REFERENCE,
+}
+
+# What each fact family reads, per resource type (cds/decision/facts/*.py).
+READS: dict[str, tuple[type[BaseModel], Projection]] = {
+    "Observation": (
+        Observation,
+        {
+            "status": None,
+            "code": None,
+            "subject": _REFERENCE,
+            "effectiveDateTime": None,
+            "effectiveInstant": None,
+            "effectivePeriod": None,
+            "issued": None,
+            **_VALUE,
+            "component": {"code": None, **_VALUE},
+        },
+    ),
+    "Condition": (
+        Condition,
+        {
+            "code": None,
+            "clinicalStatus": None,
+            "verificationStatus": None,
+            "onsetDateTime": None,
+            "recordedDate": None,
+            "subject": _REFERENCE,
+        },
+    ),
+    "MedicationRequest": (
+        MedicationRequest,
+        {
+            **_MEDICATION,
+            "intent": None,
+            "doNotPerform": None,
+            "authoredOn": None,
+            "dosageInstruction": {"route": None},
+        },
+    ),
+    "MedicationStatement": (
+        MedicationStatement,
+        {
+            **_MEDICATION,
+            "effectiveDateTime": None,
+            "effectivePeriod": None,
+            "dosage": {"route": None},
+        },
+    ),
+    "FamilyMemberHistory": (
+        FamilyMemberHistory,
+        {
+            "status": None,
+            "patient": _REFERENCE,
+            "relationship": None,
+            "date": None,
+            "condition": {"code": None},
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The outcome of reading one resource: the faulty read element that makes it unreadable
+    (None when readable), and the tolerated faults by kind."""
+
+    unreadable: str | None
+    faults: Counter[str]
+
+
+@dataclass(frozen=True)
+class _Element:
+    """What the R4B model says of one element: whether it repeats, whether it is required,
+    and its type - an element model, or a primitive type's validator."""
+
+    many: bool
+    required: bool
+    model: type[BaseModel] | None
+    primitive: Callable[[Any], Any] | None
+    text: bool = False
+
+
+def read(resource: Mapping[str, Any]) -> Reading:
+    """Check the elements of `resource` that the service reads; count the others' faults."""
+    faults: Counter[str] = Counter()
+    kind = resource.get("resourceType")
+    if not isinstance(kind, str) or kind not in READS:
+        return Reading(None, faults)
+    model, projection = READS[kind]
+    elements = _elements(model)
+    for name, value in resource.items():
+        if name == "resourceType":
+            continue
+        if name in projection:
+            if not _check(value, elements[name], projection[name], faults):
+                return Reading(name, faults)
+        else:
+            _count_unread(name, value, elements, faults)
+    missing = [n for n in projection if elements[n].required and _absent(resource.get(n))]
+    return Reading(missing[0] if missing else None, faults)
+
+
+def _check(
+    value: Any, element: _Element, projection: Projection | None, faults: Counter[str]
+) -> bool:
+    """Whether a read element can be read; tolerated faults inside it are counted."""
+    if _absent(value):
+        faults[BLANK] += 1
+        return True
+    if element.many:
+        if not isinstance(value, list):
+            return False
+        return all(_check_one(item, element, projection, faults) for item in value)
+    return _check_one(value, element, projection, faults)
+
+
+def _check_one(
+    value: Any, element: _Element, projection: Projection | None, faults: Counter[str]
+) -> bool:
+    if _absent(value):
+        faults[BLANK] += 1
+        return True
+    if element.model is not None:
+        return isinstance(value, dict) and _check_model(value, element.model, projection, faults)
+    if element.primitive is None:  # a contained resource or other open type: not read
+        return True
+    if isinstance(value, str):
+        value = value.strip()
+    elif isinstance(value, int | float) and not isinstance(value, bool) and element.text:
+        faults[PRIMITIVE] += 1  # a number where a string belongs: read as that string
+        return True
+    try:
+        element.primitive(value)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _check_model(
+    value: dict[str, Any],
+    model: type[BaseModel],
+    projection: Projection | None,
+    faults: Counter[str],
+) -> bool:
+    elements = _elements(model)
+    for name, item in value.items():
+        if projection is not None and name not in projection:
+            continue
+        element = elements.get(name)
+        if name in EXTENSIONS:
+            _count_extensions(item, faults)
+        elif name.startswith("_") or name == "fhir_comments":
+            continue  # extensions of a primitive, comments: never read
+        elif element is None:
+            faults[UNKNOWN] += 1
+        elif not _check(item, element, None if projection is None else projection[name], faults):
+            return False
+    return not any(_absent(value.get(name)) for name in _required(model))
+
+
+def _count_unread(
+    name: str, value: Any, elements: dict[str, _Element], faults: Counter[str]
+) -> None:
+    """Count, without checking them, the plain faults of the top-level elements nobody reads."""
+    if name in EXTENSIONS:
+        _count_extensions(value, faults)
+    elif name.startswith("_"):
+        return
+    elif name not in elements:
+        faults[UNKNOWN] += 1
+    elif _absent(value):
+        faults[BLANK] += 1
+
+
+def _count_extensions(value: Any, faults: Counter[str]) -> None:
+    """An extension has a `url` and one `value[x]` or nested extensions; others are counted."""
+    extensions = value if isinstance(value, list) else [value]
+    faults[EXTENSION] += sum(
+        not isinstance(e, dict)
+        or not isinstance(e.get("url"), str)
+        or sum(key.startswith("value") for key in e) > 1
+        for e in extensions
+    )
+
+
+def _absent(value: Any) -> bool:
+    """Null, a blank string, or an empty list or object: no value (FHIR forbids them)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, list | dict) and not value
+
+
+@cache
+def _required(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(name for name, element in _elements(model).items() if element.required)
+
+
+@cache
+def _elements(model: type[BaseModel]) -> dict[str, _Element]:
+    """The elements of an R4B model by their JSON name, from its field definitions."""
+    found: dict[str, _Element] = {}
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if not extra.get("element_property"):
+            continue
+        annotation, optional = _unwrap_optional(field.annotation)
+        required = not optional or bool(extra.get("element_required"))
+        many = typing.get_origin(annotation) in (list, typing.List)  # noqa: UP006
+        if many:
+            annotation = typing.get_args(annotation)[0]
+        klass = getattr(annotation, "get_model_klass", None)
+        model_of = klass() if callable(klass) else None
+        if isinstance(model_of, type) and issubclass(model_of, BaseModel):
+            element = _Element(many, required, model_of, None)
+        elif typing.get_origin(annotation) is typing.Annotated or annotation in (bool, int, str):
+            base = typing.get_args(annotation)[0] if typing.get_args(annotation) else annotation
+            check = TypeAdapter(annotation).validator.validate_python
+            element = _Element(many, required, None, check, base is str)
+        else:  # a contained resource or another open type: never read
+            element = _Element(many, required, None, None)
+        found[field.alias or name] = element
+    return found
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); anything else -> (it, False)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return annotation, False
