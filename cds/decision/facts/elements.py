@@ -52,12 +52,23 @@ EXTENSIONS = ("extension", "modifierExtension")
 Projection = Mapping[str, "Projection | None"]
 
 _REFERENCE: Projection = {"reference": None, "identifier": None, "type": None}
+# Every value[x]: the labs read a quantity or a string, the findings whether any value is there.
 _VALUE: dict[str, Projection | None] = {
-    "valueQuantity": None,
-    "valueString": None,
-    "valueCodeableConcept": None,
-    "valueBoolean": None,
-    "valueInteger": None,
+    f"value{kind}": None
+    for kind in (
+        "Quantity",
+        "CodeableConcept",
+        "String",
+        "Boolean",
+        "Integer",
+        "Range",
+        "Ratio",
+        "SampledData",
+        "Time",
+        "DateTime",
+        "Period",
+    )
+} | {
     "dataAbsentReason": None,
     "interpretation": None,
     "referenceRange": None,
@@ -67,6 +78,7 @@ _MEDICATION: dict[str, Projection | None] = {
     "medicationCodeableConcept": None,
     "medicationReference": {"reference": None, "display": None},
     "subject": _REFERENCE,
+    "contained": None,  # where a `#id` medicationReference points
 }
 
 # What each fact family reads, per resource type (cds/decision/facts/*.py).
@@ -80,6 +92,7 @@ READS: dict[str, tuple[type[BaseModel], Projection]] = {
             "effectiveDateTime": None,
             "effectiveInstant": None,
             "effectivePeriod": None,
+            "effectiveTiming": None,
             "issued": None,
             **_VALUE,
             "component": {"code": None, **_VALUE},
@@ -94,6 +107,11 @@ READS: dict[str, tuple[type[BaseModel], Projection]] = {
             "onsetDateTime": None,
             "recordedDate": None,
             "subject": _REFERENCE,
+            # Any abatement[x] ends a Condition without a clinical status.
+            **{
+                f"abatement{kind}": None
+                for kind in ("DateTime", "Age", "Period", "Range", "String")
+            },
         },
     ),
     "MedicationRequest": (

@@ -230,6 +230,8 @@ def _unreadable(
     critical = bool(flag and flag.critical)
     if isinstance(guess, LabResult):
         critical = critical or judge(vocabulary, analyte, guess, window.sex).critical
+    else:
+        critical = critical or _reads_as_critical(analyte, reading.part, window)
     if not critical:
         return
     code = reading.part.get("code")
@@ -248,6 +250,20 @@ def _unreadable(
             analyte=name,
         ),
     )
+
+
+def _reads_as_critical(analyte: Analyte, part: Resource, window: Window) -> bool:
+    """Whether the value of an unreadable result, read as a person would ("2,1 mmol/L"),
+    is critical."""
+    quantity = part.get("valueQuantity")
+    raw = quantity.get("value") if isinstance(quantity, dict) else part.get("valueString")
+    match = _NUMBER.match(raw.replace(",", ".")) if isinstance(raw, str) else None
+    units = quantity_units(quantity) if isinstance(quantity, dict) else []
+    if match is None or analyte.critical is None or match[1]:
+        return False
+    units = units or ([match[3].strip()] if match[3] else [])
+    converted = convert(float(match[2]), units, analyte.unit_factors)
+    return converted is not None and analyte.critical.holds(converted[0], window.sex)
 
 
 def _lab_result(

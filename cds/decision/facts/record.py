@@ -47,6 +47,7 @@ UNREAD_WORDS: dict[str, str] = {
 
 FINAL_OBSERVATION = {"final", "amended", "corrected"}
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_DECIMAL = re.compile(r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][+-]?[0-9]{1,3})?$")
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
 # How far in the future a result may be dated before it is a data-entry error: clocks of the
 # EHR, the laboratory system and this service differ by seconds to minutes.
@@ -292,6 +293,10 @@ def observation_date(obs: Resource) -> date | None:
 
 
 def number(value: Any) -> float | None:
+    """A JSON number, or a string holding a FHIR decimal ("2.1"): fhir.resources reads both as
+    a decimal, so the service does too. Anything else (a bool, "2,1", infinity) is None."""
+    if isinstance(value, str) and _DECIMAL.match(value.strip()):
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
