@@ -819,7 +819,6 @@ def magnesium_with(quantity: Any) -> dict[str, Any]:
         {"value": 1.4, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "kg"},
         {"value": 1.4, "unit": 7},
         {"value": 1.4, "code": ["mg/dL"]},
-        {"value": "1.4", "unit": "mg/dL"},
         {"value": "low", "unit": "mg/dL"},
         {"value": None, "unit": "mg/dL"},
         {"value": True, "unit": "mg/dL"},
@@ -856,6 +855,8 @@ def test_quantity_that_cannot_be_judged_gives_no_lab_card(
             "code": "mg/dL",
         },
         {"value": 14, "unit": "mg/L", "system": "http://unitsofmeasure.org", "code": "mg/L"},
+        # A decimal sent as a JSON string: fhir.resources reads it as the decimal (issue 16).
+        {"value": "1.4", "unit": "mg/dL"},
     ],
     ids=lambda q: json.dumps(q)[:50],
 )

@@ -52,9 +52,10 @@ EXTENSIONS = ("extension", "modifierExtension")
 Projection = Mapping[str, "Projection | None"]
 
 _REFERENCE: Projection = {"reference": None, "identifier": None, "type": None}
+_WHOLE: Projection | None = None
 # Every value[x]: the labs read a quantity or a string, the findings whether any value is there.
 _VALUE: dict[str, Projection | None] = {
-    f"value{kind}": None
+    f"value{kind}": _WHOLE
     for kind in (
         "Quantity",
         "CodeableConcept",
