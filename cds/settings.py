@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     # anyone who can reach the port, token or not; the production overlay turns them off.
     api_docs: bool = True
 
+    def check_audience(self) -> None:
+        """Raise ValueError if JWT mode has no trustworthy audience: the request's own Host
+        header is the client's to choose, so only an explicit development setting may use it.
+        Called when the service starts rather than as a validator, so that the CLI's other
+        commands need no public URL."""
+        if self.auth == "jwt" and not self.public_base_url and not self.dev_audience_from_host:
+            raise ValueError(
+                "TWITCH_CDS_AUTH=jwt needs TWITCH_CDS_PUBLIC_BASE_URL, the URL EHRs call: every "
+                "token's aud must name it (TWITCH_CDS_DEV_AUDIENCE_FROM_HOST=true trusts the "
+                "Host header instead, for development only)"
+            )
+
     @field_validator("public_base_url")
     @classmethod
     def _absolute_base_url(cls, value: str | None) -> str | None:

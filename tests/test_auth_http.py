@@ -29,6 +29,7 @@ import cds.web.auth
 from cds.settings import PROJECT_ROOT
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
 from tests.support.cards import cards_by_code
+from tests.support.cli import run
 from tests.support.fhir import hook_request, lab, twitch
 from tests.support.jwt_tokens import (
     DROP,
@@ -496,15 +497,25 @@ def test_real_server_logs_each_relaxation_as_a_warning_at_start(
     assert [r["issuer"] for r in warnings if "typ" in r["event"]] == [tokens.issuer]
 
 
-def test_real_server_refuses_jwt_mode_without_a_public_base_url(
-    start_server: Callable[..., LiveServer], tokens: TokenFactory
+def test_serve_refuses_jwt_mode_without_a_public_base_url(
+    tokens: TokenFactory, tmp_path: Path
 ) -> None:
-    with pytest.raises(RuntimeError, match="TWITCH_CDS_PUBLIC_BASE_URL"):
-        start_server(
-            TWITCH_CDS_AUTH="jwt",
-            TWITCH_CDS_PUBLIC_BASE_URL="",
-            TWITCH_CDS_TRUSTED_ISSUERS=json.dumps(tokens.trusted_issuers()),
-        )
+    """`twitch-cds serve` says why in one line and exits, before it touches the database."""
+    database = tmp_path / "never-created.sqlite3"
+    status, _, stderr = run(
+        "serve",
+        "--port",
+        "9",  # never bound: the command stops before
+        env={
+            "TWITCH_CDS_AUTH": "jwt",
+            "TWITCH_CDS_PUBLIC_BASE_URL": "",
+            "TWITCH_CDS_DATABASE_URL": f"sqlite:///{database}",
+            "TWITCH_CDS_TRUSTED_ISSUERS": json.dumps(tokens.trusted_issuers()),
+        },
+    )
+    assert status == 1
+    assert stderr.startswith("twitch-cds serve: TWITCH_CDS_AUTH=jwt needs TWITCH_CDS_PUBLIC_")
+    assert "Traceback" not in stderr and not database.exists()
 
 
 def test_the_integration_guides_example_token_is_accepted_as_documented(

@@ -41,12 +41,7 @@ def build_runtime(settings: Settings, http_client: httpx.AsyncClient) -> Runtime
     verifier = None
     replay_cache = DatabaseReplayCache(engine)
     if settings.auth == "jwt":
-        if not settings.public_base_url and not settings.dev_audience_from_host:
-            raise ValueError(
-                "TWITCH_CDS_AUTH=jwt needs TWITCH_CDS_PUBLIC_BASE_URL, the URL EHRs call: every "
-                "token's aud must name it (TWITCH_CDS_DEV_AUDIENCE_FROM_HOST=true trusts the "
-                "Host header instead, for development only)"
-            )
+        settings.check_audience()
         verifier = JwtVerifier(
             parse_trusted_issuers(settings.trusted_issuers),
             replay_cache,

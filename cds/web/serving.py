@@ -38,9 +38,14 @@ def env_default(name: str, default: str) -> str:
 def serve(host: str, port: int, workers: int) -> None:
     from cds.settings import Settings
 
-    metrics_port = Settings().metrics_port
+    settings = Settings()
+    metrics_port = settings.metrics_port
     if metrics_port == port:
         raise SystemExit(f"twitch-cds serve: TWITCH_CDS_METRICS_PORT must differ from {port}")
+    try:
+        settings.check_audience()
+    except ValueError as problem:  # said here in one line, not as a traceback of every worker
+        raise SystemExit(f"twitch-cds serve: {problem}") from None
     migrate_in_child()
     with tempfile.TemporaryDirectory(prefix="twitch-cds-metrics-") as scratch:
         prepare_metrics_directory(Path(os.environ.get(METRICS_DIR_ENV) or scratch))
