@@ -359,6 +359,21 @@ def test_a_malformed_body_is_not_parsed_before_the_token_is_verified(
     assert response.status_code == 400 and "JSON" in response.text
 
 
+def test_only_what_the_headers_show_is_answered_before_authentication(
+    jwt_client: TestClient,
+) -> None:
+    """As the integration guide says: 413 and 415 come from the headers alone, no body read."""
+    path = ENDPOINTS["service"][1]
+    not_json = jwt_client.post(path, content=b"{}", headers={"Content-Type": "text/plain"})
+    assert not_json.status_code == 415
+    too_large = jwt_client.post(
+        path,
+        content=b"{}",
+        headers={"Content-Type": "application/json", "Content-Length": str(10**9)},
+    )
+    assert too_large.status_code == 413
+
+
 @pytest.mark.parametrize("endpoint", sorted(ENDPOINTS))
 def test_two_authorization_headers_are_refused(
     jwt_client: TestClient, tokens: TokenFactory, endpoint: str
