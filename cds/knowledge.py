@@ -239,28 +239,46 @@ class Ingredient(_Model):
     mechanism_source: str | None = None
 
 
-class RouteSigns(_Model):
-    """Route codes and words (route, dose form, product name) that say how a drug is given."""
+class RouteKind(_Model):
+    """One way a drug is given, whether it reaches the whole body, and the codes and words
+    (in a route, a dose form or a product name) that name it."""
 
+    systemic: bool
     codes: list[Code] = []
     words: list[str] = []
 
 
 class Routes(_Model):
     systemic_only: list[str]
-    not_systemic: RouteSigns
-    systemic: RouteSigns
+    kinds: dict[str, RouteKind]
+
+    @model_validator(mode="after")
+    def _one_meaning_per_word(self) -> Routes:
+        meaning: dict[str, bool] = {}
+        for kind in self.kinds.values():
+            for word in kind.words:
+                if meaning.setdefault(word.lower(), kind.systemic) != kind.systemic:
+                    raise ValueError(f"route word {word!r} is listed as systemic and as not")
+        return self
+
+
+ProductType = Literal["SCD", "SBD", "GPCK", "BPCK"]
+PRODUCTS_FILE = "rxnorm-products.tsv"
+PRODUCT_COLUMNS = ("rxcui", "tty", "ingredients", "name")
 
 
 class Product(_Model):
+    """An RxNorm product (rules/rxnorm-products.tsv, generated): its name and ingredients."""
+
     display: str
     ingredients: list[str]
+    tty: ProductType
 
 
 class Medications(_Model):
     classes: dict[str, DrugClass]
     ingredients: dict[str, Ingredient]
-    products: dict[str, Product]
+    products: dict[str, Product] = {}
     synonyms: dict[str, list[str]] = {}
     routes: Routes | None = None
 
@@ -442,6 +460,12 @@ class Knowledge(_Model):
                 for i in product.ingredients
                 if i not in self.medications.ingredients
             ]
+        if self.medications.routes:
+            problems += [
+                f"routes: unknown class {c}"
+                for c in self.medications.routes.systemic_only
+                if c not in self.medications.classes
+            ]
         for cls in self.medications.classes.values():
             if cls.finding not in self.findings.findings:
                 problems.append(f"class {cls.label}: no card text for {cls.finding}")
@@ -549,13 +573,42 @@ def _read(path: Path) -> Any:
         return yaml.safe_load(handle)
 
 
+def product_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The rows of the generated product table with their line numbers: `#` lines are its
+    provenance, the first other line names the columns."""
+    with path.open(encoding="utf-8") as handle:
+        lines = (
+            (number, line.rstrip("\n"))
+            for number, line in enumerate(handle, 1)
+            if line.strip() and not line.startswith("#")
+        )
+        _, columns = next(lines, (0, ""))
+        if tuple(columns.split("\t")) != PRODUCT_COLUMNS:
+            raise ValueError(f"{path.name}: the columns must be {', '.join(PRODUCT_COLUMNS)}")
+        return [(number, line.split("\t")) for number, line in lines]
+
+
+def read_products(path: Path) -> dict[str, dict[str, Any]]:
+    """RxCUI -> product, from rules/rxnorm-products.tsv."""
+    products: dict[str, dict[str, Any]] = {}
+    for number, fields in product_rows(path):
+        if len(fields) != len(PRODUCT_COLUMNS):
+            raise ValueError(f"{path.name} line {number}: {len(fields)} columns")
+        rxcui, tty, ingredients, name = fields
+        products[rxcui] = {"display": name, "ingredients": ingredients.split(";"), "tty": tty}
+    return products
+
+
 def load_knowledge(rules_dir: Path) -> Knowledge:
     """Read and cross-check every file of `rules/`."""
     return Knowledge(
         sources=_read(rules_dir / "sources.yaml"),
         valuesets=_read(rules_dir / "valuesets.yaml"),
         labs=_read(rules_dir / "labs.yaml"),
-        medications=_read(rules_dir / "medications.yaml"),
+        medications={
+            **_read(rules_dir / "medications.yaml"),
+            "products": read_products(rules_dir / PRODUCTS_FILE),
+        },
         record=_read(rules_dir / "record.yaml"),
         findings=_read(rules_dir / "findings.yaml"),
         rulesets=_read(rules_dir / "ruleset.yaml")["rulesets"],

@@ -29,24 +29,46 @@ class Decision:
     facts: Facts
 
 
-def draft_orders(request: HookRequest, service: Service) -> list[dict[str, Any]]:
-    """The orders a hook asks about: the selected ones (order-select) or all (order-sign)."""
-    if service.draft_orders == "none" or not request.context.draftOrders:
-        return []
-    entries = request.context.draftOrders.get("entry")
-    orders = (
-        [
-            e["resource"]
-            for e in entries
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-        ]
+def _draft_entries(request: HookRequest) -> list[dict[str, Any]]:
+    """The entries of `context.draftOrders` that hold a resource (read leniently: the sandbox's
+    Bundle is not valid FHIR)."""
+    entries = request.context.draftOrders.get("entry") if request.context.draftOrders else None
+    return (
+        [e for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
         if isinstance(entries, list)
         else []
     )
+
+
+def draft_orders(request: HookRequest, service: Service) -> list[dict[str, Any]]:
+    """The orders a hook asks about: the selected ones (order-select) or all (order-sign)."""
+    if service.draft_orders == "none":
+        return []
+    orders = [
+        e["resource"]
+        for e in _draft_entries(request)
+        if e["resource"].get("resourceType") != "Medication"
+    ]
     if service.draft_orders == "selected":
         selected = set(request.context.selections or [])
         orders = [o for o in orders if f"{o.get('resourceType')}/{o.get('id')}" in selected]
     return orders
+
+
+def draft_medications(request: HookRequest) -> dict[str, dict[str, Any]]:
+    """Medications sent beside the draft orders, by every reference that may name them
+    (`Medication/id` and the entry's `fullUrl`): an EHR that codes the drug once in a
+    Medication refers to it from the order's `medicationReference`."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in _draft_entries(request):
+        medication = entry["resource"]
+        if medication.get("resourceType") != "Medication":
+            continue
+        if isinstance(medication.get("id"), str):
+            found[f"Medication/{medication['id']}"] = medication
+        if isinstance(entry.get("fullUrl"), str):
+            found[entry["fullUrl"]] = medication
+    return found
 
 
 @dataclass(frozen=True)
@@ -63,7 +85,11 @@ class Pipeline:
         self, request: HookRequest, service: Service, pool: ResourcePool, today: date
     ) -> Decision:
         facts = self.facts.build(
-            pool.by_type, today, draft_orders(request, service), pool.references
+            pool.by_type,
+            today,
+            draft_orders(request, service),
+            pool.references,
+            draft_medications(request),
         )
         findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts), self.knowledge)
         context = CardContext(request.hookInstance, request.context.patientId, self.lookback_days)

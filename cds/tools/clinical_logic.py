@@ -248,10 +248,25 @@ class _Document:
                 }
                 | {self.k.findings.findings[cls.finding].source}
             )
-            yield (
-                f"| `{cls.finding}` | {cls.label}: {', '.join(ingredients)} | "
-                f"{', '.join(self.source(s) for s in sources)} |"
+            products = sum(
+                any(meds.classes[meds.ingredients[i].drug_class] is cls for i in p.ingredients)
+                for p in meds.products.values()
             )
+            yield (
+                f"| `{cls.finding}` | {cls.label}: {', '.join(ingredients)}; "
+                f"{products} RxNorm products | {', '.join(self.source(s) for s in sources)} |"
+            )
+
+    def route_words(self) -> str:
+        """The route kinds that make a systemic-only drug not count."""
+        routes = self.k.medications.routes
+        if routes is None:
+            return ""
+        kinds = [name for name, kind in routes.kinds.items() if not kind.systemic]
+        return (
+            f"A {' or '.join(routes.systemic_only)} drug counts only when given systemically,"
+            f" not by a {', '.join(kinds)} route (their synonyms: `rules/medications.yaml`)."
+        )
 
     def advice_rows(self) -> Iterator[str]:
         """Each card's summary and advice per hook: a drug card speaks of a drug the patient
@@ -333,7 +348,11 @@ def render(knowledge: Knowledge) -> str:
         "",
         "## Drug classes",
         "",
-        "| card | ingredients (RxNorm ingredient, SCD/SBD product or name) | drug references |",
+        "A drug is recognised by its RxNorm ingredient code, a product code (SCD, SBD, GPCK,",
+        "BPCK) of the generated `rules/rxnorm-products.tsv`, or an ingredient or brand name.",
+        doc.route_words(),
+        "",
+        "| card | ingredients | drug references |",
         "|---|---|---|",
         *doc.drug_rows(),
         "",

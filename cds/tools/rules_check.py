@@ -15,7 +15,11 @@ and speaks in model terms. This check reads the YAML as written and reports, fil
   does not exist, and everything `cds.knowledge` cross-checks (among them: a card whose source
   is not a guideline, textbook chapter, review or drug label, such as a consumer site);
 - card texts that are not plain US English (rules/wording.yaml): a British spelling
-  ("paraesthesia") or the service's own jargon ("(default limit)", "Mg/K/Ca").
+  ("paraesthesia") or the service's own jargon ("(default limit)", "Mg/K/Ca");
+- the generated product table (rxnorm-products.tsv): rows of the wrong shape, a code twice, an
+  unknown term type or an ingredient that medications.yaml does not define (the table was
+  built from an older medications.yaml: rebuild it); the route synonym table: a class that
+  does not exist, a route kind that does not say whether it is systemic, a word of two kinds.
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
 
-from cds.knowledge import SYSTEMS, load_knowledge
+from cds.knowledge import (
+    PRODUCT_COLUMNS,
+    PRODUCTS_FILE,
+    SYSTEMS,
+    ProductType,
+    load_knowledge,
+    product_rows,
+)
 
 FILES = (
     "sources.yaml",
@@ -94,6 +105,8 @@ def check(rules_dir: Path) -> list[Problem]:
     problems += _units(documents["labs.yaml"])
     problems += _rule_references(documents)
     problems += _wording(documents)
+    problems += _products(rules_dir / PRODUCTS_FILE, documents["medications.yaml"])
+    problems += _routes(documents["medications.yaml"])
     problems += _model(rules_dir)
     return sorted(set(problems))
 
@@ -140,6 +153,11 @@ def _source_references(documents: dict[str, Any]) -> Iterator[Problem]:
 
 def _code_lists(documents: dict[str, Any]) -> Iterator[tuple[str, str, list[Any], bool]]:
     """(file, place, codes, needs a source) for every list of codes in rules/."""
+    routes = _mapping(_mapping(documents["medications.yaml"]).get("routes"))
+    for name, kind in _mapping(routes.get("kinds")).items():
+        # Route codes cite the FHIR route-codes value set once, in the file's comment.
+        codes = _mapping(kind).get("codes") or []
+        yield "medications.yaml", f"routes.kinds.{name}", codes, False
     for name, valueset in _mapping(documents["valuesets.yaml"]).items():
         yield "valuesets.yaml", name, _mapping(valueset).get("codes") or [], True
     labs = _mapping(documents["labs.yaml"])
@@ -155,6 +173,66 @@ def _code_lists(documents: dict[str, Any]) -> Iterator[tuple[str, str, list[Any]
                     [{"system": "snomed", **a} for a in answers if isinstance(a, dict)],
                     False,
                 )
+
+
+def _products(path: Path, medications: Any) -> Iterator[Problem]:
+    """Every row of the generated product table names a product of RxNorm's product term
+    types and only ingredients that medications.yaml defines."""
+    ingredients = set(_mapping(_mapping(medications).get("ingredients")))
+    try:
+        rows = product_rows(path)
+    except FileNotFoundError:
+        yield Problem(PRODUCTS_FILE, "", "file missing (scripts/build-rxnorm-products.py)")
+        return
+    except ValueError as error:
+        yield Problem(PRODUCTS_FILE, "", str(error).removeprefix(f"{PRODUCTS_FILE}: "))
+        return
+    seen: set[str] = set()
+    for number, fields in rows:
+        where = f"line {number}"
+        if len(fields) != len(PRODUCT_COLUMNS):
+            yield Problem(
+                PRODUCTS_FILE, where, f"{len(fields)} columns, not {len(PRODUCT_COLUMNS)}"
+            )
+            continue
+        rxcui, tty, names, name = fields
+        if not rxcui.isdigit():
+            yield Problem(PRODUCTS_FILE, where, f"RxCUI {rxcui!r} is not a number")
+        elif rxcui in seen:
+            yield Problem(PRODUCTS_FILE, where, f"RxCUI {rxcui} listed twice")
+        seen.add(rxcui)
+        if tty not in get_args(ProductType):
+            yield Problem(PRODUCTS_FILE, where, f"term type {tty!r} is not a product type")
+        for ingredient in names.split(";"):
+            if ingredient not in ingredients:
+                yield Problem(
+                    PRODUCTS_FILE,
+                    where,
+                    f"unknown ingredient {ingredient!r} (not in medications.yaml: rebuild the "
+                    "table with scripts/build-rxnorm-products.py)",
+                )
+        if not name.strip():
+            yield Problem(PRODUCTS_FILE, where, f"RxCUI {rxcui} has no name")
+
+
+def _routes(medications: Any) -> Iterator[Problem]:
+    """The route synonym table: known classes, and each kind says whether it is systemic."""
+    routes = _mapping(_mapping(medications).get("routes"))
+    classes = set(_mapping(_mapping(medications).get("classes")))
+    for cls in routes.get("systemic_only") or []:
+        if cls not in classes:
+            yield Problem("medications.yaml", "routes.systemic_only", f"unknown class {cls!r}")
+    meaning: dict[str, tuple[str, Any]] = {}
+    for name, kind in _mapping(routes.get("kinds")).items():
+        kind = _mapping(kind)
+        where = f"routes.kinds.{name}"
+        if not isinstance(kind.get("systemic"), bool):
+            yield Problem("medications.yaml", where, "`systemic: true|false` missing")
+            continue
+        for word in kind.get("words") or []:
+            other, systemic = meaning.setdefault(str(word).lower(), (name, kind["systemic"]))
+            if systemic != kind["systemic"]:
+                yield Problem("medications.yaml", where, f"word {word!r} also names {other}")
 
 
 def _codes(documents: dict[str, Any]) -> Iterator[Problem]:
@@ -346,8 +424,13 @@ def _model(rules_dir: Path) -> Iterator[Problem]:
         for detail in error.errors():
             location = [str(part) for part in detail["loc"]]
             message = detail["msg"].removeprefix("Value error, ")
-            if location:
+            if location[:2] == ["medications", "products"]:
+                yield Problem(PRODUCTS_FILE, f"RxCUI {'.'.join(location[2:])}", message)
+            elif location:
                 yield Problem(files.get(location[0], location[0]), ".".join(location[1:]), message)
             else:
                 for line in message.splitlines()[1:] or [message]:
                     yield Problem("rules/", "", f"dangling reference: {line.strip()}")
+    except (OSError, ValueError) as error:
+        # A product table that cannot be read at all: `_products` says where.
+        yield Problem("rules/", "", f"the service would not start: {error}")

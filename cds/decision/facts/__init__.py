@@ -76,9 +76,11 @@ class FactBuilder:
         today: date,
         draft_orders: list[Resource] | None = None,
         references: dict[str, Resource] | None = None,
+        draft_medications: dict[str, Resource] | None = None,
     ) -> Facts:
         """The facts of one record. `references` maps bundle entries' full URLs (absolute or
-        `urn:uuid:`) to their resources, for references that name a resource that way."""
+        `urn:uuid:`) to their resources, for references that name a resource that way;
+        `draft_medications` the Medications sent beside the draft orders, by reference."""
         facts = Facts()
         patients = resources.get("Patient", [])
         window = Window(
@@ -94,7 +96,13 @@ class FactBuilder:
         read_family(self.vocabulary, resources.get("FamilyMemberHistory", []), facts)
         read_neurology_care(self.vocabulary, resources, window, facts)
         if draft_orders:
-            read_drafts(self.vocabulary, draft_orders, facts, resources, references)
+            read_drafts(
+                self.vocabulary,
+                draft_orders,
+                facts,
+                resources,
+                {**(references or {}), **(draft_medications or {})},
+            )
         if complaint is not None:
             # The gate goes last: every rule joins on it, so rules see the whole record.
             facts.add({"kind": "complaint"}, complaint)

@@ -2,10 +2,12 @@
 
 Only therapy counts: an active order (not a proposal, plan or a "do not perform"), or a
 statement that the patient takes it. The drug is read as EHRs send it: a code, a
-`medicationReference` to a Medication (contained, elsewhere in the record, or fetched), or
-only the reference's `display`; brand names through rules/medications.yaml. A drug of a class
-that counts only when systemic (corticosteroids) is left out when its route, dose form or
-product name says topical, inhaled, nasal, ophthalmic or otic.
+`medicationReference` to a Medication (contained, sent beside the draft orders, elsewhere in
+the record, or fetched), or only the reference's `display`; product codes and brand names
+through rules/ (a product code alone is named by its RxNorm name). A drug of a class that
+counts only when systemic (corticosteroids) is left out when its route, dose form or product
+name says it is not systemic (the route synonym table of rules/medications.yaml: eye, ear,
+nose, inhaled, skin, rectal).
 """
 
 from __future__ import annotations
@@ -64,7 +66,15 @@ def read_medications(
                 continue
             seen |= ingredients
             for ingredient in sorted(ingredients):
-                _add_drug(vocabulary, "drug", "depletes", ingredient, drug.label, resource, facts)
+                _add_drug(
+                    vocabulary,
+                    "drug",
+                    "depletes",
+                    ingredient,
+                    _label_of(vocabulary, drug),
+                    resource,
+                    facts,
+                )
 
 
 def read_drafts(
@@ -81,7 +91,15 @@ def read_drafts(
             continue
         drug = drug_of(order, medications)
         for ingredient in sorted(_counted(vocabulary, order, drug)):
-            _add_drug(vocabulary, "draft", "draft-depletes", ingredient, drug.label, order, facts)
+            _add_drug(
+                vocabulary,
+                "draft",
+                "draft-depletes",
+                ingredient,
+                _label_of(vocabulary, drug),
+                order,
+                facts,
+            )
 
 
 def is_therapy(resource: Resource) -> bool:
@@ -192,9 +210,19 @@ def _counted(vocabulary: Vocabulary, resource: Resource, drug: Drug) -> set[str]
         if isinstance(dosages, list)
         else []
     )
-    if vocabulary.systemic(routes, drug.form, list(drug.concepts)) is False:
+    # A product sent by code alone is named by the table: its name carries the dose form.
+    names = [{"text": p.display} for c in drug.concepts for p in vocabulary.products_of(c)]
+    if vocabulary.systemic(routes, drug.form, [*drug.concepts, *names]) is False:
         return {i for i in ingredients if classes[i].drug_class not in vocabulary.systemic_only}
     return ingredients
+
+
+def _label_of(vocabulary: Vocabulary, drug: Drug) -> str:
+    """How the card names the drug: as the record does, else by the RxNorm name of its code."""
+    if drug.label:
+        return drug.label
+    products = (p for c in drug.concepts for p in vocabulary.products_of(c))
+    return next((p.display for p in products), "")
 
 
 def _add_drug(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds.decision.facts.record import codings, codings_of
-from cds.knowledge import SYSTEMS, Code, Knowledge
+from cds.knowledge import SYSTEMS, Code, Knowledge, Product
 
 ICD = ("icd10cm", "icd10")
 SYSTEM_LABELS = {
@@ -84,7 +84,7 @@ class Vocabulary:
         self.range_sexes = {sex: set(codes) for sex, codes in record.reference_range_sex.items()}
         meds = knowledge.medications
         self.by_rxcui = {i.rxcui: name for name, i in meds.ingredients.items() if i.rxcui}
-        self.products = {pid: p.ingredients for pid, p in meds.products.items()}
+        self.products = meds.products
         # Ingredient names and brand names, matched in one pass (longest name first, so
         # "ethinyl estradiol" is not also read as "estradiol").
         self.by_name: dict[str, list[str]] = {}
@@ -94,16 +94,11 @@ class Vocabulary:
         for brand, ingredients in meds.synonyms.items():
             self.by_name.setdefault(brand.lower(), []).extend(ingredients)
         self.name_pattern = _word_pattern(self.by_name)
-        routes = meds.routes
-        self.systemic_only = set(routes.systemic_only) if routes else set()
-        self.route_codes = (
-            {self.code_key(c): False for c in routes.not_systemic.codes}
-            | {self.code_key(c): True for c in routes.systemic.codes}
-            if routes
-            else {}
-        )
-        self.not_systemic_words = _word_pattern(routes.not_systemic.words if routes else [])
-        self.systemic_words = _word_pattern(routes.systemic.words if routes else [])
+        kinds = meds.routes.kinds.values() if meds.routes else []
+        self.systemic_only = set(meds.routes.systemic_only) if meds.routes else set()
+        self.route_codes = {self.code_key(c): k.systemic for k in kinds for c in k.codes}
+        self.not_systemic_words = _word_pattern(w for k in kinds if not k.systemic for w in k.words)
+        self.systemic_words = _word_pattern(w for k in kinds if k.systemic for w in k.words)
 
     @staticmethod
     def code_key(code: Code) -> CodeKey:
@@ -155,17 +150,26 @@ class Vocabulary:
             and concept["text"].strip().lower() in self.absent_words
         )
 
+    def products_of(self, concept: Any) -> list[Product]:
+        """The RxNorm products (rules/rxnorm-products.tsv) a medication CodeableConcept codes."""
+        keys = (self.key_of(coding) for coding in codings(concept))
+        return [
+            self.products[key[1]]
+            for key in keys
+            if key is not None and key[0] == "rxnorm" and key[1] in self.products
+        ]
+
     def ingredients_of(self, concept: Any) -> set[str]:
-        """Ingredients of a medication CodeableConcept: RxNorm IN, then SCD/SBD, then names
-        and brand names."""
+        """Ingredients of a medication CodeableConcept: RxNorm IN, then product codes (SCD,
+        SBD, GPCK, BPCK), then names and brand names."""
         found: set[str] = set()
         texts: list[str] = []
+        for product in self.products_of(concept):
+            found.update(product.ingredients)
         for coding in codings(concept):
             key = self.key_of(coding)
-            if key is not None and key[0] == "rxnorm":
-                if key[1] in self.by_rxcui:
-                    found.add(self.by_rxcui[key[1]])
-                found.update(self.products.get(key[1], ()))
+            if key is not None and key[0] == "rxnorm" and key[1] in self.by_rxcui:
+                found.add(self.by_rxcui[key[1]])
             if isinstance(coding.get("display"), str):
                 texts.append(coding["display"])
         if isinstance(concept, dict) and isinstance(concept.get("text"), str):

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Build rules/rxnorm-products.tsv: RxNorm products (SCD, SBD, GPCK, BPCK) -> the ingredients
+of rules/medications.yaml they contain.
+
+Why a generated table: EHRs order products, not ingredients ("furosemide 40 MG Oral Tablet",
+RxCUI 313988), and often send the code without a display. The service cannot ask RxNorm at run
+time (CI and many hospital networks reach no terminology server), so the mapping ships as data,
+generated here from a public RxNorm extract and committed with its provenance.
+
+Input: the per-letter JSON files (`web/data/<letter>.json`) written by the RxNorm ingredients
+extractor of github.com/davidanderson3/rxnorm-ingredients from NLM's "RxNorm Current
+Prescribable Content" (RXNCONSO/RXNREL, non-suppressed RXNORM concepts). Each file is a list of
+ingredient records (IN, PIN, MIN) -> SCDCs -> SCDs -> SBDs / GPCKs / BPCKs. A product listed
+under several ingredients (a combination) gets all of the rules' ingredients among them.
+
+An ingredient of the rules is found by its `rxcui`; the record's name must then be one of the
+ingredient's spellings (its key or `names`), else the build stops: a wrong code in the rules
+would otherwise silently map another drug's products.
+
+To regenerate (needs the network once, not at test time):
+
+    git clone https://github.com/davidanderson3/rxnorm-ingredients /tmp/rxi
+    git -C /tmp/rxi checkout a8fcf13a679fa37073e8fa83e11d5e0d8cc07276
+    python scripts/build-rxnorm-products.py /tmp/rxi/web/data
+
+The output is sorted and has no time stamp, so the same input gives the same file. The
+committed table was built without `A.json` (over the size the build machine could obtain): the
+ingredients whose record it holds are listed in the table's header as not covered, and are
+recognised by name only until the table is rebuilt with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT_TYPES = ("SCD", "SBD", "GPCK", "BPCK")
+# Under an SCD, the extractor lists its branded drugs and the packs that contain it.
+CHILDREN = {"SBDs": "SBD", "GPCKs": "GPCK", "BPCKs": "BPCK"}
+COLUMNS = ("rxcui", "tty", "ingredients", "name")
+DEFAULT_ORIGIN = (
+    "github.com/davidanderson3/rxnorm-ingredients @ a8fcf13a679fa37073e8fa83e11d5e0d8cc07276, "
+    "web/data/*.json (extract of NLM RxNorm Current Prescribable Content, release 2025-10-06)"
+)
+DEFAULT_LICENCE = (
+    "RxNorm Current Prescribable Content is published by the U.S. National Library of Medicine "
+    "for use without a UMLS licence (https://www.nlm.nih.gov/research/umls/rxnorm/docs/"
+    "prescribe.html); the extract repository states no licence of its own and adds no content "
+    "beyond RxNorm's codes, names and relationships."
+)
+
+
+def spellings(medications: dict[str, Any]) -> dict[str, tuple[str, set[str]]]:
+    """RxCUI -> (rules ingredient, the lower-case names it may carry in RxNorm)."""
+    found: dict[str, tuple[str, set[str]]] = {}
+    for name, ingredient in medications["ingredients"].items():
+        rxcui = ingredient.get("rxcui")
+        if rxcui:
+            names = {n.lower() for n in ingredient.get("names") or []} | {name.lower()}
+            found[str(rxcui)] = (name, names)
+    return found
+
+
+def records(source: Path) -> Iterator[dict[str, Any]]:
+    """Every ingredient record of the extract's JSON files, in file-name order."""
+    for path in sorted(source.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise SystemExit(f"{path}: expected a list of ingredient records")
+        yield from data
+
+
+def products_of(record: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(rxcui, tty, name) of every product under one ingredient record."""
+    for component in record.get("SCDCs") or []:
+        for scd in component.get("SCDs") or []:
+            yield scd["RXCUI"], scd["TTY"], scd["Name"]
+            for key, tty in CHILDREN.items():
+                for child in scd.get(key) or []:
+                    yield child["RXCUI"], tty, child["Name"]
+
+
+def build(
+    source_records: Iterable[dict[str, Any]], medications: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The table's rows (tab-separated, without header) sorted by RxCUI, and the rules'
+    ingredients that no record of the source covers."""
+    known = spellings(medications)
+    covered: set[str] = set()
+    names: dict[str, tuple[str, str]] = {}
+    ingredients: dict[str, set[str]] = {}
+    for record in source_records:
+        if record.get("TTY") != "IN" or record.get("RXCUI") not in known:
+            continue
+        ingredient, allowed = known[record["RXCUI"]]
+        if record["Name"].lower() not in allowed:
+            raise SystemExit(
+                f"rules ingredient {ingredient!r} has rxcui {record['RXCUI']}, which RxNorm "
+                f"names {record['Name']!r}: fix the rxcui or add the name to `names`"
+            )
+        covered.add(ingredient)
+        for rxcui, tty, name in products_of(record):
+            if tty not in PRODUCT_TYPES:
+                raise SystemExit(f"product {rxcui}: unexpected term type {tty}")
+            names[rxcui] = (tty, name)
+            ingredients.setdefault(rxcui, set()).add(ingredient)
+    rows = [
+        "\t".join((rxcui, names[rxcui][0], ";".join(sorted(ingredients[rxcui])), names[rxcui][1]))
+        for rxcui in sorted(names, key=int)
+    ]
+    return rows, sorted(set(medications["ingredients"]) - covered)
+
+
+def header(origin: str, licence: str, rows: list[str], uncovered: list[str]) -> list[str]:
+    return [
+        "# RxNorm products -> ingredients of rules/medications.yaml. GENERATED: do not edit;",
+        "# rebuild with scripts/build-rxnorm-products.py (its docstring says how).",
+        f"# Origin: {origin}",
+        f"# Licence: {licence}",
+        f"# Rows: {len(rows)}. Ingredients are joined by ';'; names are RxNorm's (they carry",
+        "# the dose form, which says whether a corticosteroid is systemic).",
+        "# Not covered (no rxcui in the rules, or no record in the source; found by name only):",
+        f"# {', '.join(uncovered)}.",
+        "\t".join(COLUMNS),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path, help="folder of the extract's <letter>.json files")
+    parser.add_argument("--rules", type=Path, default=ROOT / "rules" / "medications.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "rules" / "rxnorm-products.tsv")
+    parser.add_argument("--origin", default=DEFAULT_ORIGIN)
+    parser.add_argument("--licence", default=DEFAULT_LICENCE)
+    args = parser.parse_args(argv)
+    medications = yaml.safe_load(args.rules.read_text(encoding="utf-8"))
+    rows, uncovered = build(records(args.source), medications)
+    lines = header(args.origin, args.licence, rows, uncovered) + rows
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"{args.out}: {len(rows)} products", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
