@@ -11,7 +11,9 @@ Input: the per-letter JSON files (`web/data/<letter>.json`) written by the RxNor
 extractor of github.com/davidanderson3/rxnorm-ingredients from NLM's "RxNorm Current
 Prescribable Content" (RXNCONSO/RXNREL, non-suppressed RXNORM concepts). Each file is a list of
 ingredient records (IN, PIN, MIN) -> SCDCs -> SCDs -> SBDs / GPCKs / BPCKs. A product listed
-under several ingredients (a combination) gets all of the rules' ingredients among them.
+under several ingredients (a combination) gets all of the rules' ingredients among them. The
+extractor links a pack to the SCDs it contains: a branded pack that contains only branded drugs
+is not in its output, and so not in the table (its display or brand name still matches).
 
 An ingredient of the rules is found by its `rxcui`; the record's name must then be one of the
 ingredient's spellings (its key or `names`), else the build stops: a wrong code in the rules

@@ -1,0 +1,365 @@
+"""Issue 16 point 5: drugs as EHRs code them, through HTTP with the JSON an EHR sends.
+
+- RxNorm product codes (SCD, SBD, GPCK, BPCK) sent without a display resolve to their
+  ingredients through rules/rxnorm-products.tsv, and the product's RxNorm name (its dose form)
+  says whether a corticosteroid is systemic;
+- routes as Epic writes them (a local code and the text "Both Eyes", "Nebulization") go
+  through the route synonym table of rules/medications.yaml;
+- a draft order's `medicationReference` to a Medication sent beside it in `draftOrders`, or
+  contained in it, is followed.
+
+Plus the generated table against its generator and source format, and `check-rules` on
+authoring mistakes in the new tables.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from cds.decision.facts import Vocabulary
+from cds.knowledge import load_knowledge
+from cds.settings import PROJECT_ROOT
+from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN
+from tests.support.app import module_client
+from tests.support.cards import cards_by_code
+from tests.support.fhir import RXNORM, hook_request, lab, medication, twitch
+from tests.support.cli import run
+from tests.test_cli import broken_rules
+
+POTASSIUM = "2823-3"
+# Epic sends its own route list: a code of a local system and the route's text.
+EPIC_ROUTES = "urn:oid:1.2.840.114350.1.13.0.1.7.4.798268.7025"
+TABLE = PROJECT_ROOT / "rules" / "rxnorm-products.tsv"
+SCRIPT = PROJECT_ROOT / "scripts" / "build-rxnorm-products.py"
+SAMPLE = PROJECT_ROOT / "tests" / "fixtures" / "rxnorm-extract"
+
+VOCABULARY = Vocabulary(load_knowledge(PROJECT_ROOT / "rules"))
+
+client = module_client()
+
+
+def coded(code: str, **extra: Any) -> dict[str, Any]:
+    """A MedicationRequest naming its drug by an RxNorm code alone: no display, no text."""
+    resource = medication(code)
+    assert resource["medicationCodeableConcept"] == {"coding": [{"system": RXNORM, "code": code}]}
+    return {**resource, **extra}
+
+
+def cards(client: TestClient, request: dict[str, Any], service: str) -> dict[str, dict[str, Any]]:
+    response = client.post(f"/cds-services/{service}", json=request)
+    assert response.status_code == 200, response.text
+    return cards_by_code(response.json())
+
+
+def chart(client: TestClient, *resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return cards(client, hook_request(*resources), SERVICE_PV)
+
+
+# --- product codes without a display -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "finding", "named"),
+    [
+        ("748856", "estrogen", "Yaz 28 Day"),  # BPCK: a branded contraceptive pack
+        ("749785", "estrogen", "Ortho Tri-Cyclen 28 Day"),  # BPCK
+        ("748798", "estrogen", "drospirenone 3 mg / ethinyl estradiol 0.02 mg"),  # GPCK
+        ("1536586", "estrogen", "Xulane"),  # SBD: the contraceptive patch
+        ("762675", "corticosteroid", "methylprednisolone 4 mg oral tablet"),  # GPCK: a dose pack
+        ("259966", "corticosteroid", "methylprednisolone 4 mg oral tablet"),  # SCD
+        ("198029", "nicotine", "nicotine 0.583"),  # SCD: a 24-hour patch
+    ],
+)
+def test_a_product_code_alone_gives_its_class_card_naming_the_product(
+    client: TestClient, code: str, finding: str, named: str
+) -> None:
+    card = chart(client, twitch(), coded(code))[finding]
+    # The record gave no name: the card names the product by its RxNorm name.
+    assert named.lower() in card["detail"].lower(), card["detail"]
+
+
+@pytest.mark.parametrize(
+    ("code", "named"),
+    [
+        ("313988", "furosemide 40 mg oral tablet"),
+        ("310798", "hydrochlorothiazide 25 mg oral tablet"),
+    ],
+)
+def test_diuretic_tablets_by_code_alone_warn_when_potassium_is_low(
+    client: TestClient, code: str, named: str
+) -> None:
+    card = chart(client, twitch(), coded(code), lab(POTASSIUM, 3.1, "mmol/L"))[
+        "electrolyte-depleting-drug"
+    ]
+    assert card["indicator"] == "warning"
+    assert named in card["summary"].lower() and "3.1 mmol/L" in card["summary"]
+    # Ordered by code alone, without a twitch complaint: it lowers what is already low.
+    order = {**coded(code), "id": "draft-1", "status": "draft"}
+    request = order_request(SERVICE_SIGN, [{"resource": order}], lab(POTASSIUM, 3.1, "mmol/L"))
+    card = cards(client, request, SERVICE_SIGN)["electrolyte-depleting-drug"]
+    assert card["indicator"] == "warning" and named in card["summary"].lower()
+
+
+@pytest.mark.parametrize(
+    ("code", "ingredient"),
+    [
+        ("106258", "hydrocortisone"),  # hydrocortisone 10 MG/ML Topical Cream
+        ("252559", "budesonide"),  # budesonide 0.5 MG/ML Inhalation Suspension
+        ("1596779", "budesonide"),  # budesonide 2 MG/ACTUAT Rectal Foam
+        ("1545172", "hydrocortisone"),  # hydrocortisone acetate 100 MG/ML Rectal Foam
+    ],
+)
+def test_a_local_corticosteroid_by_code_alone_is_not_systemic(
+    client: TestClient, code: str, ingredient: str
+) -> None:
+    # The code is recognised (so the missing card is the route's doing, not an unknown code)...
+    assert VOCABULARY.ingredients_of(coded(code)["medicationCodeableConcept"]) == {ingredient}
+    # ...and the table's name carries the dose form: no steroid card, the low K still shows.
+    found = chart(client, twitch(), coded(code), lab(POTASSIUM, 3.1, "mmol/L"))
+    assert "corticosteroid" not in found and found["hypokalemia"]["indicator"] == "warning"
+
+
+def test_an_unknown_product_code_alone_gives_no_drug_card(client: TestClient) -> None:
+    found = chart(client, twitch(), coded("860975"), lab(POTASSIUM, 3.1, "mmol/L"))  # metformin
+    assert not {"corticosteroid", "estrogen", "electrolyte-depleting-drug"} & set(found)
+
+
+# --- routes as Epic writes them -----------------------------------------------------------------
+
+
+def epic_route(code: str, text: str | None) -> dict[str, Any]:
+    coding: dict[str, Any] = {"system": EPIC_ROUTES, "code": code}
+    if text:
+        coding["display"] = text
+    return {"coding": [coding], **({"text": text} if text else {})}
+
+
+def dexamethasone(route: dict[str, Any]) -> dict[str, Any]:
+    """Dexamethasone by its ingredient code: only the route says how it is given."""
+    return coded("3264", dosageInstruction=[{"text": "1 drop twice daily", "route": route}])
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        ("11", "Both Eyes"),
+        ("12", "Left Eye"),
+        ("18", "Nebulization"),
+        ("19", "Inhalation"),
+        ("21", "Each Nostril"),
+        ("24", "Right Ear"),
+        ("30", "Rectal"),
+        ("33", "Topical"),
+    ],
+)
+def test_epic_routes_that_are_not_systemic_give_no_steroid_card(
+    client: TestClient, code: str, text: str
+) -> None:
+    found = chart(
+        client, twitch(), dexamethasone(epic_route(code, text)), lab(POTASSIUM, 3.1, "mmol/L")
+    )
+    assert "corticosteroid" not in found and found["hypokalemia"]["indicator"] == "warning"
+    # The same text without the display (only `route.text`) says the same.
+    route = {"coding": [{"system": EPIC_ROUTES, "code": code}], "text": text}
+    assert "corticosteroid" not in chart(client, twitch(), dexamethasone(route))
+
+
+@pytest.mark.parametrize(("code", "text"), [("15", "Oral"), ("7", "Intravenous"), ("9", None)])
+def test_epic_routes_that_are_systemic_or_silent_give_the_steroid_card(
+    client: TestClient, code: str, text: str | None
+) -> None:
+    # A local code without text says nothing: the drug counts (never hide a systemic steroid).
+    found = chart(
+        client, twitch(), dexamethasone(epic_route(code, text)), lab(POTASSIUM, 3.1, "mmol/L")
+    )
+    assert found["corticosteroid"]["indicator"] == "warning"
+
+
+def test_the_route_decides_before_the_product_name(client: TestClient) -> None:
+    # An oral-tablet product given "Both Eyes" cannot be; the route is the most specific sign
+    # (rules/medications.yaml: route, then form, then product name).
+    tablet = coded("197579", dosageInstruction=[{"route": epic_route("11", "Both Eyes")}])
+    assert "corticosteroid" not in chart(client, twitch(), tablet)
+    tablet = coded("197579", dosageInstruction=[{"route": epic_route("15", "Oral")}])
+    assert "corticosteroid" in chart(client, twitch(), tablet)
+
+
+# --- draft orders: sibling and contained Medications --------------------------------------------
+
+
+def draft_order(reference: str, order_id: str = "draft-1", **extra: Any) -> dict[str, Any]:
+    resource = medication(None, status="draft")
+    del resource["medicationCodeableConcept"]
+    return {**resource, "id": order_id, "medicationReference": {"reference": reference}, **extra}
+
+
+def drug(medication_id: str | None, code: str) -> dict[str, Any]:
+    """A Medication that codes its drug by an RxNorm product code alone."""
+    resource: dict[str, Any] = {
+        "resourceType": "Medication",
+        "code": {"coding": [{"system": RXNORM, "code": code}]},
+    }
+    return {**resource, "id": medication_id} if medication_id else resource
+
+
+def order_request(
+    service: str, entries: list[dict[str, Any]], *record: dict[str, Any]
+) -> dict[str, Any]:
+    orders = [e["resource"] for e in entries if e["resource"]["resourceType"] != "Medication"]
+    context: dict[str, Any] = {
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    }
+    if service == SERVICE_OS:
+        context["selections"] = [f"MedicationRequest/{o['id']}" for o in orders]
+    hook = "order-select" if service == SERVICE_OS else "order-sign"
+    return hook_request(*record, hook=hook, **context)
+
+
+BOTH_HOOKS = pytest.mark.parametrize("service", [SERVICE_OS, SERVICE_SIGN])
+
+
+@BOTH_HOOKS
+def test_a_draft_referring_to_a_sibling_medication_by_id(client: TestClient, service: str) -> None:
+    entries = [
+        {"resource": drug("med-yaz", "748856")},
+        {"resource": draft_order("Medication/med-yaz")},
+    ]
+    found = cards(client, order_request(service, entries, twitch()), service)
+    assert list(found) == ["estrogen"] and "yaz" in found["estrogen"]["detail"].lower()
+
+
+@BOTH_HOOKS
+def test_a_draft_referring_to_a_sibling_medication_by_full_url(
+    client: TestClient, service: str
+) -> None:
+    url = "urn:uuid:5d0c2a3e-8f1b-4c7d-9e6a-2b3c4d5e6f70"
+    entries = [
+        {"fullUrl": url, "resource": drug(None, "313988")},
+        {"fullUrl": "urn:uuid:0f1e2d3c-4b5a-4697-8877-665544332211", "resource": draft_order(url)},
+    ]
+    request = order_request(service, entries, lab(POTASSIUM, 3.0, "mmol/L"))
+    card = cards(client, request, service)["electrolyte-depleting-drug"]
+    assert card["indicator"] == "warning" and "furosemide 40 mg" in card["summary"].lower()
+
+
+@BOTH_HOOKS
+def test_a_draft_referring_to_a_contained_medication(client: TestClient, service: str) -> None:
+    order = draft_order("#hctz", contained=[drug("hctz", "310798")])
+    request = order_request(service, [{"resource": order}], lab(POTASSIUM, 3.0, "mmol/L"))
+    card = cards(client, request, service)["electrolyte-depleting-drug"]
+    assert card["indicator"] == "warning" and "hydrochlorothiazide" in card["summary"].lower()
+
+
+@BOTH_HOOKS
+def test_a_draft_referring_to_a_medication_nobody_sent_gives_no_drug_card(
+    client: TestClient, service: str
+) -> None:
+    entries = [
+        {"resource": drug("med-yaz", "748856")},
+        {"resource": draft_order("Medication/other")},
+    ]
+    assert cards(client, order_request(service, entries, twitch()), service) == {}
+
+
+def test_order_select_reads_only_the_selected_draft_but_follows_its_sibling(
+    client: TestClient,
+) -> None:
+    entries = [
+        {"resource": drug("med-yaz", "748856")},
+        {"resource": drug("med-pred", "762675")},
+        {"resource": draft_order("Medication/med-yaz", order_id="yaz")},
+        {"resource": draft_order("Medication/med-pred", order_id="pred")},
+    ]
+    request = order_request(SERVICE_OS, entries, twitch())
+    request["context"]["selections"] = ["MedicationRequest/pred"]
+    assert list(cards(client, request, SERVICE_OS)) == ["corticosteroid"]
+
+
+# --- the generated table ------------------------------------------------------------------------
+
+
+def table_rows(path: Path) -> dict[str, str]:
+    """RxCUI -> row of a generated table (provenance comments and column names left out)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = [line for line in lines if not line.startswith("#")][1:]
+    return {row.split("\t")[0]: row for row in rows}
+
+
+def build(source: Path, out: Path, rules: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, str(SCRIPT), str(source), "--out", str(out)]
+    return subprocess.run(
+        argv + (["--rules", str(rules)] if rules else []),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_committed_table_is_what_the_script_makes_of_its_source(tmp_path: Path) -> None:
+    """The sample is a trimmed copy of the source files: built with today's rules it gives
+    exactly the committed rows for its products, so the table, the script and the source
+    format agree (and the rules' ingredient codes still name the same RxNorm ingredients)."""
+    result = build(SAMPLE, tmp_path / "sample.tsv")
+    assert result.returncode == 0, result.stderr
+    sample, committed = table_rows(tmp_path / "sample.tsv"), table_rows(TABLE)
+    assert len(sample) > 50
+    assert {rxcui: committed.get(rxcui) for rxcui in sample} == sample
+    # Products of ingredients the rules do not name (fluoxetine) are left out; a combination
+    # lists only the rules' ingredients (drospirenone is none of them).
+    assert "310385" not in sample  # fluoxetine 20 MG Oral Capsule
+    assert sample["748856"].split("\t")[1:3] == ["BPCK", "ethinyl estradiol"]
+
+
+def test_the_committed_table_states_its_provenance() -> None:
+    header = [line for line in TABLE.read_text(encoding="utf-8").splitlines()[:12]]
+    text = "\n".join(header)
+    assert "GENERATED" in text and "scripts/build-rxnorm-products.py" in text
+    assert "# Origin: " in text and "# Licence: " in text and "2025-10-06" in text
+
+
+def test_a_rules_code_that_names_another_ingredient_stops_the_build(tmp_path: Path) -> None:
+    medications = yaml.safe_load((PROJECT_ROOT / "rules" / "medications.yaml").read_text())
+    medications["ingredients"]["furosemide"]["rxcui"] = "5487"  # hydrochlorothiazide's code
+    del medications["ingredients"]["hydrochlorothiazide"]
+    rules = tmp_path / "medications.yaml"
+    rules.write_text(yaml.safe_dump(medications))
+    result = build(SAMPLE, tmp_path / "out.tsv", rules)
+    assert result.returncode != 0 and not (tmp_path / "out.tsv").exists()
+    assert "'furosemide' has rxcui 5487" in result.stderr and "hydrochlorothiazide" in result.stderr
+
+
+# --- check-rules on the new tables ----------------------------------------------------------------
+
+
+def test_check_rules_reports_mistakes_in_the_product_and_route_tables(tmp_path: Path) -> None:
+    rules = broken_rules(
+        tmp_path,
+        {
+            "rxnorm-products.tsv": [
+                ("313988\tSCD\tfurosemide\t", "313988\tSCD\tfurosemid\t"),
+                ("310798\tSCD\t", "310798\tSCDF\t"),
+                ("748856\tBPCK\tethinyl estradiol\t", "748856\tBPCK\tethinyl estradiol\n"),
+            ],
+            "medications.yaml": [
+                ("systemic_only: [corticosteroid]", "systemic_only: [corticosteroids]"),
+                ("words: [otic, auricular,", "words: [otic, oral, auricular,"),
+            ],
+        },
+    )
+    status, out, _ = run("check-rules", "--rules-dir", str(rules))
+    assert status == 1
+    for expected in [
+        "unknown ingredient 'furosemid'",
+        "term type 'SCDF' is not a product type",
+        "3 columns, not 4",
+        "medications.yaml: routes.systemic_only: unknown class 'corticosteroids'",
+        "word 'oral' also names ear",
+    ]:
+        assert expected in out, out
