@@ -29,8 +29,8 @@ from cds.settings import PROJECT_ROOT
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN
 from tests.support.app import module_client
 from tests.support.cards import cards_by_code
-from tests.support.fhir import RXNORM, hook_request, lab, medication, twitch
 from tests.support.cli import run
+from tests.support.fhir import RXNORM, hook_request, lab, medication, twitch
 from tests.test_cli import broken_rules
 
 POTASSIUM = "2823-3"
