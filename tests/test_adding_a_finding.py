@@ -171,13 +171,13 @@ def test_the_service_asks_for_phosphate_and_answers_the_new_card(
     assert response.status_code == 200, response.text
     card = cards_by_code(response.json())["hypophosphatemia"]
     assert card["indicator"] == "warning"
-    assert card["summary"] == f"Low phosphate (1.89 mg/dL on {when})"
+    assert card["summary"] == f"Low phosphate (0.61 mmol/L on {when})"
     # The card cites the textbook chapter; the laboratory page of the cut-off is linked.
     assert card["source"]["url"] == "https://www.ncbi.nlm.nih.gov/books/NBK493172/"
     assert card["source"]["label"] == "StatPearls: Hypophosphatemia"
     assert "https://renal.testcatalog.org/show/PHOS" in [link["url"] for link in card["links"]]
-    assert "1.89 mg/dL (reported as 0.61 mmol/L)" in card["detail"]
-    assert "below 2.5 mg/dL" in card["detail"]
+    assert "0.61 mmol/L (= 1.9 mg/dL)" in card["detail"]
+    assert "below 0.81 mmol/L" in card["detail"]  # the limit in the unit of the value
     assert "LOINC 2777-1" in card["detail"]
 
 

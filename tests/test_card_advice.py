@@ -173,3 +173,43 @@ def test_the_logic_table_shows_each_cards_advice_per_hook() -> None:
     assert "still needed" in drug[1] and "Before signing" not in drug[1]  # patient-view
     assert "Before signing" in drug[2] and "will lower an already low" in drug[2]  # order hooks
     assert rows["hypokalemia"].rstrip(" |").endswith("same as patient-view")
+
+
+# --- point 4: numbers as a laboratory reports them ----------------------------------------------
+
+
+def evidence_line(card: dict[str, Any], label: str) -> str:
+    return next(line for line in card["detail"].splitlines() if line.startswith(f"- **{label}**"))
+
+
+def test_a_converted_value_is_rounded_to_the_reported_precision(client: TestClient) -> None:
+    card = cards(client, twitch(), lab(VITAMIN_D, 30, "nmol/L"))["vitamin-d-deficiency"]
+    line = evidence_line(card, "25-hydroxyvitamin D")
+    assert "30 nmol/L (= 12 ng/mL)" in line and "12.02" not in card["detail"]
+    assert "(30 nmol/L on " in card["summary"]
+
+
+@pytest.mark.parametrize(
+    ("result", "code", "label", "limit"),
+    [
+        (lab(VITAMIN_D, 30, "nmol/L"), "vitamin-d-deficiency", "25-hydroxyvitamin D", "50 nmol/L"),
+        (lab(CALCIUM, 1.9, "mmol/L"), "hypocalcemia", "Total calcium", "below 2.12 mmol/L"),
+        (lab(MAGNESIUM, 0.6, "mmol/L"), "hypomagnesemia", "Magnesium", "below 0.7 mmol/L"),
+        (lab(B12, 100, "pmol/L"), "vitamin-b12-deficiency", "Vitamin B12", "below 133 pmol/L"),
+        (
+            lab(MAGNESIUM, 0.6, "mmol/L", low=0.7, high=1.0),
+            "hypomagnesemia",
+            "Magnesium",
+            "lower limit of 0.7 mmol/L",
+        ),
+    ],
+)
+def test_a_threshold_is_shown_in_the_unit_of_the_value_beside_it(
+    client: TestClient, result: dict[str, Any], code: str, label: str, limit: str
+) -> None:
+    line = evidence_line(cards(client, twitch(), result)[code], label)
+    reported_unit = result["valueQuantity"]["unit"]
+    judged = line.split("): ", 1)[1]
+    assert limit in judged and reported_unit in judged
+    canonical = {"ng/mL", "mg/dL", "pg/mL"} - {reported_unit}
+    assert not any(unit in judged for unit in canonical), line

@@ -101,8 +101,8 @@ def test_evaluate_prints_a_readable_table(tmp_path: Path) -> None:
     status, out, _ = run("evaluate", str(bundle))
     assert status == 0
     assert out.startswith(f"{SERVICE_PV} (patient-view), as of ")
-    assert "[WARNING] Low magnesium (1.41 mg/dL" in out
-    assert "evidence: Magnesium 1.41 mg/dL (reported as 0.58 mmol/L)" in out
+    assert "[WARNING] Low magnesium (0.58 mmol/L" in out
+    assert "evidence: Magnesium 0.58 mmol/L (= 1.4 mg/dL)" in out
     assert "**" not in out
 
 

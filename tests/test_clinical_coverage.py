@@ -118,7 +118,7 @@ def test_hyponatremia_warning_and_critical_at_120(
 ) -> None:
     card = codes(client, twitch(), lab(code, value, unit))["hyponatremia"]
     assert card["indicator"] == indicator
-    assert f"{value} mmol/L" in card["summary"]
+    assert f"{value} {unit}" in card["summary"]  # as the laboratory reported it
     assert f"LOINC {code}" in card["detail"]
 
 
@@ -152,7 +152,7 @@ def test_b12_in_pmol_per_litre_is_converted(client: TestClient) -> None:
     # 130 pmol/L x 1.355 = 176 pg/mL: low (< 180). Read as pg/mL, 140 would be low too, but
     # 140 pmol/L = 190 pg/mL is normal: the unit decides.
     card = codes(client, twitch(), lab(B12, 130, "pmol/L"))["vitamin-b12-deficiency"]
-    assert "176.15 pg/mL" in card["detail"] and "reported as 130 pmol/L" in card["detail"]
+    assert "130 pmol/L (= 176 pg/mL)" in card["detail"]
     assert "vitamin-b12-deficiency" not in codes(client, twitch(), lab(B12, 140, "pmol/L"))
 
 

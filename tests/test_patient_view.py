@@ -123,7 +123,7 @@ def test_magnesium_in_mmol_per_litre_is_converted_not_assumed(client: TestClient
     # 0.65 mmol/L = 1.58 mg/dL: low. Read as mg/dL it would be "critical"; as is, it is low.
     card = codes(client, twitch(), lab(MAGNESIUM_MOLES, 0.65, "mmol/L"))["hypomagnesemia"]
     assert card["indicator"] == "warning"
-    assert "1.58 mg/dL" in card["detail"] and "0.65 mmol/L" in card["detail"]
+    assert "0.65 mmol/L (= 1.6 mg/dL)" in card["detail"]
     # 0.85 mmol/L = 2.07 mg/dL: normal, although 0.85 < 1.7 if the unit were ignored.
     assert "hypomagnesemia" not in codes(client, twitch(), lab(MAGNESIUM_MOLES, 0.85, "mmol/L"))
 

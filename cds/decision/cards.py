@@ -89,9 +89,12 @@ def prescriber_name(label: str) -> str:
 
 
 def short_value(evidence: Evidence) -> str:
-    """A measured value and its date: '1.4 mg/dL on 2026-01-01'."""
+    """A measured value as the laboratory reported it, and its date: '1.4 mg/dL on
+    2026-01-01', '30 nmol/L on 2026-01-01'."""
     when = f" on {evidence.when.isoformat()}" if evidence.when else ""
-    return f"{_number(evidence.value or 0)} {evidence.unit}{when}"
+    converted = evidence.reported and evidence.converted
+    value = evidence.reported if converted else f"{_number(evidence.value or 0)} {evidence.unit}"
+    return f"{value}{when}"
 
 
 def _in_sentence(label: str) -> str:
@@ -157,7 +160,10 @@ class CardBuilder:
             else evidence.label
         )
         parts = [f"**{md(label)}**"]
-        if evidence.value is not None:
+        if evidence.reported and evidence.converted:
+            # As reported, with the conversion the service judged, rounded like the report.
+            parts.append(f"{md(evidence.reported)} (= {md(evidence.converted)})")
+        elif evidence.value is not None:
             parts.append(f"{_number(evidence.value)} {md(evidence.unit)}")
             if evidence.reported:
                 parts.append(f"(reported as {md(evidence.reported)})")

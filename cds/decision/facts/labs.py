@@ -43,7 +43,7 @@ from cds.decision.facts.record import (
 )
 from cds.decision.facts.vocabulary import Vocabulary
 from cds.knowledge import Analyte, Code, Knowledge, Threshold
-from cds.units import convert, quantity_units
+from cds.units import convert, quantity_units, unit_key
 
 # The limit from rules/ is used where the laboratory sent no reference range of its own.
 USUAL_LIMIT = ", the usual adult limit"
@@ -83,6 +83,15 @@ class LabResult:
     corrected: bool
     status: str
     flag: str | None
+
+    @property
+    def stated_unit(self) -> str | None:
+        """The unit the laboratory wrote beside the value (None when it sent none and the
+        unit was taken from the reference range or the analyte)."""
+        if self.measured is None or self.reported is None:
+            return None
+        unit = self.measured[1]
+        return unit if self.reported.endswith(f" {unit}") else None
 
 
 @dataclass(frozen=True)
@@ -470,29 +479,32 @@ def judge(
             return _holds(op, stated, _interval(raw[0], result.comparator))
         return _holds(op, limit, interval)
 
-    unit = analyte.unit
+    # Limits are stated in the unit of the value shown beside them: as the laboratory reported
+    # it (a limit the source states in that unit, else converted), or the canonical unit for
+    # an albumin-corrected value.
+    shown = _ShownUnit(analyte, result.stated_unit if raw else None)
     basis, notes = "", []
     low: bool | None = False
     high: bool | None = False
     if analyte.use_reference_range and result.ref_low is not None:
         low = _holds("below", result.ref_low, interval)
-        basis = f"below the laboratory's lower limit of {fmt(result.ref_low)} {unit}"
+        basis = f"below the laboratory's lower limit of {shown.value(result.ref_low)}"
     elif analyte.low is not None:
         low = _threshold(analyte.low)
-        basis = threshold_words(analyte.low, sex, unit) + USUAL_LIMIT
+        basis = shown.threshold(analyte.low, sex) + USUAL_LIMIT
     if analyte.use_reference_range and result.ref_high is not None:
         high = _holds("above", result.ref_high, interval)
-        high_basis = f"above the laboratory's upper limit of {fmt(result.ref_high)} {unit}"
+        high_basis = f"above the laboratory's upper limit of {shown.value(result.ref_high)}"
     else:
         high = _threshold(analyte.high) if analyte.high else False
-        high_basis = threshold_words(analyte.high, sex, unit) + USUAL_LIMIT if analyte.high else ""
+        high_basis = shown.threshold(analyte.high, sex) + USUAL_LIMIT if analyte.high else ""
     if high:
         basis = high_basis
     critical: bool | None = False
     if analyte.critical is not None:
         critical = _threshold(analyte.critical)
         if critical:
-            basis = "critically low: " + threshold_words(analyte.critical, sex, unit)
+            basis = "critically low: " + shown.threshold(analyte.critical, sex)
     if None in (low, high, critical):
         notes.append(f"reported as {result.reported}: cannot be judged against the limit")
         if flag and flag.direction in ("low", "high"):
@@ -508,6 +520,56 @@ def judge(
     ):
         notes.append(flag_words)
     return Judgement(low or critical, critical, high, basis, tuple(notes))
+
+
+@dataclass(frozen=True)
+class _ShownUnit:
+    """Limits in the unit the value is shown in: the reported unit when it is not the
+    canonical one (a limit the source states in that unit as stated, else converted)."""
+
+    analyte: Analyte
+    reported_unit: str | None
+
+    @property
+    def factor(self) -> float | None:
+        """Reported unit -> canonical unit; None when the value is shown in canonical units."""
+        unit = self.reported_unit
+        if unit is None or unit_key(unit) == unit_key(self.analyte.unit):
+            return None
+        return self.analyte.unit_factors.get(unit_key(unit))
+
+    def value(self, canonical: float) -> str:
+        factor = self.factor
+        if factor is None or self.reported_unit is None:
+            return f"{fmt(canonical)} {self.analyte.unit}"
+        return f"{fmt(canonical / factor)} {self.reported_unit}"
+
+    def threshold(self, threshold: Threshold, sex: str | None) -> str:
+        factor = self.factor
+        if factor is None or self.reported_unit is None:
+            return threshold_words(threshold, sex, self.analyte.unit)
+        stated = threshold.limit_in(self.reported_unit)
+        if stated is None:
+            canonical = threshold.limit(sex)[1]
+            stated = float(rounded_like(canonical / factor, fmt(canonical)))
+        return threshold_words(threshold, sex, self.reported_unit, stated)
+
+
+def significant_digits(number_text: str) -> int:
+    """How many significant digits a reported number carries ('30' 2, '0.6' 1, '1.25' 3)."""
+    digits = number_text.lstrip("+-<>=≤≥ ").replace(".", "").lstrip("0")
+    return max(len(digits), 1)
+
+
+def rounded_like(value: float, reported_number: str) -> str:
+    """A converted value to the precision of the reported one (at least two significant
+    digits, so 0.6 mmol/L is 1.5 mg/dL, not 1 mg/dL): 30 nmol/L is 12 ng/mL, not 12.02."""
+    if value == 0:
+        return "0"
+    digits = max(significant_digits(reported_number), 2)
+    decimals = digits - 1 - math.floor(math.log10(abs(value)))
+    rounded = round(value, decimals)
+    return fmt(rounded) if decimals > 0 else str(int(rounded))
 
 
 def _disagrees(
@@ -605,13 +667,25 @@ def _add_lab(
         if result.value is not None
         else None
     )
+    differs = reported is not None and reported.lower() != (canonical or "").lower()
+    stated = result.stated_unit
     evidence = Evidence(
         "lab",
         analyte.label,
         result.when.day,
         value=value,
         unit=analyte.unit,
-        reported=reported if reported and reported.lower() != (canonical or "").lower() else None,
+        reported=reported if differs else None,
+        converted=(
+            f"{result.comparator or ''}{rounded_like(result.value, fmt(result.measured[0]))} "
+            f"{analyte.unit}"
+            if differs
+            and stated is not None
+            and unit_key(stated) != unit_key(analyte.unit)
+            and result.value is not None
+            and result.measured is not None
+            else None
+        ),
         judged="; ".join(n for n in notes if n) or None,
         code=f"LOINC {result.code}",
         status=result.status,

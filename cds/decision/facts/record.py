@@ -64,6 +64,8 @@ class Evidence:
     value: float | None = None
     unit: str | None = None
     reported: str | None = None
+    # The reported value converted to the canonical unit, rounded to the reported precision.
+    converted: str | None = None
     status: str | None = None
     judged: str | None = None
     code: str | None = None
@@ -310,8 +312,13 @@ def fmt(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def threshold_words(threshold: Threshold, sex: str | None, unit: str) -> str:
-    op, limit = threshold.limit(sex)
+def threshold_words(
+    threshold: Threshold, sex: str | None, unit: str, limit: float | None = None
+) -> str:
+    """'below 3.5 mmol/L'; `limit` is the same limit stated in `unit` when that is not the
+    unit of the rules."""
+    op, stated = threshold.limit(sex)
+    limit = stated if limit is None else limit
     words = {
         "below": "below",
         "at_or_below": "at or below",
