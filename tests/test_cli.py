@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +13,17 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from cds.knowledge import load_knowledge
 from cds.settings import PROJECT_ROOT
+from cds.store.storage import card_issued, make_engine
 from cds.tools.clinical_logic import render
 from tests.conftest import SERVICE_PV
 from tests.support.cli import run
 from tests.support.fhir import days_ago, lab, medication, patient, twitch
 from tests.support.paths import SYNTHEA
+from tests.support.waiting import wait_for
 
 COMMANDS = ["serve", "migrate", "evaluate", "rules", "check-rules", "discovery", "feedback-report"]
 
@@ -278,7 +280,10 @@ def test_feedback_report_per_topic_with_override_rate_and_reasons(
     ]
     for entry in entries:
         entry["outcomeTimestamp"] = "2026-11-29T10:00:00Z"
-    time.sleep(1.5)  # the issued cards reach the database once a second
+    # The issued cards reach the database once a second (cds/store/issued_cards.py); feedback
+    # that arrives before its card's row counts as topic "unknown" in the metric.
+    issued = {card for uuids in cards.values() for card in uuids}
+    wait_for(lambda: issued <= recorded_cards(database), "the issued cards in the database")
     response = client.post(f"/cds-services/{SERVICE_PV}/feedback", json={"feedback": entries})
     assert response.json()["stored"] == 4
     metrics = client.get("/metrics").text
@@ -309,6 +314,16 @@ def test_feedback_report_per_topic_with_override_rate_and_reasons(
     assert line.split()[1:5] == ["3", "1", "2", "67%"]
     assert "Already addressed (2); 1 with a comment" in line
     assert "supplements" not in out  # free text is never printed
+
+
+def recorded_cards(database_url: str) -> set[str]:
+    """The uuids of the issued cards the service has written to the database so far."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(select(card_issued.c.card_uuid)).scalars())
+    finally:
+        engine.dispose()
 
 
 def _searchset(*resources: dict[str, Any]) -> dict[str, Any]:

@@ -12,13 +12,12 @@ data prefetched (card uuids derive from `hookInstance`, so both calls share one)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -41,6 +40,7 @@ from tests.support.fhir import (
     twitch,
 )
 from tests.support.fhir_server import FhirTestServer, node_available, run_fhir_server
+from tests.support.fhir_stub import EMPTY_SEARCHSET, StubServer, running_stub
 from tests.support.paths import SYNTHEA
 
 pytestmark = pytest.mark.skipif(not node_available(), reason="node/npm not installed")
@@ -384,57 +384,17 @@ def test_slow_fhir_server_only_optional_keys_missing_gives_cards_within_the_dead
     assert DEADLINE * 0.9 <= elapsed < DEADLINE + MARGIN, elapsed
 
 
-EMPTY_SEARCHSET = {"resourceType": "Bundle", "type": "searchset", "total": 0}
-
-
-class StubServer(ThreadingHTTPServer):
-    """A tiny HTTP server that answers every GET with `body` and records what it received."""
-
-    def __init__(self, host: str, body: dict[str, Any]) -> None:
-        super().__init__((host, 0), _StubHandler)
-        self.body = body
-        self.received: list[tuple[str, str | None]] = []  # (path, Authorization header)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.server_address[0]}:{self.server_address[1]}"
-
-
-class _StubHandler(BaseHTTPRequestHandler):
-    server: StubServer
-
-    def do_GET(self) -> None:
-        self.server.received.append((self.path, self.headers.get("Authorization")))
-        body = json.dumps(self.server.body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/fhir+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def stub_server() -> Iterator[Callable[..., StubServer]]:
-    servers: list[tuple[StubServer, threading.Thread]] = []
+    with contextlib.ExitStack() as servers:
 
-    def start(host: str, body: dict[str, Any] = EMPTY_SEARCHSET) -> StubServer:
-        try:
-            server = StubServer(host, body)
-        except OSError as error:
-            pytest.skip(f"cannot listen on {host}: {error}")
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return server
+        def start(host: str, body: dict[str, Any] = EMPTY_SEARCHSET) -> StubServer:
+            try:
+                return servers.enter_context(running_stub(host, body))
+            except OSError as error:
+                pytest.skip(f"cannot listen on {host}: {error}")
 
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        yield start
 
 
 def test_fhir_server_not_allowed_is_refused_without_any_outbound_call(

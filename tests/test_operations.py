@@ -8,7 +8,9 @@ import json
 import re
 import signal
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,9 +24,12 @@ from sqlalchemy import select
 from cds.store import housekeeping
 from cds.store.storage import DatabaseReplayCache, jwt_seen, make_engine, migrate
 from tests.conftest import SERVICE_PV, LiveServer
+from tests.support.cards import cards_by_code
 from tests.support.fhir import hook_request, lab, twitch
+from tests.support.fhir_stub import running_stub
 from tests.support.jwt_tokens import TokenFactory, bearer
 from tests.support.postgres import running_postgres
+from tests.support.waiting import wait_for
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -80,36 +85,57 @@ def test_ready_fails_while_the_database_is_down_and_health_does_not(
 # --- metrics ----------------------------------------------------------------------------
 
 
+def worker_of(response: httpx.Response) -> str:
+    """Which worker process answered: request ids start with a prefix of each app instance."""
+    return response.headers["x-request-id"].rsplit("-", 1)[0]
+
+
 def test_metrics_are_summed_over_worker_processes(start_server: Callable[..., LiveServer]) -> None:
-    """Whichever worker answers /metrics, it reports the calls of both."""
+    """Whichever worker answers /metrics, it reports the calls of both.
+
+    Calls go on (8 at a time, each on a new connection) until both workers have served some,
+    and /metrics is read until each worker has answered it once: the kernel, not the test,
+    decides which worker accepts a connection.
+    """
     server = start_server(workers=2)
     url = f"{server.base_url}/cds-services/{SERVICE_PV}"
-    calls = 16
+    served: Counter[str] = Counter()
 
-    def call(_: int) -> int:
+    def call(_: int) -> str:
         with httpx.Client() as client:  # a new connection each: spread over the workers
-            return client.post(url, json=low_magnesium_call(), timeout=30).status_code
+            response = client.post(url, json=low_magnesium_call(), timeout=30)
+        assert response.status_code == 200, response.text
+        return worker_of(response)
+
+    def both_served() -> bool:
+        served.update(pool.map(call, range(8)))
+        return len(served) == 2
 
     with ThreadPoolExecutor(8) as pool:
-        assert set(pool.map(call, range(calls))) == {200}
+        wait_for(both_served, "hook calls served by both workers")
+    calls = served.total()
     labels = {"method": "POST", "route": "/cds-services/{service_id}", "service": SERVICE_PV}
-    for _ in range(6):
+    reported_by: set[str] = set()
+
+    def both_report_every_call() -> bool:
         with httpx.Client() as client:
             response = client.get(f"{server.base_url}/metrics")
         text = response.text
         assert response.headers["content-type"].startswith("text/plain")
         assert metric(text, "twitch_cds_http_requests_total", status="200", **labels) == calls
         assert metric(text, "twitch_cds_http_request_duration_seconds_count", **labels) == calls
-        assert (
-            metric(
-                text,
-                "twitch_cds_cards_total",
-                service=SERVICE_PV,
-                indicator="warning",
-                topic="hypomagnesemia",
-            )
-            == calls
+        cards = metric(
+            text,
+            "twitch_cds_cards_total",
+            service=SERVICE_PV,
+            indicator="warning",
+            topic="hypomagnesemia",
         )
+        assert cards == calls
+        reported_by.add(worker_of(response))
+        return reported_by == set(served)
+
+    wait_for(both_report_every_call, "/metrics answered by both workers")
 
 
 def test_unknown_service_ids_do_not_become_metric_labels(client: TestClient) -> None:
@@ -152,28 +178,43 @@ def test_fhir_fallback_calls_and_failures_are_counted(client: TestClient) -> Non
 
 
 def test_sigterm_lets_the_call_in_flight_finish(start_server: Callable[..., LiveServer]) -> None:
-    """A call still sending its body when SIGTERM arrives gets its answer, then the app's
-    shutdown runs (database connections closed, "stopped" logged)."""
-    server = start_server(workers=1)
-    body = json.dumps(low_magnesium_call()).encode()
-    head = (
-        f"POST /cds-services/{SERVICE_PV} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
-        sock.sendall(head + body[:100])
-        time.sleep(0.3)
+    """A call still at work when SIGTERM arrives gets its answer, then the app's shutdown runs
+    (database connections closed, "stopped" logged).
+
+    The call is held in flight by the EHR's FHIR server, which this test controls: the
+    service fetches the observations the EHR did not prefetch, and that answer is held back
+    until uvicorn has logged that it waits for the open connection to close.
+    """
+    server = start_server(workers=1, TWITCH_CDS_FHIR_TIMEOUT_SECONDS="60")
+    request = low_magnesium_call()
+    observations = request["prefetch"].pop("observations")
+    release = threading.Event()
+    with (
+        running_stub(body=observations, hold=release) as fhir,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        call = pool.submit(
+            httpx.post,
+            f"{server.base_url}/cds-services/{SERVICE_PV}",
+            json={**request, "fhirServer": fhir.base_url},
+            timeout=60,
+        )
+        wait_for(fhir.arrived.is_set, "the service's fetch from the FHIR server")
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        sock.sendall(body[100:])
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:300]
-    assert b"hypomagnesemia" in answer
+        wait_for(lambda: logged(server, "Waiting for connections to close"), "the graceful stop")
+        assert not call.done()
+        release.set()
+        response = call.result()
+    assert response.status_code == 200, response.text
+    assert "hypomagnesemia" in cards_by_code(response.json())
     # uvicorn re-raises the signal after its graceful shutdown, so the exit status says so.
-    assert server.process.wait(timeout=15) in (0, -signal.SIGTERM)
-    assert any(r.get("event") == "stopped" for r in log_records(server.log_path))
+    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    events = [record.get("event") for record in log_records(server.log_path)]
+    assert events.index("Shutting down") < events.index("hook") < events.index("stopped")
+
+
+def logged(server: LiveServer, event: str) -> bool:
+    return any(record.get("event", "").startswith(event) for record in log_records(server.log_path))
 
 
 # --- 413 for clients that write the whole body first -------------------------------------
@@ -257,8 +298,5 @@ def test_expired_token_ids_are_purged_in_the_background(
         trusted_issuers=TokenFactory().trusted_issuers(),
         database_url=database,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and remembered() != ["current"]:
-        time.sleep(0.1)
-    assert remembered() == ["current"]
+    wait_for(lambda: remembered() == ["current"], "the purge of the expired token ids")
     engine.dispose()

@@ -9,18 +9,20 @@ workers of a server.
 from __future__ import annotations
 
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Engine, func, inspect, make_url, select, text
 
 from cds.cdshooks import FeedbackEntry
 from cds.store import storage
@@ -37,6 +39,7 @@ from cds.store.storage import (
     schema_revision,
 )
 from tests.conftest import SERVICE_OS, SERVICE_PV
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,14 +152,56 @@ def test_migrated_schema_matches_the_tables_the_code_uses(db: Engine) -> None:
     ]
 
 
-MIGRATE_AT = """
-import sys, time
+MIGRATE_WHEN_TOLD = """
+import sys
 from cds.store.storage import make_engine, migrate
 engine = make_engine(sys.argv[1])
-while time.time() < float(sys.argv[2]):
-    time.sleep(0.001)
+engine.connect().close()
+print("ready", flush=True)
+sys.stdin.readline()
+print("migrating", flush=True)
 migrate(engine)
 """
+
+
+@contextmanager
+def migration_lock_held(url: str) -> Iterator[Callable[[], int] | None]:
+    """Hold the lock `migrate` takes (cds/store/storage.py) until the block ends, so that no
+    migration can finish meanwhile. Yields a count of the sessions waiting for it, where the
+    database can tell (PostgreSQL's pg_locks); SQLite cannot, and yields None."""
+    if url.startswith("sqlite"):
+        connection = sqlite3.connect(make_url(url).database or "", isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")  # the write lock `migrate` begins with
+            yield None
+        finally:
+            connection.close()
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as holder, engine.connect() as observer:
+            key = storage._MIGRATION_LOCK_KEY
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            holder.commit()
+
+            def waiting() -> int:
+                return int(
+                    observer.execute(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND NOT granted AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                        )
+                    ).scalar_one()
+                )
+
+            try:
+                yield waiting
+            finally:
+                holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                holder.commit()
+    finally:
+        engine.dispose()
 
 
 def test_workers_migrating_a_fresh_database_at_the_same_moment_all_start(db_url: str) -> None:
@@ -164,20 +209,43 @@ def test_workers_migrating_a_fresh_database_at_the_same_moment_all_start(db_url:
 
     Without a lock around the upgrade, 8 of 8 SQLite trials and 5 of 5 PostgreSQL trials
     failed (both create `alembic_version`), and a failed worker stops the whole server.
+
+    The migrations are proven to overlap: the test holds the migration lock while every
+    process, connected and told to go, enters `migrate`; none can finish meanwhile, so all
+    are inside it at once (on PostgreSQL, the database shows every one of them waiting for
+    the lock). Then the lock is let go and they race.
     """
     processes = 4
-    start_at = time.time() + 3  # after every process has imported and connected
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", MIGRATE_AT, db_url, str(start_at)],
+            [sys.executable, "-c", MIGRATE_WHEN_TOLD, db_url],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         for _ in range(processes)
     ]
-    outputs = [child.communicate(timeout=120)[0] for child in children]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        with migration_lock_held(db_url) as waiting:
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            for child in children:
+                assert child.stdout is not None and child.stdout.readline() == "migrating\n"
+            if waiting is not None:
+                wait_for(lambda: waiting() == processes, "every migration waiting for the lock")
+            assert all(child.poll() is None for child in children), "a migration ended early"
+        outputs = [child.communicate(timeout=120)[0] for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     failed = [
         out[-1500:] for child, out in zip(children, outputs, strict=True) if child.returncode != 0
     ]
