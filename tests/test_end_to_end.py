@@ -16,6 +16,7 @@ from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
 from tests.support.cards import cards_by_code
 from tests.support.fhir import SNOMED, condition, hook_request, lab, medication, transaction, twitch
 from tests.support.fhir_server import FhirTestServer
+from tests.support.outcome import refusal
 from tests.support.paths import SANDBOX
 
 
@@ -109,5 +110,4 @@ def test_chunked_body_over_the_limit_is_413(live_server: LiveServer) -> None:
         headers={"Content-Type": "application/json"},
         timeout=30,
     )
-    assert response.status_code == 413
-    assert response.json()["resourceType"] == "OperationOutcome"
+    refusal(response, 413)

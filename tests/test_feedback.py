@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, select
 
 from cds.store.storage import feedback
 from tests.conftest import SERVICE_PV
+from tests.support.outcome import refusal
 from tests.support.paths import SANDBOX
 
 
@@ -91,11 +92,10 @@ def test_malformed_feedback_is_400(client: TestClient) -> None:
             ]
         },
     ):
-        response = client.post(url, json=body)
-        assert response.status_code == 400, body
-        assert response.json()["resourceType"] == "OperationOutcome"
+        refusal(client.post(url, json=body), 400)
 
 
 def test_feedback_for_unknown_service_is_404(client: TestClient) -> None:
     body = json.loads((SANDBOX / "feedback.accepted.json").read_text())
-    assert client.post("/cds-services/nope/feedback", json=body).status_code == 404
+    response = client.post("/cds-services/nope/feedback", json=body)
+    assert "no CDS service with this id" in refusal(response, 404)

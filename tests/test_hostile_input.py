@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
 from tests.support.app import module_client
-from tests.support.cards import assert_valid_card, cards_by_code
+from tests.support.cards import cards_by_code
 from tests.support.fhir import (
     ICD10,
     LOINC,
@@ -37,6 +37,7 @@ from tests.support.fhir import (
     today,
     twitch,
 )
+from tests.support.outcome import refusal
 
 MAGNESIUM, POTASSIUM = "19123-9", "2823-3"
 LIMIT = 5 * 1024 * 1024  # the default TWITCH_CDS_MAX_BODY_BYTES
@@ -57,13 +58,8 @@ def post(client: TestClient, body: Any, url: str = URL) -> httpx.Response:
 
 
 def assert_outcome(response: httpx.Response, status: int) -> str:
-    """A 4xx OperationOutcome with short, value-free diagnostics; returns them joined."""
-    assert response.status_code == status, response.text[:500]
-    body = response.json()
-    assert body["resourceType"] == "OperationOutcome"
-    messages = [issue["diagnostics"] for issue in body["issue"]]
-    assert messages and all(0 < len(m) < 300 for m in messages)
-    text = " | ".join(messages)
+    """A refusal (tests/support/outcome.py) whose diagnostics echo no value of the body."""
+    text = refusal(response, status)
     assert SENTINEL not in text and "Traceback" not in text
     return text
 
@@ -201,7 +197,9 @@ def test_body_just_under_the_limit_is_answered_in_bounded_time(
     response = post(client, body)
     elapsed = time.perf_counter() - started
     assert "hypomagnesemia" in assert_cards(response)
-    assert elapsed < 20, f"{case}: {elapsed:.1f} s"
+    # Bounded, not fast (speed is measured by bench/): room for a busy 2-core machine, where
+    # the 13,000 invalid labs once took 27 s; a hang or a blow-up goes far past it.
+    assert elapsed < 90, f"{case}: {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize(
@@ -988,8 +986,9 @@ def test_odd_draft_orders_answer_200(client: TestClient, draft_orders: Any, serv
         context["selections"] = ["MedicationRequest/request-123", "", "x" * 1000]
     request = hook_request(*good_record(), hook=hook, **context)
     cards = assert_cards(post(client, request, f"/cds-services/{service}"))
-    for card in cards.values():
-        assert_valid_card(card)
+    # Prednisone is the only drug named anywhere in these drafts, so no other card may appear
+    # (the record's low magnesium is not an order hook's card).
+    assert set(cards) <= {"corticosteroid"}, cards
 
 
 # --- free text from the record in card markdown ------------------------------------------------

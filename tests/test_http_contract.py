@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN
 from tests.support.cards import assert_no_empty_values
 from tests.support.fhir import hook_request, twitch
+from tests.support.outcome import refusal
 from tests.support.paths import SANDBOX
 
 CONTRACT_KEYS = {
@@ -20,15 +21,6 @@ CONTRACT_KEYS = {
     "medicationStatements",
     "familyHistory",
 }
-
-
-def assert_operation_outcome(response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["resourceType"] == "OperationOutcome"
-    diagnostics = body["issue"][0]["diagnostics"]
-    assert diagnostics and len(diagnostics) < 500
-    return diagnostics
 
 
 def test_discovery_lists_one_service_per_hook_with_contract_prefetch(client: TestClient) -> None:
@@ -59,15 +51,13 @@ def test_discovery_lists_one_service_per_hook_with_contract_prefetch(client: Tes
 
 def test_unknown_service_is_404_operation_outcome(client: TestClient) -> None:
     response = client.post("/cds-services/nope", json=hook_request(twitch()))
-    assert_operation_outcome(response, 404)
-    assert_operation_outcome(client.post("/cds-services/nope/feedback", json={"feedback": []}), 400)
+    refusal(response, 404)
+    refusal(client.post("/cds-services/nope/feedback", json={"feedback": []}), 400)
 
 
 def test_hook_not_matching_the_service_is_400(client: TestClient) -> None:
     request = hook_request(twitch(), hook="order-sign")
-    message = assert_operation_outcome(
-        client.post(f"/cds-services/{SERVICE_PV}", json=request), 400
-    )
+    message = refusal(client.post(f"/cds-services/{SERVICE_PV}", json=request), 400)
     assert "patient-view" in message
 
 
@@ -77,7 +67,7 @@ def test_malformed_json_is_400(client: TestClient) -> None:
         content=b'{"hook": "patient-view",',
         headers={"Content-Type": "application/json"},
     )
-    assert "malformed JSON" in assert_operation_outcome(response, 400)
+    assert "malformed JSON" in refusal(response, 400)
 
 
 @pytest.mark.parametrize(
@@ -98,9 +88,7 @@ def test_malformed_json_is_400(client: TestClient) -> None:
 def test_wrong_or_missing_fields_are_400_naming_the_field(client: TestClient, mutate) -> None:
     request = hook_request(twitch())
     mutate(request)
-    message = assert_operation_outcome(
-        client.post(f"/cds-services/{SERVICE_PV}", json=request), 400
-    )
+    message = refusal(client.post(f"/cds-services/{SERVICE_PV}", json=request), 400)
     assert "/etc/passwd" not in message  # errors never echo input values
 
 
@@ -108,7 +96,7 @@ def test_body_over_the_limit_is_413(make_client) -> None:
     client = make_client(max_body_bytes=4096)
     request = hook_request(twitch())
     request["prefetch"]["padding"] = {"resourceType": "Basic", "text": "x" * 10_000}
-    assert_operation_outcome(client.post(f"/cds-services/{SERVICE_PV}", json=request), 413)
+    refusal(client.post(f"/cds-services/{SERVICE_PV}", json=request), 413)
 
 
 def test_wrong_content_type_is_415(client: TestClient) -> None:
@@ -117,7 +105,7 @@ def test_wrong_content_type_is_415(client: TestClient) -> None:
         content=json.dumps(hook_request(twitch())),
         headers={"Content-Type": "text/plain"},
     )
-    assert_operation_outcome(response, 415)
+    refusal(response, 415)
 
 
 def test_security_headers_on_every_response(client: TestClient) -> None:

@@ -28,6 +28,7 @@ from tests.support.cards import cards_by_code
 from tests.support.fhir import hook_request, lab, twitch
 from tests.support.fhir_stub import running_stub
 from tests.support.jwt_tokens import TokenFactory, bearer
+from tests.support.outcome import refusal
 from tests.support.postgres import running_postgres
 from tests.support.waiting import wait_for
 
@@ -65,7 +66,7 @@ def test_health_and_ready_answer_without_a_token(make_client: Callable[..., Test
     ready = client.get("/ready")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "checks": {"rules": "ok", "database": "ok"}}
-    assert client.get("/cds-services").status_code == 401
+    assert refusal(client.get("/cds-services"), 401) == "missing bearer token"
 
 
 def test_ready_fails_while_the_database_is_down_and_health_does_not(
@@ -164,7 +165,8 @@ def test_fhir_fallback_calls_and_failures_are_counted(client: TestClient) -> Non
         "prefetch": {},
         "fhirServer": f"http://127.0.0.1:{port}/fhir",
     }
-    assert client.post(f"/cds-services/{SERVICE_PV}", json=request).status_code == 412
+    unreachable = refusal(client.post(f"/cds-services/{SERVICE_PV}", json=request), 412)
+    assert "conditions: FHIR server unreachable" in unreachable
     after = client.get("/metrics").text
     for key in ("conditions", "observations", "medicationRequests", "patient"):
         for name in (

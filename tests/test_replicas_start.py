@@ -21,8 +21,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +29,14 @@ import httpx
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
-from sqlalchemy.engine import make_url
 
 from cds.store.storage import MIGRATION_LOCK_KEY, SCHEMA_HEAD
 from tests.conftest import SERVICE_PV, free_port
 from tests.support.cli import run
+from tests.support.migration_lock import connect, waiting_for_migration_lock
 from tests.support.paths import SANDBOX
 from tests.support.postgres import PostgresTestServer, temporary_database
+from tests.support.waiting import wait_for
 
 REPLICAS = 4
 TABLES = ("alembic_version", "feedback", "jwt_seen", "card_issued")
@@ -100,41 +100,6 @@ def start_replica(database_url: str, log_path: Path, *command: str) -> Replica:
     return Replica(process, f"http://127.0.0.1:{port}", log_path)
 
 
-def connect(database_url: str) -> psycopg.Connection[TupleRow]:
-    url = make_url(database_url)
-    return psycopg.connect(
-        host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True
-    )
-
-
-def wait_until(
-    condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_SECONDS
-) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-
-
-def waiting_for_migration_lock(admin: psycopg.Connection[TupleRow]) -> int:
-    """Backends of this database queued on the migration lock (a bigint advisory lock is
-    shown as its high and low 32 bits, objsubid 1)."""
-    row = admin.execute(
-        """
-        SELECT count(*) FROM pg_locks
-        WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
-          AND classid = %s AND objid = %s
-          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        """,
-        (MIGRATION_LOCK_KEY >> 32, MIGRATION_LOCK_KEY & 0xFFFF_FFFF),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 @pytest.fixture
 def fresh_database(postgres_server: PostgresTestServer) -> Iterator[str]:
     """An empty database whose committed DDL is logged (DDL_LOG)."""
@@ -166,16 +131,21 @@ def test_four_replicas_started_together_apply_the_schema_once_and_store_feedback
                     start_replica(fresh_database, tmp_path / f"replica-{number}.log", "serve")
                 )
             # All four are inside their migration at once, queued behind the held lock.
-            wait_until(
+            wait_for(
                 lambda: (
                     all(replica.alive() for replica in replicas)
                     and waiting_for_migration_lock(admin) == REPLICAS
                 ),
                 f"{REPLICAS} replicas queued on the migration lock",
+                START_TIMEOUT_SECONDS,
             )
             assert not any(replica.ready() for replica in replicas)
             holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-            wait_until(lambda: all(replica.ready() for replica in replicas), "every replica ready")
+            wait_for(
+                lambda: all(replica.ready() for replica in replicas),
+                "every replica ready",
+                START_TIMEOUT_SECONDS,
+            )
 
             created = created_tables(admin)
             assert sorted(name.removeprefix("public.") for name, _ in created) == sorted(TABLES)

@@ -157,6 +157,7 @@ def test_a_prefetch_that_is_not_an_object_gets_the_same_error_either_way(
     whole, lazy = answers_both_ways(make_client(), monkeypatch, body)
     assert whole == lazy
     assert whole[0] == 400
+    assert "prefetch" in json.dumps(whole[1])
 
 
 def answers_both_ways(

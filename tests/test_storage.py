@@ -9,20 +9,18 @@ workers of a server.
 from __future__ import annotations
 
 import random
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, inspect, make_url, select, text
+from sqlalchemy import Engine, func, inspect, select, text
 
 from cds.cdshooks import FeedbackEntry
 from cds.store import storage
@@ -39,6 +37,7 @@ from cds.store.storage import (
     schema_revision,
 )
 from tests.conftest import SERVICE_OS, SERVICE_PV
+from tests.support.migration_lock import migration_lock_held
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,46 +161,6 @@ sys.stdin.readline()
 print("migrating", flush=True)
 migrate(engine)
 """
-
-
-@contextmanager
-def migration_lock_held(url: str) -> Iterator[Callable[[], int] | None]:
-    """Hold the lock `migrate` takes (cds/store/storage.py) until the block ends, so that no
-    migration can finish meanwhile. Yields a count of the sessions waiting for it, where the
-    database can tell (PostgreSQL's pg_locks); SQLite cannot, and yields None."""
-    if url.startswith("sqlite"):
-        connection = sqlite3.connect(make_url(url).database or "", isolation_level=None)
-        try:
-            connection.execute("BEGIN IMMEDIATE")  # the write lock `migrate` begins with
-            yield None
-        finally:
-            connection.close()
-        return
-    engine = make_engine(url)
-    try:
-        with engine.connect() as holder, engine.connect() as observer:
-            key = storage._MIGRATION_LOCK_KEY
-            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            holder.commit()
-
-            def waiting() -> int:
-                return int(
-                    observer.execute(
-                        text(
-                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                            "AND NOT granted AND database = "
-                            "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                        )
-                    ).scalar_one()
-                )
-
-            try:
-                yield waiting
-            finally:
-                holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                holder.commit()
-    finally:
-        engine.dispose()
 
 
 def test_workers_migrating_a_fresh_database_at_the_same_moment_all_start(db_url: str) -> None:
