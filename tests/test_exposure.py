@@ -5,7 +5,6 @@ port of its own (served by `twitch-cds serve`, summed over the worker processes)
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from fastapi.testclient import TestClient
@@ -15,6 +14,7 @@ from tests.conftest import SERVICE_PV, LiveServer, free_port
 from tests.support.cli import run
 from tests.support.fhir import hook_request, lab, twitch
 from tests.support.outcome import refusal
+from tests.support.workers import calls_on_every_worker
 
 DOCS = ("/docs", "/redoc", "/openapi.json")
 
@@ -62,19 +62,9 @@ def test_serve_answers_metrics_on_the_metrics_port_summed_over_workers(
 ) -> None:
     metrics_port = free_port()
     server = start_server(workers=2, TWITCH_CDS_METRICS_PORT=str(metrics_port))
-    calls = 12
-
-    def call(_: int) -> int:
-        with httpx.Client() as client:  # a new connection each: spread over the workers
-            response = client.post(
-                f"{server.base_url}/cds-services/{SERVICE_PV}",
-                json=hook_request(twitch(), lab("19123-9", 1.4, "mg/dL")),
-                timeout=30,
-            )
-            return response.status_code
-
-    with ThreadPoolExecutor(6) as pool:
-        assert set(pool.map(call, range(calls))) == {200}
+    url = f"{server.base_url}/cds-services/{SERVICE_PV}"
+    request = hook_request(twitch(), lab("19123-9", 1.4, "mg/dL"))
+    calls = calls_on_every_worker(url, request, workers=2).total()
     refusal(httpx.get(f"{server.base_url}/metrics", timeout=10), 404)
     scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
     assert scrape.status_code == 200

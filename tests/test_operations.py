@@ -10,7 +10,6 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.support.jwt_tokens import TokenFactory, bearer
 from tests.support.outcome import refusal
 from tests.support.postgres import running_postgres
 from tests.support.waiting import wait_for
+from tests.support.workers import calls_on_every_worker, worker_of
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -86,34 +86,12 @@ def test_ready_fails_while_the_database_is_down_and_health_does_not(
 # --- metrics ----------------------------------------------------------------------------
 
 
-def worker_of(response: httpx.Response) -> str:
-    """Which worker process answered: request ids start with a prefix of each app instance."""
-    return response.headers["x-request-id"].rsplit("-", 1)[0]
-
-
 def test_metrics_are_summed_over_worker_processes(start_server: Callable[..., LiveServer]) -> None:
-    """Whichever worker answers /metrics, it reports the calls of both.
-
-    Calls go on (8 at a time, each on a new connection) until both workers have served some,
-    and /metrics is read until each worker has answered it once: the kernel, not the test,
-    decides which worker accepts a connection.
-    """
+    """Whichever worker answers /metrics, it reports the calls of both: calls go on until both
+    workers have served some, and /metrics is read until each worker has answered it once."""
     server = start_server(workers=2)
     url = f"{server.base_url}/cds-services/{SERVICE_PV}"
-    served: Counter[str] = Counter()
-
-    def call(_: int) -> str:
-        with httpx.Client() as client:  # a new connection each: spread over the workers
-            response = client.post(url, json=low_magnesium_call(), timeout=30)
-        assert response.status_code == 200, response.text
-        return worker_of(response)
-
-    def both_served() -> bool:
-        served.update(pool.map(call, range(8)))
-        return len(served) == 2
-
-    with ThreadPoolExecutor(8) as pool:
-        wait_for(both_served, "hook calls served by both workers")
+    served = calls_on_every_worker(url, low_magnesium_call(), workers=2)
     calls = served.total()
     labels = {"method": "POST", "route": "/cds-services/{service_id}", "service": SERVICE_PV}
     reported_by: set[str] = set()
