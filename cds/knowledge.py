@@ -387,6 +387,7 @@ class LabOrder(_Model):
 
 class Findings(_Model):
     topic_system: str
+    override_reason_system: str
     override_reasons: list[OverrideReason]
     referral: Referral
     red_flag_texts: RedFlagTexts

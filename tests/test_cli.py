@@ -241,13 +241,14 @@ def test_discovery_prints_what_the_service_publishes(client: TestClient) -> None
 # --- feedback-report ----------------------------------------------------------------------
 
 
-def test_feedback_report_per_topic_with_override_rate_and_reasons(
+def test_feedback_report_per_topic_with_both_denominators_and_reasons(
     tmp_path: Path, make_client: Callable[..., TestClient]
 ) -> None:
     database = f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
     client = make_client(database_url=database)
     cards: dict[str, list[str]] = {}
-    for _ in range(3):
+    offered: list[dict[str, Any]] = []
+    for _ in range(5):
         request = {
             "hookInstance": str(uuid.uuid4()),
             "hook": "patient-view",
@@ -261,13 +262,15 @@ def test_feedback_report_per_topic_with_override_rate_and_reasons(
         }
         for card in client.post(f"/cds-services/{SERVICE_PV}", json=request).json()["cards"]:
             cards.setdefault(card["source"]["topic"]["code"], []).append(card["uuid"])
+            offered += card["overrideReasons"]
     magnesium, workup = cards["hypomagnesemia"], cards["workup-incomplete"]
-    reason = {
-        "reason": {
-            "system": "https://github.com/twitch-cds/twitch-cds/CodeSystem/finding",
-            "code": "already-addressed",
-        }
-    }
+    # Override reasons have their own code system (not the topic's), each with a display.
+    systems = {coding["system"] for coding in offered}
+    assert systems == {"https://github.com/twitch-cds/twitch-cds/CodeSystem/override-reason"}
+    assert all(coding["display"] for coding in offered)
+    chosen = next(c for c in offered if c["code"] == "already-addressed")
+    # As the sandbox sends it: system and code, no display.
+    reason = {"reason": {"system": chosen["system"], "code": chosen["code"]}}
     entries = [
         {"card": magnesium[0], "outcome": "overridden", "overrideReason": reason},
         {
@@ -298,20 +301,33 @@ def test_feedback_report_per_topic_with_override_rate_and_reasons(
     assert report["hypomagnesemia"] | {"reasons": None} == {
         "topic": "hypomagnesemia",
         "title": "Low magnesium",
-        "issued": 3,
+        "issued": 5,
+        "answered": 3,
         "accepted": 1,
         "overridden": 2,
         "comments": 1,
         "reasons": None,
-        "override_rate": 2 / 3,
+        "overridden_of_issued": 2 / 5,
+        "overridden_of_answered": 2 / 3,
     }
     assert report["hypomagnesemia"]["reasons"] == {"Already addressed": 2}
-    assert report["workup-incomplete"]["override_rate"] == 0
+    workup_report = report["workup-incomplete"]
+    assert workup_report["overridden_of_issued"] == workup_report["overridden_of_answered"] == 0
     assert next(iter(report)) == "hypomagnesemia"  # noisiest first
 
     status, out, _ = run("feedback-report", "--database-url", database)
+    header = out.splitlines()[0].split()
+    assert header[1:7] == [
+        "issued",
+        "answered",
+        "accepted",
+        "overridden",
+        "overridden/issued",
+        "overridden/answered",
+    ]
     line = next(line for line in out.splitlines() if line.startswith("hypomagnesemia"))
-    assert line.split()[1:5] == ["3", "1", "2", "67%"]
+    # Both denominators side by side: 2 of 5 issued, 2 of 3 answered.
+    assert line.split()[1:9] == ["5", "3", "1", "2", "2/5", "(40%)", "2/3", "(67%)"]
     assert "Already addressed (2); 1 with a comment" in line
     assert "supplements" not in out  # free text is never printed
 

@@ -259,7 +259,7 @@ class CardBuilder:
                 None if not suggestions else "at-most-one" if suggestions == [referral] else "any"
             ),
             overrideReasons=[
-                Coding(system=self.texts.topic_system, code=r.code, display=r.display)
+                Coding(system=self.texts.override_reason_system, code=r.code, display=r.display)
                 for r in self.texts.override_reasons
             ],
             links=links,

@@ -1,9 +1,13 @@
 """`twitch-cds feedback-report`: what clinicians did with each kind of card.
 
-Per card topic (the finding in rules/findings.yaml): how many cards were issued, accepted and
-overridden, the override rate, and the override reasons given. A topic that is mostly
-overridden is noise to clinicians: the first place a knowledge author should look. Free-text
-override comments are not shown (they may hold patient details); only their number.
+Per card topic (the finding in rules/findings.yaml): how many cards were issued, answered
+(accepted or overridden), accepted and overridden, and the override reasons given. The share
+overridden is stated against both denominators, side by side: of the cards issued (most cards
+are never answered: an EHR sends no feedback for a card nobody clicked) and of the cards
+answered. "1 of 1 answered" alone reads as if every card was overridden when 5 were issued. A
+topic that is mostly overridden is noise to clinicians: the first place a knowledge author
+should look. Free-text override comments are not shown (they may hold patient details); only
+their number.
 """
 
 from __future__ import annotations
@@ -29,9 +33,16 @@ class TopicFeedback:
     reasons: Counter[str] = field(default_factory=Counter)
 
     @property
-    def override_rate(self) -> float | None:
-        answered = self.accepted + self.overridden
-        return self.overridden / answered if answered else None
+    def answered(self) -> int:
+        return self.accepted + self.overridden
+
+    @property
+    def overridden_of_issued(self) -> float | None:
+        return self.overridden / self.issued if self.issued else None
+
+    @property
+    def overridden_of_answered(self) -> float | None:
+        return self.overridden / self.answered if self.answered else None
 
 
 class SchemaNotCurrent(Exception):
@@ -39,14 +50,19 @@ class SchemaNotCurrent(Exception):
 
 
 def collect(engine: Engine, knowledge: Knowledge) -> list[TopicFeedback]:
-    """Feedback per topic, noisiest first (highest override rate, then most overridden)."""
+    """Feedback per topic, noisiest first (highest share of answered cards overridden, then
+    most overridden)."""
     if schema_revision(engine) != head_revision():
         raise SchemaNotCurrent(
             "the database is not at the current schema; "
             "start the service once against it to migrate it"
         )
     texts = knowledge.findings.findings
-    reason_names = {r.code: r.display for r in knowledge.findings.override_reasons}
+    findings = knowledge.findings
+    # Reasons of the service's own override-reason system; cards issued before it had its own
+    # system carried the topic system.
+    ours = {findings.override_reason_system, findings.topic_system, None}
+    reason_names = {r.code: r.display for r in findings.override_reasons}
     topics: dict[str, TopicFeedback] = {}
 
     def topic(code: str) -> TopicFeedback:
@@ -63,6 +79,7 @@ def collect(engine: Engine, knowledge: Knowledge) -> list[TopicFeedback]:
             select(
                 topic_column,
                 feedback.c.outcome,
+                feedback.c.override_reason_system,
                 feedback.c.override_reason_code,
                 func.count(feedback.c.override_comment),
                 func.count(),
@@ -70,44 +87,76 @@ def collect(engine: Engine, knowledge: Knowledge) -> list[TopicFeedback]:
             .select_from(
                 feedback.outerjoin(card_issued, card_issued.c.card_uuid == feedback.c.card_uuid)
             )
-            .group_by(topic_column, feedback.c.outcome, feedback.c.override_reason_code)
+            .group_by(
+                topic_column,
+                feedback.c.outcome,
+                feedback.c.override_reason_system,
+                feedback.c.override_reason_code,
+            )
         )
-        for code, outcome, reason, comments, count in rows:
+        for code, outcome, system, reason, comments, count in rows:
             entry = topic(code)
             entry.comments += comments
             if outcome == "accepted":
                 entry.accepted += count
             else:
                 entry.overridden += count
-                entry.reasons[
-                    reason_names.get(reason, reason) if reason else "(no reason given)"
-                ] += count
-    return sorted(topics.values(), key=lambda t: (-(t.override_rate or 0), -t.overridden, t.topic))
+                entry.reasons[_reason_name(system, reason, ours, reason_names)] += count
+    return sorted(
+        topics.values(),
+        key=lambda t: (-(t.overridden_of_answered or 0), -t.overridden, t.topic),
+    )
+
+
+def _reason_name(
+    system: str | None, code: str | None, ours: set[str | None], names: dict[str, str]
+) -> str:
+    if not code:
+        return "(no reason given)"
+    if system in ours and code in names:
+        return names[code]
+    return f"{code} ({system})" if system else code
+
+
+def _share(part: int, whole: int) -> str:
+    """'2/3 (67%)', or '-' when nothing to divide by."""
+    return f"{part}/{whole} ({part / whole:.0%})" if whole else "-"
 
 
 def render_table(report: list[TopicFeedback]) -> str:
     if not report:
         return "No cards issued and no feedback received yet."
     lines = [
-        f"{'topic':<28} {'issued':>6} {'accepted':>8} {'overridden':>10} "
-        f"{'override rate':>13}  override reasons"
+        f"{'topic':<28} {'issued':>6} {'answered':>8} {'accepted':>8} {'overridden':>10} "
+        f"{'overridden/issued':>17} {'overridden/answered':>19}  override reasons"
     ]
     for entry in report:
-        rate = f"{entry.override_rate:.0%}" if entry.override_rate is not None else "-"
         reasons = "; ".join(f"{name} ({count})" for name, count in entry.reasons.most_common())
         if entry.comments:
             reasons += f"{'; ' if reasons else ''}{entry.comments} with a comment"
         lines.append(
-            f"{entry.topic:<28} {entry.issued:>6} {entry.accepted:>8} "
-            f"{entry.overridden:>10} {rate:>13}  {reasons or '-'}"
+            f"{entry.topic:<28} {entry.issued:>6} {entry.answered:>8} {entry.accepted:>8} "
+            f"{entry.overridden:>10} {_share(entry.overridden, entry.issued):>17} "
+            f"{_share(entry.overridden, entry.answered):>19}  {reasons or '-'}"
         )
+    lines += [
+        "",
+        "overridden/issued: of every card shown. overridden/answered: of the cards a clinician",
+        "accepted or overrode (an unanswered card sends no feedback).",
+    ]
     return "\n".join(lines)
 
 
 def render_json(report: list[TopicFeedback]) -> str:
     return json.dumps(
         [
-            {**asdict(entry), "reasons": dict(entry.reasons), "override_rate": entry.override_rate}
+            {
+                **asdict(entry),
+                "reasons": dict(entry.reasons),
+                "answered": entry.answered,
+                "overridden_of_issued": entry.overridden_of_issued,
+                "overridden_of_answered": entry.overridden_of_answered,
+            }
             for entry in report
         ],
         indent=2,

@@ -225,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "feedback-report",
         help="per card topic: accepted, overridden, reasons",
-        description="From the feedback database: per card topic, the cards issued, accepted "
-        "and overridden, the override rate and reasons, noisiest first.",
+        description="From the feedback database: per card topic, the cards issued, answered, "
+        "accepted and overridden, overridden/issued and overridden/answered side by side, and "
+        "the override reasons, noisiest first.",
     )
     report.add_argument("--database-url", help="default: TWITCH_CDS_DATABASE_URL")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -56,7 +56,17 @@ FILES = (
 # Keys of findings.yaml whose values are identifiers (source keys, codes, claim kinds), not
 # words a clinician reads.
 IDENTIFIER_KEYS = frozenset(
-    {"topic_system", "source", "links", "claims", "suggest", "labs", "mentions", "suppressed_by"}
+    {
+        "topic_system",
+        "override_reason_system",
+        "source",
+        "links",
+        "claims",
+        "suggest",
+        "labs",
+        "mentions",
+        "suppressed_by",
+    }
 )
 LAB_GROUPS = ("analytes", "scored_observations", "coded_observations")
 # The keys of rule patterns that name something defined in another file.
