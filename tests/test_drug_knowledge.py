@@ -30,7 +30,8 @@ from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN
 from tests.support.app import module_client
 from tests.support.cards import cards_by_code
 from tests.support.cli import run
-from tests.support.fhir import RXNORM, hook_request, lab, medication, twitch
+from tests.support.fhir import RXNORM, hook_request, lab, medication, transaction, twitch
+from tests.support.fhir_server import FhirTestServer, node_available
 from tests.test_cli import broken_rules
 
 POTASSIUM = "2823-3"
@@ -266,6 +267,20 @@ def test_a_draft_referring_to_a_medication_nobody_sent_gives_no_drug_card(
         {"resource": draft_order("Medication/other")},
     ]
     assert cards(client, order_request(service, entries, twitch()), service) == {}
+
+
+@pytest.mark.skipif(not node_available(), reason="node/npm not installed")
+@BOTH_HOOKS
+def test_a_draft_referring_to_a_medication_on_the_fhir_server_fetches_it(
+    client: TestClient, fhir: FhirTestServer, service: str
+) -> None:
+    fhir.load(transaction(drug("medFuro40", "313988")))
+    entries = [{"resource": draft_order("Medication/medFuro40")}]
+    request = order_request(service, entries, lab(POTASSIUM, 3.0, "mmol/L"))
+    assert cards(client, request, service) == {}  # no FHIR server named: only the reference
+    request["fhirServer"] = fhir.base_url
+    card = cards(client, request, service)["electrolyte-depleting-drug"]
+    assert card["indicator"] == "warning" and "furosemide 40 mg" in card["summary"].lower()
 
 
 def test_order_select_reads_only_the_selected_draft_but_follows_its_sibling(

@@ -5,9 +5,9 @@ fetchable, and no resource of its type arrived complete under another key. Optio
 (`required: false` in hooks/) only narrow what the rules can see, and the log says so.
 A prefetched search Bundle with a `next` link is only its first page (CDS Hooks: "results may
 be paginated"): its template is fetched in full, since the newest result may be on a later page.
-Medications that therapy refers to (`medicationReference`) but that neither prefetch nor the
-`_include` of the templates brought are read from the FHIR server in one search; without them
-only the reference's display is known.
+Medications that therapy or a draft order refers to (`medicationReference`) but that neither
+prefetch, the `_include` of the templates nor the draft orders' Bundle brought are read from the
+FHIR server in one search; without them only the reference's display is known.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cds.cdshooks import HookRequest
 from cds.decision.catalog import PrefetchTemplate, Service
 from cds.decision.facts.medications import unresolved_medication_ids
 from cds.decision.fhir_client import FetchResult, FhirFetcher
+from cds.decision.pipeline import draft_medications, draft_orders
 from cds.decision.prefetch import ResourcePool, unsatisfied
 
 REFERENCED_MEDICATIONS = "referencedMedications"
@@ -52,7 +53,7 @@ async def assemble(request: HookRequest, service: Service, fetcher: FhirFetcher)
     record = PatientRecord(pool)
     if missing:
         await _fetch_missing(request, fetcher, prefetch, unfilled, missing, record)
-    await _fetch_referenced_medications(request, fetcher, record)
+    await _fetch_referenced_medications(request, service, fetcher, record)
     return record
 
 
@@ -97,11 +98,18 @@ async def _fetch_missing(
 
 
 async def _fetch_referenced_medications(
-    request: HookRequest, fetcher: FhirFetcher, record: PatientRecord
+    request: HookRequest, service: Service, fetcher: FhirFetcher, record: PatientRecord
 ) -> None:
-    """Read the Medications that therapy refers to but the record lacks (optional data)."""
+    """Read the Medications that therapy or a draft order refers to but neither the record nor
+    the draft orders' Bundle holds (optional data)."""
     pool = record.pool
-    ids = sorted(unresolved_medication_ids(pool.by_type, pool.references))
+    ids = sorted(
+        unresolved_medication_ids(
+            pool.by_type,
+            {**pool.references, **draft_medications(request)},
+            draft_orders(request, service),
+        )
+    )
     if not ids or request.fhirServer is None:
         return
     template = PrefetchTemplate(

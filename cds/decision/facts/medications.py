@@ -13,6 +13,7 @@ nose, inhaled, skin, rectal).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -127,18 +128,25 @@ def medication_index(
 
 
 def unresolved_medication_ids(
-    resources: Resources, references: dict[str, Resource] | None
+    resources: Resources,
+    references: dict[str, Resource] | None,
+    orders: Sequence[Resource] = (),
 ) -> set[str]:
-    """Ids of Medications that therapy refers to but the record does not contain."""
+    """Ids of Medications that therapy (and the draft `orders`) refers to but neither the
+    record nor `references` contains."""
     index = medication_index(resources, references)
+    referring = [
+        *resources.get("MedicationRequest", []),
+        *resources.get("MedicationStatement", []),
+        *orders,
+    ]
     missing: set[str] = set()
-    for kind in ("MedicationRequest", "MedicationStatement"):
-        for resource in resources.get(kind, []):
-            ref = _reference(resource)
-            if ref and not ref.startswith("#") and _resolve(ref, resource, index) is None:
-                match = _MEDICATION_REFERENCE.search(ref)
-                if match:
-                    missing.add(match[1])
+    for resource in referring:
+        ref = _reference(resource)
+        if ref and not ref.startswith("#") and _resolve(ref, resource, index) is None:
+            match = _MEDICATION_REFERENCE.search(ref)
+            if match:
+                missing.add(match[1])
     return missing
 
 
