@@ -863,15 +863,31 @@ def test_quantity_with_a_known_unit_is_converted(client: TestClient, quantity: A
     assert "hypomagnesemia" in cards
 
 
-@pytest.mark.parametrize("value", [0, -1.4, 1e-300, 1e300, 123456789012345678])
-def test_absurd_numbers_still_give_valid_cards(client: TestClient, value: float) -> None:
-    """Not clinically meaningful, but never a 500 nor a malformed card."""
-    assert_cards(
+@pytest.mark.parametrize(
+    ("value", "low"),
+    [
+        (0, None),  # impossible (at or below 0): not judged, see the work-up card
+        (-1.4, None),
+        (1e-300, "critical"),
+        (1e300, None),
+        (123456789012345678, None),
+    ],
+)
+def test_absurd_numbers_still_give_valid_cards(
+    client: TestClient, value: float, low: str | None
+) -> None:
+    """Not clinically meaningful, but never a 500 nor a malformed card, and never judged
+    against the limits when impossible."""
+    cards = assert_cards(
         post(
             client,
             hook_request(twitch(), lab(MAGNESIUM, value, "mg/dL"), lab(POTASSIUM, value, "mmol/L")),
         )
     )
+    lows = {cards[code]["indicator"] for code in ("hypomagnesemia", "hypokalemia") if code in cards}
+    assert lows == ({low} if low else set()), cards
+    if value <= 0:
+        assert "usable magnesium, usable potassium" in cards["workup-incomplete"]["summary"]
 
 
 # --- codes ------------------------------------------------------------------------------------
