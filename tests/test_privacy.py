@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from tests.support.fhir_server import FhirTestServer
 from tests.support.jwt_tokens import TokenFactory, bearer
 from tests.support.outcome import refusal
 from tests.support.paths import SANDBOX, SYNTHEA
+from tests.support.waiting import wait_for
 
 StartServer = Callable[..., LiveServer]
 
@@ -293,21 +293,18 @@ class Driver:
         return response
 
 
-def log_records(path: Path, requests: int = 0) -> list[dict[str, Any]]:
+def log_records(path: Path, requests: int) -> list[dict[str, Any]]:
     """The server's JSON log lines, once at least `requests` request records are in.
 
     The access record is written after the response is sent, so the client may see the last
     answer a moment before its record reaches the file: wait for it (bounded) instead of racing.
     """
-    deadline = time.monotonic() + 10
-    while True:
+
+    def complete() -> list[dict[str, Any]] | None:
         records = _read_records(path)
-        if (
-            sum(r.get("event") == "request" for r in records) >= requests
-            or time.monotonic() > deadline
-        ):
-            return records
-        time.sleep(0.05)
+        return records if sum(r.get("event") == "request" for r in records) >= requests else None
+
+    return wait_for(complete, f"{requests} request records in {path.name}")
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
