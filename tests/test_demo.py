@@ -9,7 +9,6 @@ own query parameters, curl lines that work, and stops both servers on Ctrl-C.
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 from collections.abc import Iterator
 from datetime import date
@@ -26,6 +25,7 @@ from cds.settings import PROJECT_ROOT
 from cds.tools.demo import (
     DemoError,
     DemoPatient,
+    ensure_node_modules,
     hook_context,
     load_patients,
     loopback,
@@ -261,6 +261,14 @@ def _printed_links(output: str) -> list[dict[str, list[str]]]:
     ]
 
 
+def _shell(line: str) -> str:
+    """A printed line run as the tester runs it: in a shell (the curl lines pipe the answer
+    through a pretty-printer)."""
+    return subprocess.run(
+        ["bash", "-c", line], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+
+
 def _printed_curls(output: str) -> list[str]:
     return [
         line.split("curl:", 1)[1].strip()
@@ -280,22 +288,67 @@ def test_demo_command_serves_prints_links_and_stops_on_ctrl_c(tmp_path: Path) ->
         for query in links:
             assert query["serviceDiscoveryURL"] == [demo.discovery_url]
             assert query["fhirServiceUrl"] == [demo.fhir_url]
-        # Real JWT verification: no token, no service.
+        # Real JWT verification: no token, no service; the printed discovery line has one.
         assert httpx.get(demo.discovery_url).status_code == 401
+        discovery = next(
+            line.split("Discovery:", 1)[1].strip()
+            for line in output.splitlines()
+            if line.strip().startswith("Discovery:")
+        )
+        assert "Authorization: Bearer " in discovery
+        services = json.loads(_shell(discovery))["services"]
+        assert {s["hook"] for s in services} == {"patient-view", "order-select", "order-sign"}
         # Each printed curl line works as printed (once).
         curls = _printed_curls(output)
         assert len(curls) == len(expected)
         for curl, (patient_id, hook) in zip(curls, expected, strict=True):
-            answer = json.loads(
-                subprocess.run(
-                    shlex.split(curl), capture_output=True, text=True, timeout=30, check=True
-                ).stdout
-            )
+            printed = _shell(curl)
+            assert printed.startswith("{\n    ")  # pretty-printed, not one long line
+            answer = json.loads(printed)
             patient = next(p for p in PATIENTS if p.patient_id == patient_id)
             shown = {card["source"]["topic"]["code"] for card in answer["cards"]}
             assert set(patient.cards[hook]) <= shown, (patient_id, hook, shown)
+        # What the first run does is said as it happens; the request logs go to the file
+        # named on screen, not between the links.
+        banner = output.split("twitch-cds demo is running", 1)[0]
+        assert "twitch-cds demo: starting the local FHIR server" in banner
+        assert f"request logs: {demo.service_log}" in banner
+        assert f"Request logs: {demo.service_log}" in output
+        requests = [
+            json.loads(line)
+            for line in demo.service_log.read_text().splitlines()
+            if line.startswith("{")
+        ]
+        assert any(r.get("event") == "request" and r.get("status") == 200 for r in requests)
+        assert not any(line.startswith('{"') for line in demo.output().splitlines())
     finally:
         code = demo.stop()
     assert code == 0
     assert "both servers stopped" in demo.output()
     assert not port_is_open(demo.port) and not port_is_open(demo.fhir_port)
+
+
+@needs_node
+def test_the_first_run_says_what_it_installs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first run's silent minute is npm installing the FHIR server: it says so. A real
+    `npm ci` of a package without dependencies (what differs is only how long it takes)."""
+    (tmp_path / "package.json").write_text(
+        json.dumps({"name": "empty-server", "version": "1.0.0", "private": True})
+    )
+    (tmp_path / "package-lock.json").write_text(
+        json.dumps(
+            {
+                "name": "empty-server",
+                "version": "1.0.0",
+                "lockfileVersion": 3,
+                "requires": True,
+                "packages": {"": {"name": "empty-server", "version": "1.0.0"}},
+            }
+        )
+    )
+    ensure_node_modules(tmp_path)
+    said = capsys.readouterr().out
+    assert "installing the local FHIR server's Node.js packages" in said
+    assert f"npm ci in {tmp_path}" in said and "first run only" in said

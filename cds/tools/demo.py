@@ -9,6 +9,11 @@ patients of `demo/` (dates resolved against today, so labs are never stale) and 
 patient, the sandbox URL that opens it with the right settings and a curl line. Ctrl-C stops
 both servers.
 
+The terminal is the tester's: each step says what it is doing (the first run installs the FHIR
+server's Node.js packages, about a minute of otherwise silent work), the curl lines carry a
+token (the service verifies JWTs, so a plain curl gets 401) and pretty-print the answer, and
+the service's request logs go to a file named on screen, so the link list stays readable.
+
 Paths are those of the checkout the package runs from (like `rules/`): the demo needs the
 repository's `demo/`, `tests/fhir_server/` and `tests/fixtures/sandbox/`.
 """
@@ -223,12 +228,27 @@ def trusted_issuers(signer: CurlSigner, existing: str | None) -> str:
     return json.dumps(issuers)
 
 
-def curl_line(service_url: str, token: str, body: dict[str, Any]) -> str:
-    return (
-        f"curl -s {shlex.quote(service_url)} -H 'Content-Type: application/json' "
-        f"-H {shlex.quote('Authorization: Bearer ' + token)} "
-        f"-d {shlex.quote(json.dumps(body, separators=(',', ':')))}"
+# Pretty-prints a curl line's JSON answer; Python is on the tester's machine (it runs the demo).
+PRETTY = "python3 -m json.tool"
+
+
+def curl_line(service_url: str, token: str, body: dict[str, Any] | None = None) -> str:
+    """A shell line: curl with the token (and the JSON body of a hook call), its answer
+    pretty-printed."""
+    command = (
+        f"curl -s {shlex.quote(service_url)} -H {shlex.quote('Authorization: Bearer ' + token)}"
     )
+    if body is not None:
+        command += (
+            " -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(json.dumps(body, separators=(',', ':')))}"
+        )
+    return f"{command} | {PRETTY}"
+
+
+def say(message: str) -> None:
+    """One step of the start-up, as it happens."""
+    print(f"twitch-cds demo: {message}", flush=True)
 
 
 # -- the local FHIR server --------------------------------------------------------------
@@ -270,6 +290,10 @@ def ensure_node_modules(server_dir: Path = FHIR_SERVER_DIR) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if up_to_date():  # another process installed while we waited
             return
+        say(
+            "installing the local FHIR server's Node.js packages (Medplum's FHIR engine: "
+            f"npm ci in {server_dir}); first run only, about a minute..."
+        )
         result = subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"],
             cwd=server_dir,
@@ -321,6 +345,12 @@ class DemoOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     fhir_port: int = 8081
+    # Where the service's request logs go (named on screen); default in the temp directory.
+    log_file: Path | None = None
+
+    @property
+    def service_log(self) -> Path:
+        return self.log_file or Path(tempfile.gettempdir()) / f"twitch-cds-demo-{self.port}.log"
 
 
 def loopback(host: str) -> str:
@@ -346,11 +376,16 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
         process.wait(timeout=5)
 
 
-def wait_for_service(process: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> None:
+def wait_for_service(
+    process: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DemoError(f"the service exited with {process.returncode} (log above)")
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise DemoError(
+                f"the service exited with {process.returncode} (log: {log_path}):\n{tail}"
+            )
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
                 return
@@ -375,14 +410,18 @@ def describe(
     services: dict[str, str],
     signer: CurlSigner,
     today: date,
+    log_path: Path,
 ) -> str:
-    """The text printed once both servers run: per patient, sandbox links and curl lines."""
+    """The text printed once both servers run: where the request logs go, a discovery curl
+    line, and per patient, sandbox links and curl lines."""
     discovery = f"{base_url}/cds-services"
     lines = [
         "",
         "twitch-cds demo is running (Ctrl-C stops both servers).",
         f"  CDS service:  {discovery}   (JWT: trusts {SANDBOX_ISSUER} and this run's curl key)",
         f"  FHIR server:  {fhir_url}   (R4, open, CORS for any origin)",
+        f"  Request logs: {log_path}   (tail -f it to watch the calls)",
+        f"  Discovery:    {curl_line(discovery, signer.token(discovery))}",
         "",
     ]
     for number, patient in enumerate(patients, 1):
@@ -406,7 +445,8 @@ def describe(
         lines.append("")
     lines.append(
         f"Each curl line works once, within {CURL_TOKEN_SECONDS // 60} minutes "
-        "(the service refuses a replayed or expired JWT)."
+        "(the service refuses a replayed or expired JWT); a plain curl without the token "
+        "gets 401."
     )
     return "\n".join(lines)
 
@@ -442,7 +482,8 @@ def running_fhir_server(
 def running_service(
     options: DemoOptions, signer: CurlSigner
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`twitch-cds serve` as a child process (JSON log lines on our stdout), and its URL."""
+    """`twitch-cds serve` as a child process (its JSON log lines in `options.service_log`),
+    and its URL."""
     env = {
         **os.environ,
         "TWITCH_CDS_AUTH": "jwt",
@@ -453,21 +494,26 @@ def running_service(
     base_url = f"http://{options.host}:{options.port}"
     # The sandbox and the curl lines call this very URL: it is every token's audience.
     env["TWITCH_CDS_PUBLIC_BASE_URL"] = base_url
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cds.tools.cli",
-            "serve",
-            "--host",
-            options.host,
-            "--port",
-            str(options.port),
-        ],
-        env=env,
-    )
+    log_path = options.service_log
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cds.tools.cli",
+                "serve",
+                "--host",
+                options.host,
+                "--port",
+                str(options.port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for_service(process, base_url)
+        wait_for_service(process, base_url, log_path)
         yield base_url, process
     finally:
         stop_process(process)
@@ -478,15 +524,18 @@ def run(options: DemoOptions) -> None:
     patients = load_patients()
     today = date.today()
     signer = CurlSigner()
-    with (
-        tempfile.TemporaryDirectory(prefix="twitch-cds-demo-") as workdir,
-        running_fhir_server(options, Path(workdir)) as (fhir_url, fhir),
-        running_service(options, signer) as (base_url, service),
-    ):
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="twitch-cds-demo-")))
+        say("starting the local FHIR server (R4, loopback only)...")
+        fhir_url, fhir = stack.enter_context(running_fhir_server(options, workdir))
+        say(f"starting twitch-cds with JWT verification; request logs: {options.service_log}")
+        base_url, service = stack.enter_context(running_service(options, signer))
+        say(f"loading {len(patients)} demo patients into the FHIR server...")
         for patient in patients:
             load_bundle(fhir_url, patient.bundle(today))
         services = discover_services(base_url, signer)
-        print(describe(patients, base_url, fhir_url, services, signer, today), flush=True)
+        text = describe(patients, base_url, fhir_url, services, signer, today, options.service_log)
+        print(text, flush=True)
         while fhir.poll() is None and service.poll() is None:
             time.sleep(0.5)
         raise DemoError(
@@ -508,7 +557,14 @@ def main(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:
-        run(DemoOptions(host=loopback(args.host), port=args.port, fhir_port=args.fhir_port))
+        run(
+            DemoOptions(
+                host=loopback(args.host),
+                port=args.port,
+                fhir_port=args.fhir_port,
+                log_file=args.log_file,
+            )
+        )
     except KeyboardInterrupt:
         print("\ntwitch-cds demo: both servers stopped.", flush=True)
         return 0
@@ -528,3 +584,10 @@ def add_parser(commands: Any) -> None:
     demo.add_argument("--host", default=defaults.host, help="loopback address of both servers")
     demo.add_argument("--port", type=int, default=defaults.port, help="CDS service port")
     demo.add_argument("--fhir-port", type=int, default=defaults.fhir_port, help="FHIR server port")
+    demo.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="where the service's request logs go (default: twitch-cds-demo-PORT.log in the "
+        "temp directory); named on screen",
+    )

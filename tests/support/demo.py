@@ -42,6 +42,7 @@ class RunningDemo:
         self.fhir_url = f"http://127.0.0.1:{self.fhir_port}"
         self.database_url = f"sqlite:///{workdir / 'demo.sqlite3'}"
         self.log_path = workdir / "demo.log"
+        self.service_log = workdir / "service.log"
         self._env = {**os.environ, "TWITCH_CDS_DATABASE_URL": self.database_url, **(env or {})}
         self._startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,6 +59,8 @@ class RunningDemo:
                     str(self.port),
                     "--fhir-port",
                     str(self.fhir_port),
+                    "--log-file",
+                    str(self.service_log),
                 ],
                 env=self._env,
                 stdout=log,
