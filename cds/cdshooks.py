@@ -86,6 +86,8 @@ class Link(BaseModel):
     label: str
     url: str
     type: Literal["absolute", "smart"] = "absolute"
+    # Only on `smart` links (cds-resp-3): passed to the app at launch, opaque to the EHR.
+    appContext: str | None = None
 
 
 class Card(BaseModel):

@@ -12,8 +12,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import fhirpathpy
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from antlr4 import CommonTokenStream, InputStream
+from antlr4.error.ErrorListener import ErrorListener
+from fhir.resources.R4B.questionnaire import Questionnaire
+from fhirpathpy.models import models as fhirpath_models
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds.units import unit_factors, unit_key
 
@@ -22,6 +29,9 @@ SYSTEMS = {
     "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
     "loinc": "http://loinc.org",
     "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    # The project's own codes, for assessment answers no standard code names
+    # (rules/assessment/questionnaire.yaml says which and why).
+    "twitch-cds": "https://github.com/twitch-cds/twitch-cds/CodeSystem/assessment",
 }
 SexSpecific = float | dict[Literal["male", "female"], float]
 # The kinds of claim a source can support (rules/sources.yaml explains each).
@@ -385,6 +395,27 @@ class LabOrder(_Model):
     reason: str
 
 
+class Trigger(_Model):
+    """A trigger the lifestyle-review card asks about, and the Questionnaire group (topic) that
+    asks the patient about it; none when the assessment does not ask."""
+
+    words: str
+    asked_by: str | None = None
+
+
+class AssessmentTexts(_Model):
+    """What the cards say about the patient's assessment (rules/findings.yaml `assessment`)."""
+
+    link_label: str
+    link_on: list[str]
+    lifestyle_finding: str
+    triggers: list[Trigger]
+    lifestyle_summary: str
+    lifestyle_all_answered: str
+    answered_line: str
+    patient_reported: str
+
+
 class Findings(_Model):
     topic_system: str
     override_reason_system: str
@@ -395,6 +426,7 @@ class Findings(_Model):
     relationships: dict[str, str]
     lab_status: LabStatusTexts
     lab_order: LabOrder
+    assessment: AssessmentTexts
     findings: dict[str, CardText]
 
 
@@ -414,6 +446,85 @@ class Rule(_Model):
     then: RuleOutcome
 
 
+# fhirpathpy's R4 model: `answer.value` finds `valueCoding` only with the model's choice types.
+FHIRPATH_R4 = fhirpath_models["r4"]
+CALCULATED_EXPRESSION = (
+    "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-calculatedExpression"
+)
+
+
+def _items(
+    items: list[dict[str, Any]], topic: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every item of a Questionnaire with its topic: the linkId of its top-level group."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        here = topic or item["linkId"]
+        found.append((here, item))
+        found += _items(item.get("item", []), here)
+    return found
+
+
+class _RaisingListener(ErrorListener):  # type: ignore[misc]  # antlr4 has no types
+    def syntaxError(self, *args: Any) -> None:
+        raise ValueError(f"syntax error at line {args[2]}:{args[3]}: {args[4]}")
+
+
+def _check_fhirpath(expression: str) -> None:
+    """Parse with fhirpathpy's grammar, failing on a syntax error (fhirpathpy's own parser
+    recovers silently), then evaluate once on an empty response (unknown functions, arity)."""
+    parser = FHIRPathParser(CommonTokenStream(FHIRPathLexer(InputStream(expression))))
+    parser.removeErrorListeners()
+    parser.addErrorListener(_RaisingListener())
+    parser.expression()
+    empty = {"resourceType": "QuestionnaireResponse", "status": "in-progress"}
+    fhirpathpy.evaluate(empty, expression, {"resource": empty}, FHIRPATH_R4)
+
+
+class Assessment(_Model):
+    """rules/assessment/: the patient's Questionnaire, valid FHIR R4, its scores compiled."""
+
+    questionnaire: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _valid_fhir(self) -> Assessment:
+        """Invalid FHIR or an expression that does not parse stops the service at start-up."""
+        try:
+            Questionnaire.model_validate(self.questionnaire)
+        except ValidationError as error:
+            raise ValueError(f"the assessment Questionnaire is not valid FHIR: {error}") from None
+        for link_id, expression in self.calculated.items():
+            try:
+                _check_fhirpath(expression)
+            except Exception as error:  # fhirpathpy raises bare Exceptions
+                raise ValueError(f"item {link_id}: FHIRPath does not parse: {error}") from None
+        return self
+
+    @cached_property
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        return _items(self.questionnaire["item"])
+
+    @cached_property
+    def calculated(self) -> dict[str, str]:
+        """The FHIRPath `calculatedExpression` of each scored item, by linkId."""
+        return {
+            item["linkId"]: ext["valueExpression"]["expression"]
+            for _, item in self.items
+            for ext in item.get("extension", [])
+            if ext["url"] == CALCULATED_EXPRESSION
+        }
+
+    @cached_property
+    def topics(self) -> dict[tuple[str, str], str]:
+        """(system URI, code) of every coded question -> its topic."""
+        return {
+            (code["system"], code["code"]): topic
+            for topic, item in self.items
+            if item["type"] != "group"
+            for code in item.get("code", [])
+        }
+
+
 class Knowledge(_Model):
     """Everything in `rules/`, cross-checked."""
 
@@ -424,6 +535,7 @@ class Knowledge(_Model):
     record: RecordReading
     findings: Findings
     rulesets: dict[str, dict[str, Rule]]
+    assessment: Assessment
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Knowledge:
@@ -488,9 +600,40 @@ class Knowledge(_Model):
             for c in observation_concepts
             if c not in self.valuesets
         ]
+        problems += self._assessment_problems()
         if problems:
             raise ValueError("rules/ is inconsistent:\n  " + "\n  ".join(problems))
         return self
+
+    def _assessment_problems(self) -> list[str]:
+        """The project's own codes the rules read are asked by the Questionnaire, and every
+        trigger and card the assessment texts name exists."""
+        labs = self.labs
+        read = [c for vs in self.valuesets.values() for c in vs.codes] + [
+            c
+            for group in (labs.scored_observations, labs.coded_observations)
+            for o in group.values()
+            for c in o.codes
+        ]
+        asked = self.assessment.topics
+        problems = [
+            f"code {c.code}: the rules read it but the Questionnaire does not ask it"
+            for c in read
+            if c.system == "twitch-cds" and (c.system_uri, c.code) not in asked
+        ]
+        texts = self.findings.assessment
+        topics = set(asked.values())
+        problems += [
+            f"assessment trigger {t.words}: no Questionnaire group {t.asked_by}"
+            for t in texts.triggers
+            if t.asked_by and t.asked_by not in topics
+        ]
+        problems += [
+            f"assessment: no card text for {code}"
+            for code in [*texts.link_on, texts.lifestyle_finding]
+            if code not in self.findings.findings
+        ]
+        return problems
 
     def _unsupported(self, where: str, key: str, kinds: list[ClaimKind]) -> list[str]:
         """Problems when source `key` is unknown or supports none of `kinds`."""
@@ -613,4 +756,5 @@ def load_knowledge(rules_dir: Path) -> Knowledge:
         record=_read(rules_dir / "record.yaml"),
         findings=_read(rules_dir / "findings.yaml"),
         rulesets=_read(rules_dir / "ruleset.yaml")["rulesets"],
+        assessment={"questionnaire": _read(rules_dir / "assessment" / "questionnaire.yaml")},
     )

@@ -12,13 +12,16 @@ feedback on them stays attributable.
 from __future__ import annotations
 
 import html
+import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from cds.cdshooks import Action, Card, Coding, Link, Source, Suggestion
 from cds.decision.facts import Evidence, Facts
+from cds.decision.facts.record import days_ago
 from cds.decision.findings import ConsolidatedFinding
 from cds.knowledge import CardText, Knowledge, OrderingText
 
@@ -49,6 +52,11 @@ class CardContext:
     hook_instance: uuid.UUID
     patient_id: str
     lookback_days: int
+    # The assessment app's launch URL (`smart` links) and what its appContext names; no link
+    # without a URL.
+    service_id: str | None = None
+    app_launch_url: str | None = None
+    today: date | None = None
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -138,6 +146,12 @@ class CardBuilder:
         if evidence.kind == "family":
             who = self.relation(evidence)
             return _in_sentence(evidence.label) + (f" ({who})" if who else "")
+        if evidence.provenance:
+            # The patient's own answer: who says so and how long ago stand in for the date.
+            value = (
+                f" {_number(evidence.value)} {evidence.unit}" if evidence.value is not None else ""
+            )
+            return f"{_in_sentence(evidence.label)}{value} ({evidence.provenance})"
         if evidence.value is not None:
             return f"{_in_sentence(evidence.label)} {short_value(evidence)}"
         return _in_sentence(evidence.label)
@@ -168,7 +182,11 @@ class CardBuilder:
             if evidence.reported:
                 parts.append(f"(reported as {md(evidence.reported)})")
         status = self.relation(evidence) if evidence.kind == "family" else evidence.status
-        details = [d for d in (status, evidence.when and f"dated {evidence.when}") if d]
+        details = [
+            d
+            for d in (status, evidence.provenance, evidence.when and f"dated {evidence.when}")
+            if d
+        ]
         if evidence.kind == "medication":
             details.append(
                 f"started {evidence.started}" if evidence.started else "start date not recorded"
@@ -216,6 +234,9 @@ class CardBuilder:
         card_id = uuid.uuid5(context.hook_instance, finding.code)
         summary, consider = self._wording(finding, text, facts, evidence)
         status = self._lab_status(text, facts, evidence, context.lookback_days)
+        answered = self._answered(finding, facts, context)
+        if answered:
+            summary = answered[0]
         mentioned = [self.texts.findings[code].title for code in text.mentions if code in present]
         detail = "\n".join(
             [
@@ -223,6 +244,7 @@ class CardBuilder:
                 "",
                 *(self.evidence_line(e, context.lookback_days) for e in evidence),
                 "",
+                *([answered[1], ""] if answered else []),
                 *(
                     [f"**Already on record:** {', '.join(mentioned)} (see the other cards).", ""]
                     if mentioned
@@ -242,10 +264,10 @@ class CardBuilder:
         links = [
             Link(label=self.knowledge.sources[key].label, url=self.knowledge.sources[key].url)
             for key in dict.fromkeys([source_key, *link_keys])
-        ]
+        ] + self._assessment_link(finding, facts, context)
         return Card(
             uuid=str(card_id),
-            summary=_shorten(summary, SUMMARY_LIMIT),
+            summary=_shorten(summary[:1].upper() + summary[1:], SUMMARY_LIMIT),
             detail=detail,
             indicator=finding.indicator,
             source=Source(
@@ -334,6 +356,48 @@ class CardBuilder:
             )
             consider = self._plain_advice(text, critical, labs)
         return summary.format(**words), consider.format(**words)
+
+    def _assessment_link(
+        self, finding: ConsolidatedFinding, facts: Facts, context: CardContext
+    ) -> list[Link]:
+        """The app's `smart` link, until the patient has answered within the lookback."""
+        texts = self.texts.assessment
+        if (
+            finding.code not in texts.link_on
+            or facts.assessment is not None
+            or not context.app_launch_url
+        ):
+            return []
+        app_context = {"service": context.service_id, "hookInstance": str(context.hook_instance)}
+        return [
+            Link(
+                label=texts.link_label,
+                url=context.app_launch_url,
+                type="smart",
+                appContext=json.dumps(app_context, separators=(",", ":")),
+            )
+        ]
+
+    def _answered(
+        self, finding: ConsolidatedFinding, facts: Facts, context: CardContext
+    ) -> tuple[str, str] | None:
+        """The lifestyle card's summary and detail line once the patient has answered: it
+        asks only about the triggers the assessment did not cover."""
+        texts = self.texts.assessment
+        on_file = facts.assessment
+        if finding.code != texts.lifestyle_finding or on_file is None:
+            return None
+        when = days_ago(on_file.when, context.today or on_file.when)
+        left = [t.words for t in texts.triggers if t.asked_by not in on_file.topics]
+        asked = [t.words for t in texts.triggers if t.asked_by in on_file.topics]
+        summary = (
+            texts.lifestyle_summary.format(when=when, triggers=_joined(left))
+            if left
+            else texts.lifestyle_all_answered.format(when=when)
+        )
+        return summary, texts.answered_line.format(
+            when=f"{when}, {on_file.when.isoformat()}", topics=_joined(asked)
+        )
 
     @staticmethod
     def _plain_advice(

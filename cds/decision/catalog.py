@@ -45,8 +45,8 @@ def observation_codes(knowledge: Knowledge) -> str:
     """Every Observation code the rules read, as a FHIR token list (`system|code,...`).
 
     Restricting the search keeps the prefetch small; generating it from rules/ keeps it in
-    step with the rules. Prefix (ICD block) codes are omitted: Observations are coded with
-    LOINC or SNOMED, not ICD.
+    step with the rules and the assessment's Questionnaire. Prefix (ICD block) codes are
+    omitted: Observations are coded with LOINC or SNOMED (or the assessment's own codes).
     """
     codes: list[str] = []
     labs = knowledge.labs
@@ -57,8 +57,10 @@ def observation_codes(knowledge: Knowledge) -> str:
         codes += [
             f"{c.system_uri}|{c.code}"
             for c in valueset.codes
-            if c.system == "snomed" and not c.prefix
+            if c.system in ("snomed", "twitch-cds") and not c.prefix
         ]
+    # Every question of the patient's assessment: its answers arrive as Observations coded so.
+    codes += [f"{system}|{code}" for system, code in knowledge.assessment.topics]
     return ",".join(dict.fromkeys(codes))
 
 

@@ -82,8 +82,14 @@ class Pipeline:
     lookback_days: int
 
     def decide(
-        self, request: HookRequest, service: Service, pool: ResourcePool, today: date
+        self,
+        request: HookRequest,
+        service: Service,
+        pool: ResourcePool,
+        today: date,
+        app_launch_url: str | None = None,
     ) -> Decision:
+        """`app_launch_url`: where the assessment app is launched (the cards' `smart` link)."""
         facts = self.facts.build(
             pool.by_type,
             today,
@@ -92,7 +98,14 @@ class Pipeline:
             draft_medications(request),
         )
         findings = consolidate(self.engine.evaluate(service.ruleset, facts.facts), self.knowledge)
-        context = CardContext(request.hookInstance, request.context.patientId, self.lookback_days)
+        context = CardContext(
+            request.hookInstance,
+            request.context.patientId,
+            self.lookback_days,
+            service.id,
+            app_launch_url,
+            today,
+        )
         return Decision(self.cards.build(findings, facts, context), facts)
 
 

@@ -193,7 +193,9 @@ async def call_service(
             412, [f"{key}: {reason}" for key, reason in sorted(failed.reasons.items())]
         )
     fetched_ms = (time.perf_counter() - started) * 1000
-    decision = rt.pipeline.decide(body, service, record.pool, datetime.now(UTC).date())
+    decision = rt.pipeline.decide(
+        body, service, record.pool, datetime.now(UTC).date(), app_launch_url(request)
+    )
     facts = decision.facts
     metrics.count_cards(service.id, decision.cards)
     unread = facts.unread_counts()
@@ -217,6 +219,12 @@ async def call_service(
         total_ms=round((time.perf_counter() - started) * 1000, 2),
     )
     return cards_response(decision.cards)
+
+
+def app_launch_url(request: Request) -> str:
+    """The assessment app's SMART launch URL, on the base URL clients use."""
+    base = runtime(request).settings.public_base_url or str(request.base_url)
+    return base.rstrip("/") + "/app/launch"
 
 
 def cards_response(cards: list[Card]) -> Response:

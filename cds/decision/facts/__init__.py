@@ -1,6 +1,6 @@
 """From a patient's FHIR resources to the few aggregated facts the rules reason over.
 
-One module per fact family (problems, labs, medications, care), each reading the pooled
+One module per fact family (problems, labs, medications, care, assessment), each reading the pooled
 resources and adding its facts and evidence; `record` holds what they share, `vocabulary`
 the code tables built from rules/. No family imports another.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from cds.decision.facts.assessment import read_assessment
 from cds.decision.facts.care import CARE_SOURCES, read_neurology_care
 from cds.decision.facts.labs import LabResult, judge, read_labs
 from cds.decision.facts.medications import read_drafts, read_medications
@@ -95,6 +96,7 @@ class FactBuilder:
         read_medications(self.vocabulary, resources, facts, references)
         read_family(self.vocabulary, resources.get("FamilyMemberHistory", []), facts)
         read_neurology_care(self.vocabulary, resources, window, facts)
+        read_assessment(self.vocabulary, resources.get("Observation", []), window, facts)
         if draft_orders:
             read_drafts(
                 self.vocabulary,

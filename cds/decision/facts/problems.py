@@ -21,9 +21,11 @@ from cds.decision.facts.record import (
     Window,
     codings,
     codings_of,
+    days_ago,
     number,
     observation_time,
     parse_date,
+    patient_reported,
     status_code,
     text,
     threshold_words,
@@ -186,6 +188,7 @@ def _observed(
                     when.day,
                     status=text(obs["status"]),
                     code=match.code_label,
+                    provenance=_provenance(vocabulary, obs, when.day, window),
                 )
                 latest[concept] = (when, obs, evidence if affirmed else None)
     for concept, (when, obs, affirming) in latest.items():
@@ -194,7 +197,7 @@ def _observed(
     # A smoking status, AUDIT-C or sleep duration: the latest answer alone decides, so a
     # newer "former smoker" or a newer normal score outweighs an older positive one.
     for spec, (when, obs) in answers.items():
-        found = _answer(vocabulary, spec, obs, when.day, window.sex)
+        found = _answer(vocabulary, spec, obs, when.day, window)
         if found:
             yield obs, found, False, (when.day,)
 
@@ -241,10 +244,20 @@ def _recorded_answer_spec(vocabulary: Vocabulary, obs: Resource) -> str | None:
     return None
 
 
+def _provenance(vocabulary: Vocabulary, obs: Resource, day: date, window: Window) -> str | None:
+    """'patient-reported, 2 days ago' for the patient's own answer; None for the EHR's."""
+    if not patient_reported(obs):
+        return None
+    who = vocabulary.knowledge.findings.assessment.patient_reported
+    return f"{who}, {days_ago(day, window.today)}"
+
+
 def _answer(
-    vocabulary: Vocabulary, spec_name: str, obs: Resource, when: date, sex: str | None
+    vocabulary: Vocabulary, spec_name: str, obs: Resource, when: date, window: Window
 ) -> dict[str, Evidence]:
     """The concept a positive answer or score records, with the answer as evidence."""
+    sex = window.sex
+    provenance = _provenance(vocabulary, obs, when, window)
     labs = vocabulary.knowledge.labs
     if spec_name in labs.coded_observations:
         coded = labs.coded_observations[spec_name]
@@ -260,7 +273,8 @@ def _answer(
                 positive[0].display,
                 when,
                 status=text(obs["status"]),
-                code=f"LOINC {coded.codes[0].code} ({coded.label})",
+                code=f"{vocabulary.label_of(coded.codes[0])} ({coded.label})",
+                provenance=provenance,
             )
         }
     scored = labs.scored_observations[spec_name]
@@ -276,7 +290,8 @@ def _answer(
             unit=scored.unit or "points",
             status=text(obs["status"]),
             judged="positive: " + threshold_words(scored.positive, sex, scored.unit or "points"),
-            code=f"LOINC {scored.codes[0].code}",
+            code=vocabulary.label_of(scored.codes[0]),
+            provenance=provenance,
         )
     }
 

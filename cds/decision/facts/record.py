@@ -78,6 +78,8 @@ class Evidence:
     # Results that exist but were not used, in words ("2026-03-01: preliminary"): a work-up
     # test with such results is named "no usable result", never "no result".
     set_aside: tuple[str, ...] = ()
+    # Who says so and how long ago, when not the EHR itself: "patient-reported, 2 days ago".
+    provenance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,15 @@ class SetAside:
         return f"{shown}{day}: {reason}"
 
 
+@dataclass(frozen=True)
+class AssessmentOnFile:
+    """The patient's answers to the assessment (rules/assessment/) within the lookback: when
+    they last answered and which topics (Questionnaire groups) they answered."""
+
+    when: date
+    topics: frozenset[str]
+
+
 @dataclass
 class Facts:
     """The input of the rules engine plus what the cards step needs to explain it."""
@@ -112,6 +123,7 @@ class Facts:
     # Faults tolerated in resources that were read (cds/decision/facts/elements.py), by kind.
     faults: Counter[str] = field(default_factory=Counter)
     _read: dict[int, str | None] = field(default_factory=dict)
+    assessment: AssessmentOnFile | None = None
 
     def unreadable(self, resource: Resource) -> str | None:
         """The read element that makes `resource` unreadable, or None; each resource is read
@@ -287,6 +299,28 @@ def observation_time(obs: Resource) -> When | None:
         if when is not None:
             return when
     return None
+
+
+def patient_reported(obs: Resource) -> bool:
+    """Derived from a QuestionnaireResponse: the patient's own answer (the assessment app
+    writes each answer so, `derivedFrom` its response), not a clinician's finding."""
+    derived = obs.get("derivedFrom")
+    if not isinstance(derived, list):
+        return False
+    return any(
+        isinstance(ref, dict)
+        and (
+            ref.get("type") == "QuestionnaireResponse"
+            or "QuestionnaireResponse/" in (text(ref.get("reference")) or "")
+        )
+        for ref in derived
+    )
+
+
+def days_ago(day: date, today: date) -> str:
+    """'today', '1 day ago', '12 days ago'."""
+    days = (today - day).days
+    return "today" if days <= 0 else "1 day ago" if days == 1 else f"{days} days ago"
 
 
 def observation_date(obs: Resource) -> date | None:

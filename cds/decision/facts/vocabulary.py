@@ -22,6 +22,7 @@ SYSTEM_LABELS = {
     "icd10": "ICD-10",
     "loinc": "LOINC",
     "rxnorm": "RxNorm",
+    "twitch-cds": "twitch-cds assessment",
 }
 CodeKey = tuple[str, str]
 
@@ -76,6 +77,12 @@ class Vocabulary:
             c.code: name for name, o in labs.scored_observations.items() for c in o.codes
         }
         self.coded = {c.code: name for name, o in labs.coded_observations.items() for c in o.codes}
+        # The assessment's questions by canonical code -> topic (rules/assessment/).
+        self.assessment_topics = {
+            key: topic
+            for (system, code), topic in knowledge.assessment.topics.items()
+            if (key := self.key_of({"system": system, "code": code})) is not None
+        }
         self.absent = {self.code_key(c) for c in record.absent_values}
         self.absent_words = {w.lower() for w in record.absent_words}
         self.negative_interpretations = set(record.negative_interpretations)
@@ -117,6 +124,11 @@ class Vocabulary:
             if name == "icd10" and code in self.who_as_cm:
                 name = "icd10cm"
         return name, code
+
+    @staticmethod
+    def label_of(code: Code) -> str:
+        """'LOINC 75626-2': a code of rules/ as a card names it."""
+        return f"{SYSTEM_LABELS[code.system]} {code.code}"
 
     def code_label(self, coding: dict[str, Any]) -> str:
         key = self.key_of(coding)
