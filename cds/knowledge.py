@@ -57,6 +57,7 @@ SourceKind = Literal[
     "guideline",
     "textbook",
     "review",
+    "study",
     "drug-label",
     "lab-catalogue",
     "standard",

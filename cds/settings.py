@@ -15,6 +15,13 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where the assessment app (cds/assessment, served under /app/) is launched from a card.
+APP_LAUNCH_PATH = "/app/launch"
+
+
+def app_launch_url(base_url: str) -> str:
+    """The assessment app's SMART launch URL on a base URL ('https://cds.example.org')."""
+    return base_url.rstrip("/") + APP_LAUNCH_PATH
 
 
 class Settings(BaseSettings):

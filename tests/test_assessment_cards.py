@@ -101,7 +101,7 @@ def test_the_answers_name_the_causes_as_patient_reported_evidence(client: TestCl
     detail = cards["anxiety-stress"]["detail"]
     assert f"patient-reported, 2 days ago, dated {days_ago(2)}" in detail
     assert "at or above 3 points" in detail and "gad-2-total" in detail
-    # Cut-offs are the sources' (FDA caffeine, GAD-2 Kroenke 2007), not the card's opinion.
+    # Cut-offs are the sources' (EFSA caffeine, GAD-2 Kroenke 2007), not the card's opinion.
     assert "6 drinks a day" in cards["stimulant"]["detail"]
     assert "at or above 4 drinks a day" in cards["stimulant"]["detail"]
 

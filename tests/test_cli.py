@@ -89,7 +89,13 @@ def test_evaluate_bundle_ndjson_and_request_give_the_services_cards(
         },
     }
     (tmp_path / "request.json").write_text(json.dumps(request))
-    status, out, _ = run("evaluate", str(tmp_path / "request.json"), "--json")
+    # The cards' `smart` link names the app on the base URL clients use: the test client's.
+    status, out, _ = run(
+        "evaluate",
+        str(tmp_path / "request.json"),
+        "--json",
+        env={"TWITCH_CDS_PUBLIC_BASE_URL": "http://testserver"},
+    )
     over_http = client.post(f"/cds-services/{SERVICE_PV}", json=request).json()
     assert status == 0 and json.loads(out) == over_http
     assert topics(from_bundle) == topics(over_http)

@@ -20,7 +20,7 @@ from cds.decision.facts import FactBuilder, Facts, Vocabulary
 from cds.decision.findings import consolidate
 from cds.decision.prefetch import ResourcePool
 from cds.knowledge import Knowledge
-from cds.settings import Settings
+from cds.settings import Settings, app_launch_url
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class Pipeline:
     engine: RulesEngine
     cards: CardBuilder
     lookback_days: int
+    # The app's launch URL on TWITCH_CDS_PUBLIC_BASE_URL; a route passes the request's own
+    # when that is not set, `twitch-cds evaluate` (no request) then shows no link.
+    app_launch_url: str | None = None
 
     def decide(
         self,
@@ -89,7 +92,8 @@ class Pipeline:
         today: date,
         app_launch_url: str | None = None,
     ) -> Decision:
-        """`app_launch_url`: where the assessment app is launched (the cards' `smart` link)."""
+        """`app_launch_url`: where the assessment app is launched (the cards' `smart` link),
+        when the pipeline's own is not set."""
         facts = self.facts.build(
             pool.by_type,
             today,
@@ -103,7 +107,7 @@ class Pipeline:
             request.context.patientId,
             self.lookback_days,
             service.id,
-            app_launch_url,
+            self.app_launch_url or app_launch_url,
             today,
         )
         return Decision(self.cards.build(findings, facts, context), facts)
@@ -117,4 +121,5 @@ def build_pipeline(knowledge: Knowledge, settings: Settings) -> Pipeline:
         RulesEngine(knowledge),
         CardBuilder(knowledge),
         settings.lookback_days,
+        app_launch_url(settings.public_base_url) if settings.public_base_url else None,
     )

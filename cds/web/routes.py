@@ -36,6 +36,7 @@ from cds.decision.catalog import Service
 from cds.decision.context import PreconditionFailed, assemble
 from cds.errors import operation_outcome
 from cds.logs import log
+from cds.settings import app_launch_url
 from cds.web.auth import AuthError, VerifiedClient
 from cds.web.runtime import Runtime
 
@@ -194,7 +195,7 @@ async def call_service(
         )
     fetched_ms = (time.perf_counter() - started) * 1000
     decision = rt.pipeline.decide(
-        body, service, record.pool, datetime.now(UTC).date(), app_launch_url(request)
+        body, service, record.pool, datetime.now(UTC).date(), launch_url(request)
     )
     facts = decision.facts
     metrics.count_cards(service.id, decision.cards)
@@ -221,10 +222,10 @@ async def call_service(
     return cards_response(decision.cards)
 
 
-def app_launch_url(request: Request) -> str:
-    """The assessment app's SMART launch URL, on the base URL clients use."""
-    base = runtime(request).settings.public_base_url or str(request.base_url)
-    return base.rstrip("/") + "/app/launch"
+def launch_url(request: Request) -> str:
+    """The assessment app's SMART launch URL on the URL of the request (the pipeline uses
+    TWITCH_CDS_PUBLIC_BASE_URL's instead when it is set)."""
+    return app_launch_url(str(request.base_url))
 
 
 def cards_response(cards: list[Card]) -> Response:
