@@ -378,3 +378,21 @@ def test_check_rules_reports_mistakes_in_the_product_and_route_tables(tmp_path: 
         "word 'oral' also names ear",
     ]:
         assert expected in out, out
+
+
+def test_check_rules_refuses_products_written_into_medications_yaml(tmp_path: Path) -> None:
+    # The table is the one place for products: a hand-written entry would be silently ignored.
+    rules = broken_rules(
+        tmp_path,
+        {
+            "medications.yaml": [
+                (
+                    "\nsynonyms:\n",
+                    '\nproducts:\n  "313988": {display: furosemide, ingredients: [furosemide]}\n'
+                    "\nsynonyms:\n",
+                )
+            ]
+        },
+    )
+    status, out, _ = run("check-rules", "--rules-dir", str(rules))
+    assert status == 1 and "`products` come from rxnorm-products.tsv only" in out, out
