@@ -387,6 +387,7 @@ class LabStatusTexts(_Model):
     missing: str
     normal: str
     on_record: str
+    measured: str
 
 
 class LabOrder(_Model):

@@ -125,6 +125,18 @@ def test_only_the_missing_test_is_named_missing_beside_a_normal_one(client: Test
     assert lab_orders(card) == [MAGNESIUM]
 
 
+def test_a_test_the_service_does_not_judge_is_named_as_measured(client: TestClient) -> None:
+    card = cards(
+        client,
+        twitch(),
+        lab(CALCIUM, 8.0, "mg/dL"),
+        lab("1751-7", 4.2, "g/dL"),
+        *normal_workup()[1:],
+    )["hypocalcemia"]
+    assert "**Already measured:** albumin (measured within the last 365 days)" in card["detail"]
+    assert "1751-7" not in lab_orders(card)
+
+
 # --- point 3: when and how much -----------------------------------------------------------------
 
 

@@ -1,8 +1,12 @@
 """From findings to CDS Hooks cards: texts from rules/findings.yaml, evidence from the facts.
 
-Every card states its evidence (value, unit and date; or the medication) and the source that
-states its claim: a lab card the page of the cut-off that judged the value, a drug card the
-drug reference of the drug it names. A response carries at most one neurology suggestion,
+Every card states its evidence (value as reported, unit and date; or the medication with its
+start and dose) and the source that states its claim: a guideline, textbook chapter or review
+(a lab card links the page of the cut-off that judged the value), a drug card the drug
+reference of the drug it names. A drug card speaks of a drug being ordered in the order hooks
+and of a drug already taken in patient-view. A card that wants a test names it as not
+measured, or names the result on record, instead of asking for it blindly. A response carries
+at most one neurology suggestion,
 offered on every red-flag card with the same uuid and naming every red flag; a lab test
 offered on several cards is the same suggestion (same uuid) on each. Card and suggestion
 uuids are derived from the hookInstance, so a repeated call yields the same uuids and
@@ -507,7 +511,9 @@ class CardBuilder:
                 (on_record if abnormal else normal).append(self.short_evidence(result))
             else:
                 on_record.append(
-                    f"{analytes[name].label} (a result within the last {lookback_days} days)"
+                    self.texts.lab_status.measured.format(
+                        test=_in_sentence(analytes[name].label), days=lookback_days
+                    )
                 )
         words = self.texts.lab_status
         lines = []
