@@ -426,6 +426,7 @@ class Findings(_Model):
     red_flag_texts: RedFlagTexts
     duplicate: DuplicateTexts
     relationships: dict[str, str]
+    limit_source: str
     lab_status: LabStatusTexts
     lab_order: LabOrder
     assessment: AssessmentTexts

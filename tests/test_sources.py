@@ -197,6 +197,9 @@ def test_lab_cards_cite_a_textbook_and_link_the_page_of_the_cut_off_that_judged_
     assert keys[critical["source"]["url"]] == "statpearls-hyponatremia"
     assert potassium.low.source in {keys[link["url"]] for link in low["links"]}
     assert sodium.critical.source in {keys[link["url"]] for link in critical["links"]}
+    # ... and named in the detail, beside the value it judged.
+    page = knowledge.sources[potassium.low.source]
+    assert f"**Usual limit as stated by:** [{page.label}]({page.url})" in low["detail"]
 
 
 # --- issue 17 point 6: sources a reviewer accepts ----------------------------------------------

@@ -238,6 +238,15 @@ class CardBuilder:
         card_id = uuid.uuid5(context.hook_instance, finding.code)
         summary, consider = self._wording(finding, text, facts, evidence)
         status = self._lab_status(text, facts, evidence, context.lookback_days)
+        limit = self._limit_source(finding, facts)
+        limit_line = (
+            self.texts.limit_source.format(
+                source=f"[{md(self.knowledge.sources[limit].label)}]"
+                f"({self.knowledge.sources[limit].url})"
+            )
+            if limit
+            else None
+        )
         answered = self._answered(finding, facts, context)
         if answered:
             summary = answered[0]
@@ -248,6 +257,7 @@ class CardBuilder:
                 "",
                 *(self.evidence_line(e, context.lookback_days) for e in evidence),
                 "",
+                *([limit_line, ""] if limit_line else []),
                 *([answered[1], ""] if answered else []),
                 *(
                     [f"**Already on record:** {', '.join(mentioned)} (see the other cards).", ""]
@@ -434,6 +444,20 @@ class CardBuilder:
         chosen = next((e for e in evidence if e.kind != "complaint"), evidence[0])
         return self.short_evidence(chosen)
 
+    def _limit_source(self, finding: ConsolidatedFinding, facts: Facts) -> str | None:
+        """A lab card's page of the cut-off that judged its value (critical or low)."""
+        evidence = [facts.evidence[ref] for ref in finding.evidence]
+        lab = next((e for e in evidence if e.kind == "lab" and e.analyte), None)
+        analyte = self.knowledge.labs.analytes.get(lab.analyte) if lab and lab.analyte else None
+        if analyte is None or analyte.finding != finding.code:
+            return None
+        limit = (
+            analyte.critical
+            if finding.indicator == "critical" and analyte.critical
+            else analyte.low
+        )
+        return limit.source if limit is not None else None
+
     def _sources(
         self, finding: ConsolidatedFinding, text: CardText, facts: Facts
     ) -> tuple[str, list[str]]:
@@ -445,17 +469,9 @@ class CardBuilder:
         its reference interval, never as the card's source.
         """
         knowledge = self.knowledge
-        evidence = [facts.evidence[ref] for ref in finding.evidence]
-        lab = next((e for e in evidence if e.kind == "lab" and e.analyte), None)
-        analyte = knowledge.labs.analytes.get(lab.analyte) if lab and lab.analyte else None
-        if analyte and analyte.finding == finding.code:
-            limit = (
-                analyte.critical
-                if finding.indicator == "critical" and analyte.critical
-                else analyte.low
-            )
-            if limit is not None:
-                return text.source, [limit.source, *text.links]
+        limit = self._limit_source(finding, facts)
+        if limit is not None:
+            return text.source, [limit, *text.links]
         ingredients = _ingredients_by_evidence(facts)
         drugs = [ingredients[ref] for ref in finding.evidence if ref in ingredients]
         mechanisms = [
