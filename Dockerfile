@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1
-# twitch-cds container image. Three stages:
+# twitch-cds container image. Four stages:
 #   runtime-base  Debian bookworm with its Python 3.11 and the CA certificates;
 #   build         + gcc and the Python headers: durable-rules ships as an sdist with a C
 #                 extension. The virtual environment built here is all that moves on;
-#   final         runtime-base + that environment + rules/ and hooks/ as data; no compiler,
-#                 non-root, configured only by TWITCH_CDS_* environment variables.
+#   app-assets    Debian's Node.js and npm install LHC-Forms (app/package-lock.json) for the
+#                 assessment app; only its built files (dist/lforms) move on, Node does not;
+#   final         runtime-base + that environment + rules/ and hooks/ as data + LHC-Forms; no
+#                 compiler, no Node, non-root, configured only by TWITCH_CDS_* variables.
 # BASE_IMAGE is any Debian bookworm image. scripts/container-smoke.sh builds without a
 # registry by making one with debootstrap and tagging it with this name.
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
@@ -30,12 +32,22 @@ COPY cds ./cds
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir .
 
+FROM ${BASE_IMAGE} AS app-assets
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs npm ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src/app
+COPY app/package.json app/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM runtime-base
 RUN useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin cds
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY rules ./rules
 COPY hooks ./hooks
+COPY --from=app-assets /src/app/node_modules/lforms/dist/lforms ./assets/lforms
 RUN mkdir /app/data && chown cds:cds /app/data
 # Defaults only: every TWITCH_CDS_* setting (README, "Settings") can be given with `-e`.
 # SQLite in /app/data suits one container; replicas share TWITCH_CDS_DATABASE_URL=postgresql+psycopg://...
@@ -47,6 +59,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TWITCH_CDS_WORKERS=2 \
     TWITCH_CDS_RULES_DIR=/app/rules \
     TWITCH_CDS_HOOKS_DIR=/app/hooks \
+    TWITCH_CDS_APP_ASSETS_DIR=/app/assets/lforms \
     TWITCH_CDS_DATABASE_URL=sqlite:////app/data/twitch-cds.sqlite3
 USER 10001:10001
 EXPOSE 8080

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     # /docs, /redoc and /openapi.json: handy for integrators, but they describe the API to
     # anyone who can reach the port, token or not; the production overlay turns them off.
     api_docs: bool = True
+    # The assessment app (/app/, docs/integration-guide.md "SMART app registration"): its
+    # OAuth client id as registered with the EHR; the origins that may frame it (CSP
+    # frame-ancestors, e.g. "https://ehr.example.org"); the key of its encrypted session
+    # cookie (a Fernet key; unset, each process makes its own, so set it with --workers > 1);
+    # where LHC-Forms was copied at image build (app/, `npm ci`).
+    app_client_id: str = "twitch-cds-assessment"
+    app_frame_ancestors: str = "'self'"
+    app_session_key: str | None = Field(default=None, repr=False)
+    app_assets_dir: Path = PROJECT_ROOT / "app" / "node_modules" / "lforms" / "dist" / "lforms"
 
     def check_audience(self) -> None:
         """Raise ValueError if JWT mode has no trustworthy audience: the request's own Host

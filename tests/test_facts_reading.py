@@ -21,6 +21,7 @@ from cds.units import convert, unit_key
 from tests.conftest import SERVICE_PV
 from tests.support.cards import cards_by_code
 from tests.support.fhir import (
+    LOINC,
     PATIENT,
     SNOMED,
     condition,
@@ -211,10 +212,13 @@ def test_every_loinc_code_in_rules_has_a_valid_check_digit() -> None:
         for group in (labs.analytes, labs.scored_observations, labs.coded_observations)
         for item in group.values()
         for c in item.codes
+        if c.system == "loinc"
     ] + [c.code for c in labs.panels]
     codes += [
         c.code for vs in KNOWLEDGE.valuesets.values() for c in vs.codes if c.system == "loinc"
     ]
+    # The assessment's LOINC questions.
+    codes += [code for (system, code) in KNOWLEDGE.assessment.topics if system == LOINC]
     assert codes
     for code in codes:
         number, check = re.fullmatch(r"(\d+)-(\d)", code).groups()  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from cds.decision.facts.vocabulary import Vocabulary
 from cds.knowledge import Analyte, Knowledge, Rule, Threshold, load_knowledge
 from cds.settings import Settings
 
@@ -74,14 +75,15 @@ class _Document:
         for scored in labs.scored_observations.values():
             if scored.concept == name:
                 text += (
-                    f", or {scored.label} (LOINC {scored.codes[0].code}) "
+                    f", or {scored.label} ({Vocabulary.label_of(scored.codes[0])}) "
                     f"{_limit(scored.positive, scored.unit or 'points')}"
                 )
         for coded in labs.coded_observations.values():
             if coded.concept == name:
                 answers = ", ".join(v.code for v in coded.positive_values)
                 text += (
-                    f", or {coded.label} (LOINC {coded.codes[0].code}) answered SNOMED {answers}"
+                    f", or {coded.label} ({Vocabulary.label_of(coded.codes[0])}) "
+                    f"answered SNOMED {answers}"
                 )
         return text
 

@@ -53,6 +53,8 @@ from cds.web.auth import MAX_TOKEN_LIFETIME_SECONDS
 
 DEMO_DIR = PROJECT_ROOT / "demo"
 FHIR_SERVER_DIR = PROJECT_ROOT / "tests" / "fhir_server"
+# LHC-Forms for the assessment app (/app/); the image copies it at build time instead.
+APP_ASSETS_DIR = PROJECT_ROOT / "app"
 SANDBOX_JWKS = PROJECT_ROOT / "tests" / "fixtures" / "sandbox" / "sandbox-jwks.json"
 SANDBOX_URL = "https://sandbox.cds-hooks.org/"
 SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
@@ -457,6 +459,7 @@ def running_fhir_server(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The node FHIR server as a child process (its output in `workdir`), and its base URL."""
     ensure_node_modules()
+    ensure_node_modules(APP_ASSETS_DIR)
     log_path = workdir / "fhir-server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

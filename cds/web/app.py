@@ -17,7 +17,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
+from cds.assessment import app as assessment_app
+from cds.assessment.app import AssessmentApp
+from cds.assessment.session import SessionCipher
 from cds.errors import describe_validation_errors, operation_outcome
 from cds.logs import configure_logging, log
 from cds.settings import Settings, get_settings
@@ -36,6 +40,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout = httpx.Timeout(settings.fhir_timeout_seconds)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             app.state.runtime = build_runtime(settings, client)
+            app.state.assessment_app = AssessmentApp(
+                assessment=app.state.runtime.pipeline.knowledge.assessment,
+                http=client,
+                cipher=SessionCipher(settings.app_session_key),
+                client_id=settings.app_client_id,
+                allowed_bases=tuple(settings.fhir_allowed_bases),
+                frame_ancestors=settings.app_frame_ancestors,
+                public_base_url=settings.public_base_url,
+            )
             # What start-up built (models, rules, knowledge) lives as long as the process: out
             # of the collector's generations, each collection no longer walks it, which a large
             # request body (hundreds of thousands of objects) otherwise triggers again and again.
@@ -73,11 +86,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.api_docs else None,
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
-    edge_routers = [routes.router, operations.router]
+    edge_routers = [routes.router, operations.router, assessment_app.router]
     if settings.metrics_port is None:  # else served on its own port (cds.web.serving)
         edge_routers.append(operations.metrics_router)
     for router in edge_routers:
         app.include_router(router)
+    # The assessment page's own files, and LHC-Forms as the image build copied it.
+    app.mount("/app/static", StaticFiles(directory=assessment_app.PAGE_DIR), name="app-static")
+    if settings.app_assets_dir.is_dir():
+        app.mount(
+            "/app/assets/lforms",
+            StaticFiles(directory=settings.app_assets_dir),
+            name="app-lforms",
+        )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

