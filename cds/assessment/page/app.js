@@ -24,7 +24,7 @@ async function submit() {
   button.disabled = true;
   say('Saving…', false);
   try {
-    const response = LForms.Util.getFormFHIRData('QuestionnaireResponse', 'R4', 'form');
+    const response = LForms.Util.getFormFHIRData('QuestionnaireResponse', 'R4', document.getElementById('form'));
     const answer = await fetch('/app/submit', {
       method: 'POST',
       credentials: 'same-origin',
