@@ -125,6 +125,23 @@ def test_only_the_missing_test_is_named_missing_beside_a_normal_one(client: Test
     assert lab_orders(card) == [MAGNESIUM]
 
 
+@pytest.mark.parametrize(
+    ("result", "code"),
+    [
+        (lab(POTASSIUM, 3.1, "mmol/L"), "hypokalemia"),
+        (lab(CALCIUM, 8.0, "mg/dL"), "hypocalcemia"),
+    ],
+)
+def test_a_card_never_asks_for_a_normal_result_it_names(
+    client: TestClient, result: dict[str, Any], code: str
+) -> None:
+    when = days_ago(3)
+    card = cards(client, twitch(), result, lab(MAGNESIUM, 2.0, "mg/dL", when=when))[code]
+    assert f"**Already measured, within range:** magnesium 2 mg/dL on {when}" in card["detail"]
+    assert "check magnesium" not in card["detail"].lower()
+    assert MAGNESIUM not in lab_orders(card)
+
+
 def test_a_test_the_service_does_not_judge_is_named_as_measured(client: TestClient) -> None:
     card = cards(
         client,
