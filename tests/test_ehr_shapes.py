@@ -580,7 +580,9 @@ def test_icd10_without_its_dot_and_who_icd10_are_read(client: TestClient) -> Non
 )
 def test_versioned_patient_references_name_the_patient(client: TestClient, reference: str) -> None:
     low_mg = {**lab(MAGNESIUM, 1.2, "mg/dL"), "subject": {"reference": reference}}
-    assert "hypomagnesemia" in found(client, twitch(), low_mg)
+    request = hook_request(twitch(), low_mg)
+    request["fhirServer"] = "https://fhir.ehr.example.org/R4"  # absolute: on the EHR's server
+    assert "hypomagnesemia" in found(client, request=request)
 
 
 def test_urn_uuid_references_resolve_within_a_synthea_bundle(client: TestClient) -> None:

@@ -46,7 +46,7 @@ class PatientRecord:
 async def assemble(request: HookRequest, service: Service, fetcher: FhirFetcher) -> PatientRecord:
     patient_id = request.context.patientId
     prefetch = request.prefetch or {}
-    pool = ResourcePool()
+    pool = ResourcePool(_server(request))
     pool.add_all(prefetch.values(), patient_id)
     unfilled = unsatisfied(prefetch, service.prefetch)
     missing = [t for t in service.prefetch if t in unfilled or has_next_page(prefetch.get(t.key))]
@@ -87,7 +87,9 @@ async def _fetch_missing(
         if result.error is None:
             pool.add_all(result.resources, patient_id)
             record.fetched_keys.append(template.key)
-        elif not template.required or _covered_elsewhere(prefetch, template, patient_id):
+        elif not template.required or _covered_elsewhere(
+            prefetch, template, patient_id, _server(request)
+        ):
             # Optional for the rules, or covered by resources the client sent under
             # another key: answer from what is available, and say so in the log.
             record.unavailable[template.key] = result.error
@@ -136,15 +138,20 @@ def has_next_page(value: Any) -> bool:
     )
 
 
+def _server(request: HookRequest) -> str | None:
+    """The request's FHIR server: absolute references on it name its patients."""
+    return str(request.fhirServer) if request.fhirServer is not None else None
+
+
 def _covered_elsewhere(
-    prefetch: dict[str, Any], template: PrefetchTemplate, patient_id: str
+    prefetch: dict[str, Any], template: PrefetchTemplate, patient_id: str, fhir_server: str | None
 ) -> bool:
     """Whether another key brought complete resources of the template's type.
 
     The template's own key does not count: it failed, or holds only a first page, and a first
     page alone can show an old normal result while the newest, abnormal one is on page 3.
     """
-    others = ResourcePool()
+    others = ResourcePool(fhir_server)
     others.add_all(
         (
             value

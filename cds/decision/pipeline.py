@@ -16,7 +16,7 @@ from cds.cdshooks import Card, HookRequest
 from cds.decision.cards import CardBuilder, CardContext
 from cds.decision.catalog import Service
 from cds.decision.engine import RulesEngine
-from cds.decision.facts import FactBuilder, Facts, Vocabulary
+from cds.decision.facts import FactBuilder, Facts, Vocabulary, is_deceased
 from cds.decision.findings import consolidate
 from cds.decision.prefetch import ResourcePool
 from cds.knowledge import Knowledge
@@ -27,6 +27,7 @@ from cds.settings import Settings, app_launch_url
 class Decision:
     cards: list[Card]
     facts: Facts
+    deceased: bool = False
 
 
 def _draft_entries(request: HookRequest) -> list[dict[str, Any]]:
@@ -94,6 +95,8 @@ class Pipeline:
     ) -> Decision:
         """`app_launch_url`: where the assessment app is launched (the cards' `smart` link),
         when the pipeline's own is not set."""
+        if is_deceased(pool.by_type.get("Patient", [])):
+            return Decision([], Facts(), deceased=True)  # no advice about a deceased patient
         facts = self.facts.build(
             pool.by_type,
             today,

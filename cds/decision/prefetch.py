@@ -1,67 +1,124 @@
-"""Prefetched data as the EHR sent it -> one pool of resources by type.
+"""Prefetched data as the EHR sent it -> one pool of this patient's resources by type.
 
 The pool ignores key names (a client that names keys differently still works), unpacks
-Bundles, skips OperationOutcomes and non-resources, drops duplicates by id, and drops
-resources about another patient: prefetch is untrusted input. The patient is recognised in
-every reference form EHRs write: `Patient/id`, `{fhirServer}/Patient/id`, versioned
-`Patient/id/_history/n`, and `urn:uuid:` (or any full URL) resolved through the bundle entries'
-`fullUrl`s, which the pool keeps so that other references (a `medicationReference`) resolve too.
+Bundles, skips OperationOutcomes and non-resources, and keeps only this patient's resources:
+prefetch is untrusted input. Bundle entries' `fullUrl`s are kept, so that references written
+as full URLs or `urn:uuid:` resolve (a patient, a `medicationReference`).
+
+Whose a resource is (contract "Reading the record"): its `subject` (or `patient`) names this
+patient by a relative reference (`Patient/id`, also versioned), an absolute reference on the
+request's `fhirServer`, the `urn:uuid:` (or other full URL) of this patient's Bundle entry, an
+identifier equal to one of the Patient's identifiers, or an id the Patient links to
+(`Patient.link` replaces, replaced-by, seealso: merged records). Anything else - another
+patient, another server, a display alone, a conditional reference, no subject at all on a
+type that has one - is not this patient's, and is counted by type.
+
+Of several copies of one resource (same type and id), the later `meta.versionId`, then
+`meta.lastUpdated`, then `issued` counts, never the bundle order; copies that nothing orders
+are all kept (each result then stands beside the others, the most severe deciding). A copy
+marked entered-in-error withdraws the resource. Whose a resource is, and which copy counts,
+is decided once all of the record is in (`by_type`), since the Patient may come last.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cds.decision.catalog import PrefetchTemplate
+from cds.decision.facts import READ_TYPES
+from cds.decision.facts.record import instant, text
 
 Resource = dict[str, Any]
 MAX_BUNDLE_DEPTH = 3
 PATIENT_REFERENCES = ("subject", "patient")
+# The types the service reads that belong to a patient: without a subject they are nobody's.
+PATIENT_OWNED = frozenset(READ_TYPES - {"Patient", "Medication"})
+LINKS = frozenset({"replaces", "replaced-by", "seealso"})
+ENTERED_IN_ERROR = "entered-in-error"
 _PATIENT = re.compile(r"(?:^|/)Patient/([^/?#]+)(?:/_history/[^/]+)?$")
+_LAST_UPDATED = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How this patient is named: ids (its own and linked ones), identifiers, full URLs."""
+
+    ids: frozenset[str]
+    identifiers: frozenset[tuple[str, str]]
+    urls: frozenset[str]
+    server: str | None
+
+    def names(self, reference: Any) -> bool:
+        """Whether a Reference (a dict) names this patient."""
+        if not isinstance(reference, dict):
+            return False
+        target = text(reference.get("reference"))
+        if target:
+            return self._names_target(target)
+        identifier = reference.get("identifier")
+        return isinstance(identifier, dict) and _identifier_key(identifier) in self.identifiers
+
+    def _names_target(self, target: str) -> bool:
+        if target in self.urls:
+            return True
+        match = _PATIENT.search(target)
+        if match is None or match[1] not in self.ids:
+            return False
+        base = target[: match.start()].rstrip("/")
+        if not base:
+            return not target.startswith("/")  # relative: Patient/id
+        return self.server is not None and base == self.server
 
 
 @dataclass
 class ResourcePool:
-    """The patient's resources by `resourceType`, with counts of what was left out."""
+    """This patient's resources by `resourceType`, with counts of what was left out.
 
-    by_type: dict[str, list[Resource]] = field(default_factory=dict)
+    `fhir_server` is the request's `fhirServer`: absolute references on it name its patients.
+    """
+
+    fhir_server: str | None = None
     # Bundle entries by their `fullUrl`, for references written as full URLs or urn:uuid.
     references: dict[str, Resource] = field(default_factory=dict)
     skipped: int = 0
-    other_patient: int = 0
-    _seen: set[tuple[str, str]] = field(default_factory=set)
-    # Whose each patient reference names, decided once per distinct reference (and Bundle):
-    # a record's resources all name the same patient, in one or two forms.
-    _patients: dict[str, bool | None] = field(default_factory=dict)
+    patient_id: str | None = None
+    # Resources left out, by (resource type, reason): another patient's, entered in error.
+    left_out: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _arrived: list[Resource] = field(default_factory=list)
+    _by_type: dict[str, list[Resource]] | None = None
 
-    def _belongs_to(self, resource: Resource, patient_id: str) -> bool:
-        """False when the resource names a different patient; True when it names this one, or
-        none that can be told (a conditional or unresolvable reference)."""
-        if resource["resourceType"] == "Patient":
-            return resource.get("id") in (None, patient_id)
-        for name in PATIENT_REFERENCES:
-            reference = resource.get(name)
-            target = reference.get("reference") if isinstance(reference, dict) else None
-            if not isinstance(target, str):
-                continue
-            if target not in self._patients:
-                self._patients[target] = _names_patient(target.strip(), patient_id, self.references)
-            verdict = self._patients[target]
-            if verdict is not None:
-                return verdict
-        return True
+    @property
+    def other_patient(self) -> int:
+        return sum(
+            n for (_, reason), n in self.left_out_counts().items() if reason == "other-patient"
+        )
+
+    def left_out_counts(self) -> Counter[tuple[str, str]]:
+        """Resources left out, by (resource type, reason), once the record is sorted."""
+        self._sort()
+        return self.left_out
+
+    @property
+    def by_type(self) -> dict[str, list[Resource]]:
+        return self._sort()
 
     def count(self) -> int:
         return sum(len(resources) for resources in self.by_type.values())
 
     def add_all(self, values: Iterable[Any], patient_id: str) -> None:
+        self.patient_id = patient_id
         for value in values:
-            self._add(value, patient_id, 0)
+            self._add(value, 0)
+        self._by_type = None
 
-    def _add(self, value: Any, patient_id: str, depth: int) -> None:
+    def _add(self, value: Any, depth: int) -> None:
         if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             self.skipped += value is not None
             return
@@ -75,33 +132,173 @@ class ResourcePool:
                     for e in entries
                     if isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict)
                 )
-                self._patients.clear()  # a reference may resolve now that did not before
                 for entry in entries:
-                    self._add(entry.get("resource"), patient_id, depth + 1)
+                    self._add(entry.get("resource"), depth + 1)
             return
-        if kind == "OperationOutcome":
-            return
-        if not self._belongs_to(value, patient_id):
-            self.other_patient += 1
-            return
-        resource_id = value.get("id")
-        if isinstance(resource_id, str):
-            if (kind, resource_id) in self._seen:
-                return
-            self._seen.add((kind, resource_id))
-        self.by_type.setdefault(kind, []).append(value)
+        if kind != "OperationOutcome":
+            self._arrived.append(value)
+
+    def _sort(self) -> dict[str, list[Resource]]:
+        """Whose each resource is and which copy counts, once the whole record is in."""
+        if self._by_type is not None:
+            return self._by_type
+        identity = self._identity()
+        self.left_out = Counter()
+        copies: dict[tuple[str, str], list[Resource]] = {}
+        order: list[tuple[str, str] | int] = []
+        for index, resource in enumerate(self._arrived):
+            kind = resource["resourceType"]
+            if not self._belongs(resource, identity):
+                if kind != "Patient" or text(resource.get("id")) not in identity.ids:
+                    self.left_out[(kind, "other-patient")] += 1
+                continue
+            resource_id = text(resource.get("id"))
+            if not resource_id:
+                order.append(index)
+                continue
+            key = (kind, resource_id)
+            if key not in copies:
+                copies[key] = []
+                order.append(key)
+            copies[key].append(resource)
+        by_type: dict[str, list[Resource]] = {}
+        for item in order:
+            if isinstance(item, int):
+                chosen = [self._arrived[item]]
+            else:
+                chosen = _latest(copies[item]) if item[0] in READ_TYPES else copies[item][:1]
+                if any(_entered_in_error(c) for c in copies[item]):
+                    self.left_out[(item[0], ENTERED_IN_ERROR)] += 1
+                    continue
+            by_type.setdefault(chosen[0]["resourceType"], []).extend(chosen)
+        self._by_type = by_type
+        return by_type
+
+    def _belongs(self, resource: Resource, identity: Identity) -> bool:
+        kind = resource["resourceType"]
+        if kind == "Patient":
+            return resource.get("id") in (None, self.patient_id)
+        named = [resource[n] for n in PATIENT_REFERENCES if n in resource]
+        if not named:
+            return kind not in PATIENT_OWNED
+        return any(identity.names(reference) for reference in named)
+
+    def _identity(self) -> Identity:
+        """This patient's ids, identifiers and full URLs, from the context and the Patient."""
+        patient_id = self.patient_id or ""
+        patients = [
+            r
+            for r in self._arrived
+            if r["resourceType"] == "Patient" and r.get("id") in (None, patient_id)
+        ]
+        ids = {patient_id}
+        for patient in patients:
+            ids |= _linked(patient)
+        ids |= {  # another record of the patient that names this one as merged or the same
+            str(r.get("id"))
+            for r in self._arrived
+            if r["resourceType"] == "Patient"
+            and isinstance(r.get("id"), str)
+            and patient_id in _linked(r)
+        }
+        identifiers = {
+            key
+            for patient in patients
+            for i in _listed(patient.get("identifier"))
+            if isinstance(i, dict) and (key := _identifier_key(i)) is not None
+        }
+        urls = {f"urn:uuid:{patient_id}"} | {
+            url
+            for url, r in self.references.items()
+            if r.get("resourceType") == "Patient"
+            and text(r.get("id")) in ids
+            and (url.startswith("urn:") or self._on_server(url))
+        }
+        server = self.fhir_server.rstrip("/") if self.fhir_server else None
+        return Identity(frozenset(ids), frozenset(identifiers), frozenset(urls), server)
+
+    def _on_server(self, url: str) -> bool:
+        return bool(self.fhir_server) and url.startswith(str(self.fhir_server).rstrip("/") + "/")
 
 
-def _names_patient(target: str, patient_id: str, references: dict[str, Resource]) -> bool | None:
-    """Whether a reference names this patient (True), another (False), or no patient that can
-    be told (None: look at the next reference field)."""
-    named = references.get(target)
-    if isinstance(named, dict) and named.get("resourceType") == "Patient":
-        return named.get("id") in (None, patient_id)
-    if target == f"urn:uuid:{patient_id}":
+def _linked(patient: Resource) -> set[str]:
+    """Ids of the Patient records a Patient links to as the same person."""
+    found: set[str] = set()
+    for link in _listed(patient.get("link")):
+        if not isinstance(link, dict) or text(link.get("type")) not in LINKS:
+            continue
+        other = link.get("other")
+        target = text(other.get("reference")) if isinstance(other, dict) else None
+        match = _PATIENT.search(target) if target else None
+        if match:
+            found.add(match[1])
+    return found
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _identifier_key(identifier: dict[str, Any]) -> tuple[str, str] | None:
+    value = text(identifier.get("value"))
+    return (text(identifier.get("system")) or "", value) if value else None
+
+
+def _entered_in_error(resource: Resource) -> bool:
+    """A copy withdrawn by its author: status, or a Condition's verification status."""
+    if text(resource.get("status")) == ENTERED_IN_ERROR:
         return True
-    match = _PATIENT.search(target)
-    return None if match is None else match[1] == patient_id
+    verification = resource.get("verificationStatus")
+    codings = verification.get("coding") if isinstance(verification, dict) else None
+    return isinstance(codings, list) and any(
+        isinstance(c, dict) and text(c.get("code")) == ENTERED_IN_ERROR for c in codings
+    )
+
+
+def _latest(copies: list[Resource]) -> list[Resource]:
+    """The copy that counts: the later versionId, then lastUpdated, then issued. Copies that
+    none of these orders are all kept (identical ones once)."""
+    chosen = [copies[0]]
+    for copy in copies[1:]:
+        later = _later(copy, chosen[0])
+        if later is True:
+            chosen = [copy]
+        elif later is None and all(copy != c for c in chosen):
+            chosen.append(copy)
+    return chosen
+
+
+def _later(one: Resource, other: Resource) -> bool | None:
+    """Whether `one` is a later version than `other` (None: nothing tells)."""
+    for read in (_version, _last_updated, _issued):
+        a, b = read(one), read(other)
+        if a is not None and b is not None and a != b:
+            return a > b  # type: ignore[operator]
+    return None
+
+
+def _version(resource: Resource) -> int | None:
+    meta = resource.get("meta")
+    version = text(meta.get("versionId")) if isinstance(meta, dict) else None
+    return int(version) if version and version.isdigit() else None
+
+
+def _last_updated(resource: Resource) -> datetime | None:
+    """meta.lastUpdated, also as some servers write it: a space for the T, spaces around."""
+    meta = resource.get("meta")
+    value = text(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+    match = _LAST_UPDATED.match(value) if value else None
+    if match is None:
+        return None
+    zone = (match[3] or "Z").replace("Z", "+00:00")
+    zone = zone if ":" in zone else f"{zone[:3]}:{zone[3:]}"
+    found = instant(f"{match[1]}T{match[2]}{zone}")
+    return found[0] if found else None
+
+
+def _issued(resource: Resource) -> datetime | None:
+    found = instant(resource.get("issued"))
+    return found[0] if found else None
 
 
 def is_prefetched(value: Any) -> bool:

@@ -199,7 +199,7 @@ async def call_service(
     )
     facts = decision.facts
     metrics.count_cards(service.id, decision.cards)
-    unread = facts.unread_counts()
+    unread = facts.unread_counts() + record.pool.left_out_counts()
     metrics.count_unread(unread.items())
     rt.issued.record(service.id, decision.cards)
     log.info(
@@ -210,6 +210,7 @@ async def call_service(
         resources=record.pool.count(),
         skipped=record.pool.skipped,
         other_patient=record.pool.other_patient,
+        deceased=decision.deceased,
         unread={f"{kind}/{reason}": n for (kind, reason), n in sorted(unread.items())},
         tolerated_faults=dict(sorted(facts.faults.items())),
         fetched=record.fetched_keys,

@@ -30,6 +30,7 @@ from cds.decision.facts.record import (
     SetAside,
     Window,
     parse_date,
+    text,
 )
 from cds.decision.facts.vocabulary import Match, Vocabulary
 
@@ -42,6 +43,7 @@ __all__ = [
     "Match",
     "SetAside",
     "Vocabulary",
+    "is_deceased",
     "judge",
     "parse_date",
 ]
@@ -109,6 +111,18 @@ class FactBuilder:
             # The gate goes last: every rule joins on it, so rules see the whole record.
             facts.add({"kind": "complaint"}, complaint)
         return facts
+
+
+def is_deceased(patients: list[Resource]) -> bool:
+    """Whether the Patient is recorded as deceased: `deceasedBoolean` true, or a
+    `deceasedDateTime` (any date: a death recorded ahead of time is still recorded)."""
+    patient = patients[0] if patients else {}
+    flag = patient.get("deceasedBoolean")
+    return (
+        flag is True
+        or text(flag) == "true"
+        or parse_date(patient.get("deceasedDateTime")) is not None
+    )
 
 
 def _sex(patients: list[Resource]) -> str | None:
