@@ -29,6 +29,7 @@ from tests.conftest import SERVICE_PV, LiveServer, free_port
 from tests.support.cards import cards_by_code
 from tests.support.fhir import (
     PREFETCH_KEYS,
+    alive,
     condition,
     days_ago,
     family_history,
@@ -555,7 +556,7 @@ def synthea(name: str) -> dict[str, Any]:
     if not matches:
         pytest.skip(f"Synthea fixture {name} missing")
     bundle: dict[str, Any] = json.loads(matches[0].read_text())
-    return bundle
+    return alive(bundle)
 
 
 def as_prefetch(bundle: dict[str, Any], *extra: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import SERVICE_PV
 from tests.support.app import module_client
 from tests.support.cards import cards_by_code, lab_orders
-from tests.support.fhir import ICD10, bundle, days_ago
+from tests.support.fhir import ICD10, alive, bundle, days_ago
 from tests.support.paths import SYNTHEA
 
 KEYS = {
@@ -66,9 +66,11 @@ client = module_client()
 
 
 @cache
-def _bundle(name: str) -> dict[str, Any]:
+def _bundle(name: str, living: bool = True) -> dict[str, Any]:
+    """The patient's Bundle; read as a living patient's unless `living` is False."""
     (path,) = SYNTHEA.glob(f"{name}_*.json")
-    return json.loads(path.read_text())
+    record: dict[str, Any] = json.loads(path.read_text())
+    return alive(record) if living else record
 
 
 def resources(name: str) -> list[dict[str, Any]]:
@@ -334,6 +336,14 @@ def test_lupe_little_plain_record(client: TestClient) -> None:
     found = cards(client, "Lupe_Little")
     assert set(found) == {"workup-incomplete", "lifestyle-review"}
     assert "Already on record" not in found["lifestyle-review"]["detail"]
+
+
+def test_fletcher_hyatt_as_recorded_deceased_gets_no_cards(client: TestClient) -> None:
+    """Synthea records Fletcher as deceased (1996): no advice about him, whatever his record."""
+    record = [copy.deepcopy(e["resource"]) for e in _bundle("Fletcher_Hyatt", False)["entry"]]
+    assert call(client, "Fletcher_Hyatt", twitch_for("Fletcher_Hyatt"), record=record) == {
+        "cards": []
+    }
 
 
 def test_fletcher_hyatt_largest_record_answers_fast(client: TestClient) -> None:
