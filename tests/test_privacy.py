@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import SERVICE_OS, SERVICE_PV, SERVICE_SIGN, LiveServer
-from tests.support.fhir import ICD10, LOINC, bundle, days_ago, transaction
+from tests.support.fhir import ICD10, LOINC, alive, bundle, days_ago, transaction
 from tests.support.fhir_server import FhirTestServer
 from tests.support.jwt_tokens import TokenFactory, bearer
 from tests.support.outcome import refusal
@@ -125,7 +125,7 @@ def contains_token(text: str, value: str) -> bool:
 @cache
 def synthea_bundles() -> dict[str, dict[str, Any]]:
     bundles = {
-        path.name.rsplit("_", 1)[0]: json.loads(path.read_text())
+        path.name.rsplit("_", 1)[0]: alive(json.loads(path.read_text()))
         for path in sorted(SYNTHEA.glob("*.json"))
     }
     assert len(bundles) == 10
