@@ -226,3 +226,31 @@ def test_an_open_server_launch_registered_as_the_sandbox_does(
     assert obs["subject"] == {"reference": f"Patient/{PATIENT}"}
     unknown = client.get(f"/app/launch?launch=nope&iss={fhir.base_url}", follow_redirects=False)
     assert unknown.status_code == 502 and "does not know this launch" in unknown.text
+
+
+def test_bad_answers_are_a_400_with_a_reason_and_nothing_is_written(
+    client: TestClient, ehr: SmartEhr, fhir: FhirTestServer
+) -> None:
+    csrf = signed_in(client, authorize(client, ehr))
+    headers = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+    for body, reason in (
+        (b"{not json", "could not be read"),
+        (b'{"resourceType": "Patient"}', "expected a QuestionnaireResponse"),
+        (b'{"resourceType": "QuestionnaireResponse", "status": 7}', "not a valid FHIR R4"),
+    ):
+        refused = client.post("/app/submit", content=body, headers=headers)
+        assert refused.status_code == 400 and reason in refused.json()["error"], body
+    assert stored(fhir, "QuestionnaireResponse") == []
+
+
+def test_the_form_needs_a_session_and_a_callback_needs_a_launch(client: TestClient) -> None:
+    page = client.get("/app/")
+    assert page.status_code == 401 and "from the patient's chart" in page.text
+    assert "frame-ancestors https://ehr.example.org" in page.headers["content-security-policy"]
+    assert page.headers["referrer-policy"] == "no-referrer"
+    # Framed by the EHR: CSP frame-ancestors decides, no X-Frame-Options: DENY beside it.
+    assert "x-frame-options" not in page.headers
+    assert client.get("/cds-services").headers["x-frame-options"] == "DENY"
+    stray = client.get("/app/callback?code=abc&state=xyz")
+    assert stray.status_code == 400 and "launch the app again" in stray.text
+    assert client.get("/app/questionnaire.json").json()["resourceType"] == "Questionnaire"

@@ -34,6 +34,21 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 JSON_TYPES = ("application/json", "application/fhir+json")
+
+
+def security_headers(present: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The security headers a response does not set itself. A response with its own
+    Content-Security-Policy (the assessment app, framed by the EHR: its `frame-ancestors`
+    names who may frame it) gets no X-Frame-Options: DENY, which would forbid every frame."""
+    names = {name.lower() for name, _ in present}
+    return [
+        (name, value)
+        for name, value in SECURITY_HEADERS
+        if name not in names
+        and not (name == b"x-frame-options" and b"content-security-policy" in names)
+    ]
+
+
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -161,7 +176,7 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
-                headers += [*SECURITY_HEADERS, (b"x-request-id", request_id.encode())]
+                headers += [*security_headers(headers), (b"x-request-id", request_id.encode())]
                 if message["status"] == 413 and not body.complete:
                     await _discard_body(scope, receive, DISCARD_FACTOR * self.max_body_bytes)
                     headers.append((b"connection", b"close"))
