@@ -21,6 +21,7 @@ import copy
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -289,6 +290,29 @@ def test_the_unread_count_the_corpus_test_reads_moves_for_an_unreadable_result(
     answer(client, result.record, resources)
     key = ("Observation", "unreadable")
     assert unread(client).get(key, 0) - before.get(key, 0) == 1
+
+
+@pytest.mark.parametrize("record", records(), ids=lambda r: f"{r.source}:{r.patient_id}")
+def test_only_resources_naming_no_patient_are_counted_as_another_patients(
+    client: TestClient, record: Record
+) -> None:
+    """Identity on real data (issue 16, point 3): a resource whose subject names this patient
+    is this patient's, and each one that names no patient (C-CDA encounters and referrals
+    converted without a subject) is counted, once, as not this patient's."""
+    naming_none = Counter(
+        r["resourceType"]
+        for r in record.resources
+        if r["resourceType"] != "Medication" and _subject_id(r) is None
+    )
+    before = unread(client)
+    answer(client, record)
+    after = unread(client)
+    counted = {
+        kind: n - before.get((kind, reason), 0)
+        for (kind, reason), n in after.items()
+        if reason == "other-patient" and n > before.get((kind, reason), 0)
+    }
+    assert counted == dict(naming_none)
 
 
 # --- (c) every record gets a 200 answer with well-formed cards -------------------------------
