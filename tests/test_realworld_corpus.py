@@ -304,15 +304,32 @@ def test_only_resources_naming_no_patient_are_counted_as_another_patients(
         for r in record.resources
         if r["resourceType"] != "Medication" and _subject_id(r) is None
     )
+    assert _grown(client, record, "other-patient") == dict(naming_none)
+
+
+@pytest.mark.parametrize("record", records(), ids=lambda r: f"{r.source}:{r.patient_id}")
+def test_resources_entered_in_error_are_counted_as_withdrawn(
+    client: TestClient, record: Record
+) -> None:
+    """A resource its origin marked entered-in-error (5 converted referrals, 1 MII medication
+    statement) exists but is withdrawn (issue 16, point 4): counted once with that reason, and
+    nothing else is."""
+    withdrawn = Counter(
+        r["resourceType"] for r in record.resources if r.get("status") == "entered-in-error"
+    )
+    assert _grown(client, record, "entered-in-error") == dict(withdrawn)
+
+
+def _grown(client: TestClient, record: Record, reason: str) -> dict[str, float]:
+    """By resource type, how much this record's call adds to the unread count of `reason`."""
     before = unread(client)
     answer(client, record)
     after = unread(client)
-    counted = {
-        kind: n - before.get((kind, reason), 0)
-        for (kind, reason), n in after.items()
-        if reason == "other-patient" and n > before.get((kind, reason), 0)
+    return {
+        kind: n - before.get((kind, why), 0)
+        for (kind, why), n in after.items()
+        if why == reason and n > before.get((kind, why), 0)
     }
-    assert counted == dict(naming_none)
 
 
 # --- (c) every record gets a 200 answer with well-formed cards -------------------------------
