@@ -231,6 +231,20 @@ def test_sqlite_is_set_up_for_concurrent_crash_safe_writes(tmp_path: Path) -> No
         engine.dispose()
 
 
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_a_postgresql_url_without_a_driver_uses_psycopg(postgres_url: str, scheme: str) -> None:
+    """Managed databases and CloudNativePG hand out `postgresql://` URIs; SQLAlchemy alone
+    would look for psycopg2 (not installed) and `postgres://` it refuses outright."""
+    _, _, rest = postgres_url.partition("://")
+    engine = make_engine(f"{scheme}://{rest}")
+    try:
+        migrate(engine)
+        assert engine.dialect.driver == "psycopg"
+        assert FeedbackStore(engine).save(SERVICE_PV, [entry("driverless")]) == 1
+    finally:
+        engine.dispose()
+
+
 # --- feedback -----------------------------------------------------------------------------
 
 

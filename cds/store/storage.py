@@ -97,9 +97,11 @@ MIGRATION_LOCK_KEY = 0x7477_6974_6368
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest Alembic revision; safe on an existing database.
 
-    Every worker process runs this at start, at the same moment: on a fresh database two
-    unserialised upgrades both see no `alembic_version` table and both create it, and the
-    loser's worker fails at start (uvicorn then stops the whole server). So the upgrade runs
+    Several processes may run this at the same moment: the init containers of replicas that
+    start together, or the workers of a server started by another ASGI runner than
+    `twitch-cds serve` (which migrates once, in a child, before its workers start). On a fresh
+    database two unserialised upgrades both see no `alembic_version` table and both create
+    it, and the loser fails at start. So the upgrade runs
     in one transaction that first takes a lock: a transaction-scoped advisory lock on
     PostgreSQL (whose DDL is transactional), `BEGIN IMMEDIATE` (the database's write lock)
     on SQLite. The next process waits, then finds the schema at head and does nothing.
@@ -192,7 +194,13 @@ def _insert(engine: Engine) -> Any:
 
 
 def make_engine(url: str, **options: Any) -> Engine:
-    """An engine with SQLite set up for concurrent writers and crash-safe commits."""
+    """An engine with SQLite set up for concurrent writers and crash-safe commits.
+
+    A PostgreSQL URL without a driver (`postgresql://`, `postgres://`: what managed databases
+    and CloudNativePG's generated Secret hand out) means psycopg 3, the driver installed;
+    SQLAlchemy would otherwise look for psycopg2, which is not.
+    """
+    url = _with_postgres_driver(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **options
@@ -213,6 +221,13 @@ def make_engine(url: str, **options: Any) -> Engine:
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _with_postgres_driver(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    if separator and scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url
 
 
 def _enable_wal(cursor: Any) -> None:
