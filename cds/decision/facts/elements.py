@@ -166,6 +166,7 @@ class _Element:
     model: type[BaseModel] | None
     primitive: Callable[[Any], Any] | None
     text: bool = False
+    extension: bool = False
 
 
 def read(resource: Mapping[str, Any]) -> Reading:
@@ -192,30 +193,37 @@ def _check(
     value: Any, element: _Element, projection: Projection | None, faults: Counter[str]
 ) -> bool:
     """Whether a read element can be read; tolerated faults inside it are counted."""
-    if _absent(value):
-        faults[BLANK] += 1
-        return True
-    if element.many:
-        if not isinstance(value, list):
-            return False
+    if element.many and isinstance(value, list):
+        if not value:
+            faults[BLANK] += 1
         return all(_check_one(item, element, projection, faults) for item in value)
+    if element.many and not _absent(value):
+        return False  # one value where a list belongs: not read as a list
     return _check_one(value, element, projection, faults)
 
 
 def _check_one(
     value: Any, element: _Element, projection: Projection | None, faults: Counter[str]
 ) -> bool:
-    if _absent(value):
-        faults[BLANK] += 1
-        return True
     if element.model is not None:
-        return isinstance(value, dict) and _check_model(value, element.model, projection, faults)
-    if element.primitive is None:  # a contained resource or other open type: not read
-        return True
+        if isinstance(value, dict) and value:
+            return _check_model(value, element.model, projection, faults)
+        if _absent(value):
+            faults[BLANK] += 1
+            return True
+        return False
     if isinstance(value, str):
         value = value.strip()
-    elif isinstance(value, int | float) and not isinstance(value, bool) and element.text:
+        if not value:
+            faults[BLANK] += 1
+            return True
+    elif value is None or value == [] or value == {}:
+        faults[BLANK] += 1
+        return True
+    elif element.text and isinstance(value, int | float) and not isinstance(value, bool):
         faults[PRIMITIVE] += 1  # a number where a string belongs: read as that string
+        return True
+    if element.primitive is None:  # a contained resource or other open type: not read
         return True
     try:
         element.primitive(value)
@@ -235,15 +243,14 @@ def _check_model(
         if projection is not None and name not in projection:
             continue
         element = elements.get(name)
-        if name in EXTENSIONS:
+        if element is None:
+            if name[0] != "_" and name != "fhir_comments":  # a primitive's extension, comments
+                faults[UNKNOWN] += 1
+        elif element.extension:
             _count_extensions(item, faults)
-        elif name.startswith("_") or name == "fhir_comments":
-            continue  # extensions of a primitive, comments: never read
-        elif element is None:
-            faults[UNKNOWN] += 1
         elif not _check(item, element, None if projection is None else projection[name], faults):
             return False
-    return not any(_absent(value.get(name)) for name in _required(model))
+    return all(not _absent(value.get(name)) for name in _required(model))
 
 
 def _count_unread(
@@ -263,12 +270,14 @@ def _count_unread(
 def _count_extensions(value: Any, faults: Counter[str]) -> None:
     """An extension has a `url` and one `value[x]` or nested extensions; others are counted."""
     extensions = value if isinstance(value, list) else [value]
-    faults[EXTENSION] += sum(
+    malformed = sum(
         not isinstance(e, dict)
         or not isinstance(e.get("url"), str)
         or sum(key.startswith("value") for key in e) > 1
         for e in extensions
     )
+    if malformed:
+        faults[EXTENSION] += malformed
 
 
 def _absent(value: Any) -> bool:
@@ -300,7 +309,9 @@ def _elements(model: type[BaseModel]) -> dict[str, _Element]:
             annotation = typing.get_args(annotation)[0]
         klass = getattr(annotation, "get_model_klass", None)
         model_of = klass() if callable(klass) else None
-        if isinstance(model_of, type) and issubclass(model_of, BaseModel):
+        if (field.alias or name) in EXTENSIONS:  # never read: only their shape is counted
+            element = _Element(many, required, None, None, extension=True)
+        elif isinstance(model_of, type) and issubclass(model_of, BaseModel):
             element = _Element(many, required, model_of, None)
         elif typing.get_origin(annotation) is typing.Annotated or annotation in (bool, int, str):
             base = typing.get_args(annotation)[0] if typing.get_args(annotation) else annotation
