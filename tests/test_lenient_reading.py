@@ -246,6 +246,22 @@ def test_each_reason_a_result_is_set_aside_is_stated(
     assert reason in UNREAD_WORDS.values() or "(" in reason
 
 
+@pytest.mark.parametrize(
+    ("date", "reason"),
+    [("12/01/2026", "unreadable (effective[x])"), (None, "no effective date or issued time")],
+)
+def test_a_result_without_a_readable_date_is_named_undated(
+    client: TestClient, date: str | None, reason: str
+) -> None:
+    result = lab(MAGNESIUM, 1.4, "mg/dL")
+    del result["effectiveDateTime"]
+    if date:
+        result["effectiveDateTime"] = date
+    detail = plain(cards(client, twitch(), result)["workup-incomplete"]["detail"])
+    assert "**Magnesium**: no usable result" in detail
+    assert f"undated: {reason}" in detail
+
+
 def test_set_aside_resources_are_counted_in_metrics(client: TestClient) -> None:
     result = lab(POTASSIUM, 4.0, "mmol/L")
     result["valueQuantity"]["value"] = "four"

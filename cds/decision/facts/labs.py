@@ -152,9 +152,13 @@ def _readings(
     found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
     when = observation_time(obs) if found else None  # dates are read only where they matter
     if when is None:
-        if found and any(key.startswith(("effective", "issued")) for key in obs):
-            for _, (name, _, _) in found:  # dated, but not in a form that can be read
+        # Dated in a form that cannot be read, or not dated at all: never the latest result.
+        dated = any(key.startswith(("effective", "issued")) for key in obs)
+        for _, (name, _, _) in found:
+            if dated:
                 facts.put_aside(obs, "unreadable", "effective[x]", analyte=name)
+            else:
+                facts.put_aside(obs, "undated", analyte=name)
         return
     if when.day < window.since:
         return
