@@ -1,6 +1,8 @@
-"""The loop of issue 19 in a real browser: a demo patient's card carries the app's link, the
-app is launched standalone against the demo's open FHIR server in Chromium on a phone-sized
-screen and answered with the keyboard alone, and the next patient-view call names the answers.
+"""The loop of issue 19 in a real browser: a demo patient's card, shown in the project's EHR
+page (tests/browser/page), carries the app's `smart` link; clicking it launches the app as the
+CDS Hooks sandbox does (the launch registered with the demo's open FHIR server); the app is
+answered in Chromium on a phone-sized screen with the keyboard alone; and the next
+patient-view call names the answers as patient-reported evidence.
 
 Runs when /usr/bin/chromium and node exist (scripts/install-test-deps.sh), as tests/test_browser.py.
 """
@@ -15,12 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+from jwt.algorithms import ECAlgorithm
 
 from cds.tools.demo import ensure_node_modules
 from tests.support.cards import cards_by_code
 from tests.support.demo import RunningDemo
 from tests.support.fhir_server import node_available
 from tests.support.jwt_tokens import TokenFactory
+
+# The project's EHR page on its own loopback origin (tests/browser/page), as test_browser uses it.
+from tests.test_browser import static_page  # noqa: F401  (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -50,8 +56,9 @@ def patient_view(demo: RunningDemo, tokens: TokenFactory) -> dict[str, dict[str,
 
 
 def test_answers_given_in_the_browser_become_the_next_calls_evidence(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    page_url = request.getfixturevalue("static_page")
     ensure_node_modules(BROWSER_DIR)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     tokens = TokenFactory(issuer="https://test-ehr.example.org")
@@ -63,7 +70,16 @@ def test_answers_given_in_the_browser_become_the_next_calls_evidence(
         assert link["url"] == f"{demo.base_url}/app/launch"
 
         plan = {
-            "launchUrl": f"{link['url']}?iss={demo.fhir_url}&patient={PATIENT}",
+            "pageUrl": page_url,
+            "config": {
+                "discovery": demo.discovery_url,
+                "fhirServer": demo.fhir_url,
+                "issuer": tokens.issuer,
+                "kid": tokens.ec_kid,
+                "privateJwk": ECAlgorithm.to_jwk(tokens.ec_key, as_dict=True),
+                "patientId": PATIENT,
+                "hook": "patient-view",
+            },
             "screenshot": str(ARTIFACTS / "assessment.png"),
         }
         (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -76,6 +92,7 @@ def test_answers_given_in_the_browser_become_the_next_calls_evidence(
         )
         assert driven.returncode == 0, driven.stderr[-3000:]
         result = json.loads(driven.stdout)
+        assert result["cards"] == ["lifestyle-review"]
         assert result["errors"] == []
         assert result["status"].startswith("Saved"), result
         assert result["overflow"] is False  # nothing wider than the phone's screen
@@ -83,11 +100,10 @@ def test_answers_given_in_the_browser_become_the_next_calls_evidence(
         after = patient_view(demo, tokens)
         mnd = after["red-flag-motor-neuron-disease"]
         assert "muscle weakness (patient-reported, today)" in mnd["summary"]
-        assert (
-            "caffeine 6 drinks a day (patient-reported, today)"
-            in after["stimulant"]["summary"].lower()
-        )
+        stimulant = after["stimulant"]["summary"].lower()
+        assert "caffeine 6 drinks a day (patient-reported, today)" in stimulant
         assert "lifestyle-review" not in after  # a red flag silences it
-        assert not [
+        smart = [
             link for c in after.values() for link in c.get("links", []) if link["type"] == "smart"
         ]
+        assert not smart

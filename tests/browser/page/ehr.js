@@ -6,7 +6,7 @@
 //   3. the hook call, with a JWT signed in the browser (ES384, WebCrypto) for the exact URL;
 //   4. the cards rendered: indicator, summary, markdown detail, source, links, suggestions and
 //      override reasons; a suggestion click posts "accepted" feedback, Dismiss with a reason
-//      posts "overridden" feedback.
+//      posts "overridden" feedback; a `smart` link launches its app as the sandbox does.
 // Configuration is the URL fragment: JSON {discovery, fhirServer, patientId, hook, draftOrder,
 // issuer, kid, privateJwk}. Failures are reported with console.error (the test fails on any).
 
@@ -180,7 +180,13 @@ function renderCard(card, feedbackUrl) {
     actions.append(button);
   }
   for (const link of card.links ?? []) {
-    actions.append(element('a', { class: 'link', href: link.url, target: '_blank', rel: 'noopener' }, link.label));
+    if (link.type === 'smart') {
+      const button = element('button', { class: 'smart-link' }, link.label);
+      button.addEventListener('click', () => launchSmart(link).catch(reportError));
+      actions.append(button);
+    } else {
+      actions.append(element('a', { class: 'link', href: link.url, target: '_blank', rel: 'noopener' }, link.label));
+    }
   }
   if (card.overrideReasons?.length) {
     const select = element('select', { class: 'override-reason', 'aria-label': 'Override reason' });
@@ -199,6 +205,25 @@ function renderCard(card, feedbackUrl) {
   }
   node.append(actions);
   return node;
+}
+
+/**
+ * A `smart` link launched as the CDS Hooks sandbox launches one: the launch context is
+ * registered with the FHIR server (POST {fhirServer}/_services/smart/Launch -> launch_id),
+ * then the app opens at `url?launch=<launch_id>&iss=<fhirServer>`.
+ */
+async function launchSmart(link) {
+  const response = await fetch(`${config.fhirServer}/_services/smart/Launch`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({
+      launchUrl: link.url,
+      parameters: { patient: config.patientId, appContext: link.appContext },
+    }),
+  });
+  if (!response.ok) throw new Error(`SMART launch: HTTP ${response.status}`);
+  const { launch_id: launchId } = await response.json();
+  window.open(`${link.url}?launch=${encodeURIComponent(launchId)}&iss=${encodeURIComponent(config.fhirServer)}`, '_blank');
 }
 
 function reportError(error) {
