@@ -79,6 +79,10 @@ def signed_in(client: TestClient, callback: str) -> str:
     """Follow the callback to the form page; its CSRF token."""
     finished = client.get(callback.removeprefix("http://testserver"), follow_redirects=False)
     assert finished.status_code == 303, finished.text
+    # The token travels only sealed, in a cookie scripts cannot read and the browser drops
+    # at the end of its session.
+    cookie = finished.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "max-age" not in cookie and "expires" not in cookie
     page = client.get("/app/")
     assert page.status_code == 200
     assert "frame-ancestors https://ehr.example.org" in page.headers["content-security-policy"]
@@ -100,6 +104,8 @@ def test_ehr_launch_writes_the_answers_and_the_next_call_reads_them(
     client: TestClient, ehr: SmartEhr, fhir: FhirTestServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     csrf = signed_in(client, authorize(client, ehr))
+    (token,) = ehr.tokens
+    assert all(token not in value for value in client.cookies.values())  # sealed, not readable
     written = submit(client, csrf, ANSWERS)
     assert written.status_code == 200, written.text
     (qr,) = stored(fhir, "QuestionnaireResponse")

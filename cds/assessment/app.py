@@ -99,7 +99,8 @@ def _with_session(
     response.set_cookie(
         COOKIE,
         app.cipher.seal(data),
-        max_age=SESSION_SECONDS,
+        # A browser-session cookie (no Max-Age): it goes when the browser closes; the
+        # sealed contents expire after SESSION_SECONDS whatever the browser keeps.
         path="/app",
         httponly=True,
         secure=secure,
