@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cds.decision.facts.elements import READS, read
 from cds.decision.facts.record import UNREAD_WORDS
-from tests.conftest import SERVICE_PV
+from tests.conftest import SERVICE_PV, SERVICE_SIGN
 from tests.support.cards import cards_by_code
 from tests.support.fhir import (
     condition,
@@ -128,6 +128,29 @@ def test_an_epic_medication_statement_with_stu3_dose_quantity_is_read(
 def test_a_prednisone_order_with_a_vendor_element_is_read(client: TestClient) -> None:
     order = prednisone(epicOrderClass={"code": "Normal"}, courseOfTherapyType={"text": ""})
     assert "corticosteroid" in cards(client, twitch(), order)
+
+
+@pytest.mark.parametrize(
+    "dosage",
+    [
+        [{"doseAndRate": ["5 mg"]}],
+        [{"doseAndRate": [{"doseQuantity": "5 mg"}], "timing": "daily"}],
+        [{"text": 5}],
+    ],
+)
+def test_a_garbled_dose_never_sets_the_drug_aside(
+    client: TestClient, dosage: list[dict[str, Any]]
+) -> None:
+    """The dose is shown, not judged: the order still counts, in the chart and as a draft."""
+    assert "corticosteroid" in cards(client, twitch(), prednisone(dosageInstruction=dosage))
+    request = hook_request(twitch(), hook="order-sign")
+    request["context"]["draftOrders"] = {
+        "resourceType": "Bundle",
+        "entry": [{"resource": prednisone(status="draft", dosageInstruction=dosage)}],
+    }
+    response = client.post(f"/cds-services/{SERVICE_SIGN}", json=request)
+    assert response.status_code == 200, response.text
+    assert "corticosteroid" in cards_by_code(response.json())
 
 
 def test_a_numeric_string_value_is_read_as_its_number(client: TestClient) -> None:

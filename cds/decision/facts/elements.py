@@ -74,6 +74,9 @@ _VALUE: dict[str, Projection | None] = {
     "interpretation": None,
     "referenceRange": None,
 }
+# A dosage's route says whether a drug is systemic. The dose a drug card states is read
+# leniently beside it (medications.dose): a garbled dose never sets a drug aside.
+_DOSAGE: Projection = {"route": None}
 _MEDICATION: dict[str, Projection | None] = {
     "status": None,
     "medicationCodeableConcept": None,
@@ -97,6 +100,8 @@ READS: dict[str, tuple[type[BaseModel], Projection]] = {
             "issued": None,
             **_VALUE,
             "component": {"code": None, **_VALUE},
+            # Whether a finding is the patient's own answer (assessment app) or a clinician's.
+            "derivedFrom": {"reference": None, "type": None},
         },
     ),
     "Condition": (
@@ -122,7 +127,7 @@ READS: dict[str, tuple[type[BaseModel], Projection]] = {
             "intent": None,
             "doNotPerform": None,
             "authoredOn": None,
-            "dosageInstruction": {"route": None},
+            "dosageInstruction": _DOSAGE,
         },
     ),
     "MedicationStatement": (
@@ -131,7 +136,7 @@ READS: dict[str, tuple[type[BaseModel], Projection]] = {
             **_MEDICATION,
             "effectiveDateTime": None,
             "effectivePeriod": None,
-            "dosage": {"route": None},
+            "dosage": _DOSAGE,
         },
     ),
     "FamilyMemberHistory": (

@@ -310,7 +310,8 @@ def dose(resource: Resource) -> str | None:
     if written and written.strip():
         return written.strip()
     amounts = dosage.get("doseAndRate")
-    amount = amounts[0].get("doseQuantity") if isinstance(amounts, list) and amounts else None
+    first = amounts[0] if isinstance(amounts, list) and amounts else None
+    amount = first.get("doseQuantity") if isinstance(first, dict) else None
     value = number(amount.get("value")) if isinstance(amount, dict) else None
     if value is None or not isinstance(amount, dict):
         return None
