@@ -351,27 +351,40 @@ def _unread_names(kind: str) -> list[str]:
 VENDOR_NAME = st.from_regex(r"\A(vendor|epic|cerner|x)[A-Z][a-zA-Z]{0,10}\Z")
 
 
+def _objects(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """The paths of every JSON object inside a resource (through lists, by index)."""
+    found: list[tuple[str | int, ...]] = []
+    if isinstance(value, dict):
+        found.append(path)
+        for key, item in value.items():
+            found += _objects(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _objects(item, (*path, index))
+    return found
+
+
 @st.composite
-def unread_addition(draw: st.DrawFn) -> tuple[int, list[str], Any]:
-    """Where to add (a resource of RECORD, a path of dict keys into it) and what."""
+def unread_addition(draw: st.DrawFn) -> tuple[int, list[str | int], Any]:
+    """Where to add (a resource of RECORD, a path into it) and what: an R4B element the
+    resource's family does not read, or a vendor element, at the top; or a vendor element in
+    any object inside the resource (a coding, a quantity, a dosage, a reference...)."""
     index = draw(st.integers(0, len(RECORD) - 1))
     kind = RECORD[index]["resourceType"]
-    top = draw(st.sampled_from(_unread_names(kind)) | VENDOR_NAME)
-    nested = draw(st.booleans())
-    if nested:  # a vendor key inside an element that is read
-        inside = draw(st.sampled_from([k for k, v in RECORD[index].items() if isinstance(v, dict)]))
-        return index, [inside, draw(VENDOR_NAME)], draw(JSON)
-    return index, [top], draw(JSON)
+    if draw(st.booleans()):
+        inside = draw(st.sampled_from(_objects(RECORD[index])[1:]))
+        return index, [*inside, draw(VENDOR_NAME)], draw(JSON)
+    return index, [draw(st.sampled_from(_unread_names(kind)) | VENDOR_NAME)], draw(JSON)
 
 
 @settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(addition=unread_addition())
 def test_an_element_nobody_reads_never_changes_the_cards(
-    client: TestClient, addition: tuple[int, list[str], Any]
+    client: TestClient, addition: tuple[int, list[str | int], Any]
 ) -> None:
     index, path, value = addition
     request = hook_request(*RECORD)

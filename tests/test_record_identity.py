@@ -134,9 +134,14 @@ def test_the_urn_uuid_of_this_patients_entry_names_the_patient(client: TestClien
 
 
 def _other_patient_count(client: TestClient) -> float:
+    return _unread_count(client, "other-patient")
+
+
+def _unread_count(client: TestClient, reason: str) -> float:
+    """twitch_cds_resources_unread_total of Observations for `reason`, as /metrics says."""
     text = client.get("/metrics").text
     match = re.search(
-        r'^twitch_cds_resources_unread_total\{(?=[^}]*reason="other-patient")'
+        rf'^twitch_cds_resources_unread_total\{{(?=[^}}]*reason="{reason}")'
         r'(?=[^}]*resource_type="Observation")[^}]*\} (\S+)$',
         text,
         re.MULTILINE,
@@ -191,8 +196,10 @@ def test_a_version_entered_in_error_withdraws_the_resource(client: TestClient, o
     result = {**lab(MAGNESIUM, 1.2, "mg/dL"), "id": "mg-1", "meta": {"versionId": "1"}}
     withdrawn = {**copy.deepcopy(result), "status": "entered-in-error", "meta": {"versionId": "2"}}
     results = (result, withdrawn) if order == "older first" else (withdrawn, result)
+    before = _unread_count(client, "entered-in-error")
     found = answer(client, hook_request(twitch(), *results))
     assert "hypomagnesemia" not in found
+    assert _unread_count(client, "entered-in-error") == before + 1
 
 
 def test_a_condition_entered_in_error_withdraws_its_earlier_version(client: TestClient) -> None:
