@@ -415,6 +415,9 @@ class AssessmentTexts(_Model):
     lifestyle_summary: str
     lifestyle_all_answered: str
     answered_line: str
+    # A "yes" no rule reads (strenuous exercise, a new medicine, cramps): named on the
+    # lifestyle card, so that the answer is seen without a card of its own.
+    reported_line: str
     patient_reported: str
 
 
@@ -515,6 +518,16 @@ class Assessment(_Model):
             for _, item in self.items
             for ext in item.get("extension", [])
             if ext["url"] == CALCULATED_EXPRESSION
+        }
+
+    @cached_property
+    def displays(self) -> dict[tuple[str, str], str]:
+        """(system URI, code) of every coded question -> its display, as cards name it."""
+        return {
+            (code["system"], code["code"]): code.get("display") or item["text"]
+            for _, item in self.items
+            if item["type"] != "group"
+            for code in item.get("code", [])
         }
 
     @cached_property

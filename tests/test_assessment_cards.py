@@ -216,3 +216,31 @@ def test_the_prefetch_template_asks_for_every_question_of_the_assessment(
         f"{local}|gad-2-total",
     ):
         assert code in template
+
+
+def test_a_yes_no_rule_reads_is_named_on_the_lifestyle_card(client: TestClient) -> None:
+    answers = {
+        **CALM,
+        "strenuous-exercise": {"valueBoolean": True},
+        "new-medicines": {"valueBoolean": True},
+        "cramps": {"valueBoolean": True},
+        "wasting": {"valueBoolean": False},
+    }
+    cards = patient_view_cards(client, twitch(), *COMPLETE_WORKUP, *answered(answers))
+    assert set(cards) == {"lifestyle-review"}
+    assert (
+        "**Also reported:** strenuous exercise in the last 48 hours, new medicine or supplement "
+        "in the last 3 months and muscle cramps." in cards["lifestyle-review"]["detail"]
+    )
+
+
+def test_only_the_red_flag_screen_answered_asks_every_trigger(client: TestClient) -> None:
+    cards = patient_view_cards(
+        client, twitch(), *COMPLETE_WORKUP, *answered({"cramps": {"valueBoolean": True}})
+    )
+    lifestyle = cards["lifestyle-review"]
+    assert lifestyle["summary"].endswith(
+        "also ask about caffeine, sleep, stress, exercise, fluids, nicotine and alcohol"
+    )
+    assert "Answered by the patient" not in lifestyle["detail"]
+    assert "**Also reported:** muscle cramps." in lifestyle["detail"]

@@ -258,7 +258,7 @@ class CardBuilder:
                 *(self.evidence_line(e, context.lookback_days) for e in evidence),
                 "",
                 *([limit_line, ""] if limit_line else []),
-                *([answered[1], ""] if answered else []),
+                *([answered[1], ""] if answered and answered[1] else []),
                 *(
                     [f"**Already on record:** {', '.join(mentioned)} (see the other cards).", ""]
                     if mentioned
@@ -409,9 +409,15 @@ class CardBuilder:
             if left
             else texts.lifestyle_all_answered.format(when=when)
         )
-        return summary, texts.answered_line.format(
-            when=f"{when}, {on_file.when.isoformat()}", topics=_joined(asked)
+        lines = (
+            [texts.answered_line.format(when=f"{when}, {on_file.when}", topics=_joined(asked))]
+            if asked
+            else []
         )
+        if on_file.reported:
+            answers = _joined([_in_sentence(r) for r in on_file.reported])
+            lines.append(texts.reported_line.format(answers=md(answers)))
+        return summary, " ".join(lines)
 
     @staticmethod
     def _plain_advice(

@@ -29,19 +29,23 @@ def read_assessment(
     topics = vocabulary.assessment_topics
     latest = None
     answered: set[str] = set()
+    reported: dict[str, None] = {}
     for obs in observations:
         if text(obs.get("status")) not in FINAL_OBSERVATION or not patient_reported(obs):
             continue
-        found = {
-            topic
-            for coding in codings(obs.get("code"))
-            if (key := vocabulary.key_of(coding)) is not None
-            and (topic := topics.get(key)) is not None
-        }
-        when = observation_time(obs) if found else None
+        keys = [key for c in codings(obs.get("code")) if (key := vocabulary.key_of(c)) in topics]
+        when = observation_time(obs) if keys else None
         if when is None or when.day < window.since or window.in_future(when):
             continue
-        answered |= found
+        answered |= {topics[key] for key in keys}
         latest = when.day if latest is None else max(latest, when.day)
+        if obs.get("valueBoolean") is True:
+            reported.update(
+                dict.fromkeys(
+                    vocabulary.assessment_unread[k]
+                    for k in keys
+                    if k in vocabulary.assessment_unread
+                )
+            )
     if latest is not None:
-        facts.assessment = AssessmentOnFile(latest, frozenset(answered))
+        facts.assessment = AssessmentOnFile(latest, frozenset(answered), tuple(reported))

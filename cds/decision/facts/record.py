@@ -112,6 +112,8 @@ class AssessmentOnFile:
 
     when: date
     topics: frozenset[str]
+    # "Yes" answers that no rule reads, by the question's display (strenuous exercise...).
+    reported: tuple[str, ...] = ()
 
 
 @dataclass

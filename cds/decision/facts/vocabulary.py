@@ -83,6 +83,15 @@ class Vocabulary:
             for (system, code), topic in knowledge.assessment.topics.items()
             if (key := self.key_of({"system": system, "code": code})) is not None
         }
+        # Questions whose "yes" no rule reads: not in a value set, not a score or coded answer.
+        self.assessment_unread = {
+            key: display
+            for (system, code), display in knowledge.assessment.displays.items()
+            if (key := self.key_of({"system": system, "code": code})) is not None
+            and key not in self.concepts
+            and code not in self.scored
+            and code not in self.coded
+        }
         self.absent = {self.code_key(c) for c in record.absent_values}
         self.absent_words = {w.lower() for w in record.absent_words}
         self.negative_interpretations = set(record.negative_interpretations)
