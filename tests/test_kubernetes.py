@@ -361,6 +361,7 @@ def test_the_database_url_and_trusted_issuers_come_from_a_secret(overlay: str) -
     for variable, key in (
         ("TWITCH_CDS_DATABASE_URL", "database-url"),
         ("TWITCH_CDS_TRUSTED_ISSUERS", "trusted-issuers"),
+        ("TWITCH_CDS_APP_SESSION_KEY", "app-session-key"),
     ):
         assert variable not in data
         assert one_named(container["env"], variable) == {

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
+from cryptography.fernet import Fernet
 
 from cds.logs import server_log_config
 
@@ -29,6 +30,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 # prometheus-client's multiprocess mode (see cds.metrics), chosen when it is first imported.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SESSION_KEY_ENV = "TWITCH_CDS_APP_SESSION_KEY"
 
 
 def env_default(name: str, default: str) -> str:
@@ -47,6 +49,7 @@ def serve(host: str, port: int, workers: int) -> None:
     except ValueError as problem:  # said here in one line, not as a traceback of every worker
         raise SystemExit(f"twitch-cds serve: {problem}") from None
     migrate_in_child()
+    share_session_key(settings.app_session_key)
     with tempfile.TemporaryDirectory(prefix="twitch-cds-metrics-") as scratch:
         prepare_metrics_directory(Path(os.environ.get(METRICS_DIR_ENV) or scratch))
         if metrics_port is not None:
@@ -67,6 +70,18 @@ def serve(host: str, port: int, workers: int) -> None:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             log_config=server_log_config(level if level in _LEVELS else "INFO"),
         )
+
+
+def share_session_key(configured: str | None) -> None:
+    """Give every worker of this server one key for the assessment app's session cookie.
+
+    The launch, the authorization callback and the submit may each reach another worker; a
+    key made in each worker would open no other worker's cookie, and the callback would tell
+    the clinician to launch again. Made here, before the workers start, it holds for this
+    server; replicas (and restarts) still need `TWITCH_CDS_APP_SESSION_KEY`.
+    """
+    if configured is None:
+        os.environ[SESSION_KEY_ENV] = Fernet.generate_key().decode()
 
 
 def migrate_in_child() -> None:
