@@ -153,3 +153,26 @@ def test_check_rules_lints_british_spelling_and_jargon_in_card_texts(tmp_path: P
     ), problems
     # Source titles keep their published spelling: the shipped rules pass.
     assert check(PROJECT_ROOT / "rules") == []
+
+
+@pytest.mark.parametrize(
+    ("rxnorm", "display", "says"),
+    [
+        (
+            "7646",
+            "omeprazole 20 MG Delayed Release Oral Capsule",
+            "omeprazole (drug that lowers magnesium)",
+        ),
+        (
+            "4603",
+            "furosemide 40 MG Oral Tablet",
+            "furosemide (drug that lowers potassium and magnesium)",
+        ),
+    ],
+)
+def test_a_drug_card_names_what_this_drug_lowers(
+    client: TestClient, rxnorm: str, display: str, says: str
+) -> None:
+    """Not the whole class's 'magnesium, potassium or calcium': what this ingredient lowers."""
+    card = cards(client, twitch(), medication(rxnorm, display))["electrolyte-depleting-drug"]
+    assert f"contains {says}" in card["detail"].replace("\\", ""), card["detail"]

@@ -25,7 +25,7 @@ from typing import Any
 
 from cds.cdshooks import Action, Card, Coding, Link, Source, Suggestion
 from cds.decision.facts import Evidence, Facts
-from cds.decision.facts.record import days_ago
+from cds.decision.facts.record import days_ago, joined
 from cds.decision.findings import ConsolidatedFinding
 from cds.knowledge import CardText, Knowledge, OrderingText
 
@@ -325,7 +325,7 @@ class CardBuilder:
             "lab": self.short_evidence(labs[0]) if labs else "",
             "value": short_value(labs[0]) if labs else "",
             "electrolyte": _in_sentence(labs[0].label) if labs else "",
-            "lowers": _joined([_in_sentence(analytes[a].label) for a in lowered]),
+            "lowers": joined([_in_sentence(analytes[a].label) for a in lowered]),
             "diagnosis": _in_sentence(diagnosis.label) if diagnosis else "",
             "signs": ", ".join(self.short_evidence(e) for e in signs),
         }
@@ -405,17 +405,17 @@ class CardBuilder:
         left = [t.words for t in texts.triggers if t.asked_by not in on_file.topics]
         asked = [t.words for t in texts.triggers if t.asked_by in on_file.topics]
         summary = (
-            texts.lifestyle_summary.format(when=when, triggers=_joined(left))
+            texts.lifestyle_summary.format(when=when, triggers=joined(left))
             if left
             else texts.lifestyle_all_answered.format(when=when)
         )
         lines = (
-            [texts.answered_line.format(when=f"{when}, {on_file.when}", topics=_joined(asked))]
+            [texts.answered_line.format(when=f"{when}, {on_file.when}", topics=joined(asked))]
             if asked
             else []
         )
         if on_file.reported:
-            answers = _joined([_in_sentence(r) for r in on_file.reported])
+            answers = joined([_in_sentence(r) for r in on_file.reported])
             lines.append(texts.reported_line.format(answers=md(answers)))
         return summary, " ".join(lines)
 
@@ -540,11 +540,11 @@ class CardBuilder:
         words = self.texts.lab_status
         lines = []
         if missing:
-            lines.append(words.missing.format(tests=_joined(missing, "or"), days=lookback_days))
+            lines.append(words.missing.format(tests=joined(missing, "or"), days=lookback_days))
         if normal:
-            lines.append(words.normal.format(results=_joined(normal)))
+            lines.append(words.normal.format(results=joined(normal)))
         if on_record:
-            lines.append(words.on_record.format(results=_joined(on_record)))
+            lines.append(words.on_record.format(results=joined(on_record)))
         return lines
 
     def _referral(
@@ -622,17 +622,6 @@ class CardBuilder:
                 )
             ],
         )
-
-
-def _joined(items: list[str], last: str = "and") -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    return (
-        items[0]
-        if len(items) == 1
-        else f"{', '.join(items[:-1])} {last} {items[-1]}"
-        if items
-        else ""
-    )
 
 
 def _ingredients_by_evidence(facts: Facts) -> dict[str, str]:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from cds.decision.facts.record import joined
 from cds.decision.facts.vocabulary import Vocabulary
 from cds.knowledge import Analyte, Knowledge, Rule, Threshold, load_knowledge
 from cds.settings import Settings
@@ -254,8 +255,18 @@ class _Document:
                 any(meds.classes[meds.ingredients[i].drug_class] is cls for i in p.ingredients)
                 for p in meds.products.values()
             )
+            # A label naming what each ingredient lowers names here what the class lowers.
+            lowered = sorted(
+                {
+                    a
+                    for i in meds.ingredients.values()
+                    if meds.classes[i.drug_class] is cls
+                    for a in i.lowers
+                }
+            )
+            label = cls.label.format(lowers=joined(lowered, last="or"))
             yield (
-                f"| `{cls.finding}` | {cls.label}: {', '.join(ingredients)}; "
+                f"| `{cls.finding}` | {label}: {', '.join(ingredients)}; "
                 f"{products} RxNorm products | {', '.join(self.source(s) for s in sources)} |"
             )
 

@@ -24,11 +24,13 @@ from cds.decision.facts.record import (
     Resource,
     Resources,
     codings,
+    joined,
     number,
     parse_date,
     text,
 )
 from cds.decision.facts.vocabulary import Vocabulary
+from cds.knowledge import Ingredient, Knowledge
 
 ACTIVE_REQUEST = {"active"}
 ACTIVE_STATEMENT = {"active", "intended"}  # not not-taken, completed, entered-in-error...
@@ -233,6 +235,13 @@ def _label_of(vocabulary: Vocabulary, drug: Drug) -> str:
     return next((p.display for p in products), "")
 
 
+def class_words(knowledge: Knowledge, spec: Ingredient) -> str:
+    """The drug's class in words: 'systemic corticosteroid'; a class label with `{lowers}`
+    names what this ingredient lowers ('drug that lowers magnesium'), not the whole class's."""
+    lowered = [knowledge.labs.analytes[a].label.lower() for a in spec.lowers]
+    return knowledge.medications.classes[spec.drug_class].label.format(lowers=joined(lowered))
+
+
 def _add_drug(
     vocabulary: Vocabulary,
     kind: str,
@@ -251,7 +260,7 @@ def _add_drug(
             "medication" if kind == "drug" else "order",
             label or ingredient,
             status=status or None,
-            judged=f"contains {ingredient} ({meds.classes[spec.drug_class].label})",
+            judged=f"contains {ingredient} ({class_words(vocabulary.knowledge, spec)})",
             lowers=tuple(spec.lowers),
             started=started(resource),
             dose=dose(resource),

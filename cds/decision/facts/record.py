@@ -350,6 +350,17 @@ def fmt(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def joined(items: list[str], last: str = "and") -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return (
+        items[0]
+        if len(items) == 1
+        else f"{', '.join(items[:-1])} {last} {items[-1]}"
+        if items
+        else ""
+    )
+
+
 def threshold_words(
     threshold: Threshold, sex: str | None, unit: str, limit: float | None = None
 ) -> str:
