@@ -6,7 +6,9 @@ Why a full snapshot, and why it stays honest while card texts change:
   their actions, links, order) with what the code gave before the change.
 - Only what is the same on every run is normalised: dates become day offsets from the day of
   the call ("{today-14d}", since the bodies' dates move with the calendar) and uuids are
-  dropped (derived from hookInstance; the suggestion's position stays compared).
+  dropped (derived from hookInstance; the suggestion's position stays compared), and the
+  service's own loopback address (a new port each run, in the assessment app's launch link)
+  becomes "{service}".
 - When cards change on purpose (rules/, cds/decision/cards.py, the reading of the record), the
   snapshot is regenerated deliberately with `python bench/load.py --update-expected` and
   the change is reviewed in the diff of bench/expected-cards.json next to the change that
@@ -29,6 +31,7 @@ from typing import Any
 SNAPSHOT = Path(__file__).resolve().parent / "expected-cards.json"
 UPDATE_COMMAND = ".venv/bin/python bench/load.py --update-expected"
 _DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+_SERVICE = re.compile(r"http://127\.0\.0\.1:\d+")
 
 
 def _offset(match: re.Match[str], today: date) -> str:
@@ -45,12 +48,13 @@ def _normalise(value: Any, today: date) -> Any:
     if isinstance(value, list):
         return [_normalise(item, today) for item in value]
     if isinstance(value, str):
-        return _DATE.sub(lambda match: _offset(match, today), value)
+        return _DATE.sub(lambda match: _offset(match, today), _SERVICE.sub("{service}", value))
     return value
 
 
 def projection(response: dict[str, Any], today: date | None = None) -> list[dict[str, Any]]:
-    """The cards of one response as compared: everything but uuids, dates as day offsets."""
+    """The cards of one response as compared: everything but uuids, dates as day offsets,
+    the service's address as "{service}"."""
     return _normalise(response["cards"], today or datetime.now(UTC).date())
 
 
