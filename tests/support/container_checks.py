@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from cryptography.fernet import Fernet
 
 from tests.support import kubernetes as k8s
 from tests.support.jwt_tokens import TokenFactory, bearer
@@ -351,6 +352,7 @@ def kubernetes(image: str) -> None:
         secrets = {
             "database-url": db_url,
             "trusted-issuers": json.dumps(tokens.trusted_issuers()),
+            "app-session-key": Fernet.generate_key().decode(),
         }
         migrate = podman(
             "run",
