@@ -24,7 +24,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any
 
@@ -39,7 +38,7 @@ from cds.units import unit_key
 from cds.web.app import create_app
 from tests.conftest import SERVICE_PV
 from tests.support.cards import cards_by_code
-from tests.support.fhir import ICD10, LOINC, PREFETCH_KEYS
+from tests.support.fhir import LOINC, PREFETCH_KEYS, added_twitch
 from tests.support.paths import FIXTURES
 
 CORPUS = FIXTURES / "realworld"
@@ -134,25 +133,6 @@ def records() -> tuple[Record, ...]:
     return tuple(record for name, found in corpus() for record in _records_of(name, found))
 
 
-def _twitch(patient_id: str) -> dict[str, Any]:
-    """The complaint the test adds: fasciculation (ICD-10-CM R25.3), active, a week old."""
-    return {
-        "resourceType": "Condition",
-        "id": "twitch-added-by-test",
-        "clinicalStatus": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                    "code": "active",
-                }
-            ]
-        },
-        "code": {"coding": [{"system": ICD10, "code": "R25.3", "display": "Fasciculation"}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "onsetDateTime": date.fromordinal(datetime.now(UTC).date().toordinal() - 7).isoformat(),
-    }
-
-
 def _searchset(entries: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
@@ -179,7 +159,7 @@ def hook_request(
     deceased[x], for tests that read a record for its results (a deceased patient gets no
     cards, issue 16)."""
     keyed: dict[str, list[tuple[dict[str, Any], str]]] = {key: [] for key in PREFETCH_KEYS.values()}
-    for resource in (*resources, _twitch(record.patient_id)):
+    for resource in (*resources, added_twitch(record.patient_id)):
         kind = resource["resourceType"]
         if kind == "Medication":
             keyed[PREFETCH_KEYS["MedicationRequest"]].append((resource, "include"))

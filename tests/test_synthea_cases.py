@@ -34,7 +34,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import SERVICE_PV
 from tests.support.app import module_client
 from tests.support.cards import cards_by_code, lab_orders
-from tests.support.fhir import ICD10, alive, bundle, days_ago
+from tests.support.fhir import added_twitch, alive, bundle
 from tests.support.paths import SYNTHEA
 
 KEYS = {
@@ -82,25 +82,6 @@ def patient_id(name: str) -> str:
     return next(r["id"] for r in resources(name) if r["resourceType"] == "Patient")
 
 
-def twitch_for(name: str) -> dict[str, Any]:
-    """The complaint the test adds: fasciculation (ICD-10-CM R25.3), active, a week old."""
-    return {
-        "resourceType": "Condition",
-        "id": "twitch-added-by-test",
-        "clinicalStatus": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                    "code": "active",
-                }
-            ]
-        },
-        "code": {"coding": [{"system": ICD10, "code": "R25.3", "display": "Fasciculation"}]},
-        "subject": {"reference": f"Patient/{patient_id(name)}"},
-        "onsetDateTime": days_ago(7),
-    }
-
-
 def request_for(name: str, record: list[dict[str, Any]], *extra: dict[str, Any]) -> dict[str, Any]:
     """patient-view request carrying the whole record as prefetch, grouped by type."""
     grouped: dict[str, list[dict[str, Any]]] = {key: [] for key in KEYS.values()}
@@ -138,7 +119,7 @@ def cards(
     *extra: dict[str, Any],
     record: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    return cards_by_code(call(client, name, twitch_for(name), *extra, record=record))
+    return cards_by_code(call(client, name, added_twitch(patient_id(name)), *extra, record=record))
 
 
 def lookback_reaching(day: date, margin: int = 30) -> int:
@@ -341,9 +322,9 @@ def test_lupe_little_plain_record(client: TestClient) -> None:
 def test_fletcher_hyatt_as_recorded_deceased_gets_no_cards(client: TestClient) -> None:
     """Synthea records Fletcher as deceased (1996): no advice about him, whatever his record."""
     record = [copy.deepcopy(e["resource"]) for e in _bundle("Fletcher_Hyatt", False)["entry"]]
-    assert call(client, "Fletcher_Hyatt", twitch_for("Fletcher_Hyatt"), record=record) == {
-        "cards": []
-    }
+    assert call(
+        client, "Fletcher_Hyatt", added_twitch(patient_id("Fletcher_Hyatt")), record=record
+    ) == {"cards": []}
 
 
 def test_fletcher_hyatt_largest_record_answers_fast(client: TestClient) -> None:

@@ -81,6 +81,16 @@ def twitch(code: str = "R25.3", system: str = ICD10) -> dict[str, Any]:
     return condition(code, system)
 
 
+def added_twitch(patient_id: str) -> dict[str, Any]:
+    """The complaint a test adds to a recorded patient's own record (Synthea, the real-world
+    corpus) so that cards appear: fasciculation (ICD-10-CM R25.3), active, a week old."""
+    return {
+        **condition("R25.3", onset=days_ago(7), patient_id=patient_id),
+        "id": "twitch-added-by-test",
+        "code": {"coding": [{"system": ICD10, "code": "R25.3", "display": "Fasciculation"}]},
+    }
+
+
 def lab(
     loinc: str,
     value: float | None,
