@@ -385,6 +385,7 @@ class DuplicateTexts(_Model):
 
 class LabStatusTexts(_Model):
     missing: str
+    unusable: str
     normal: str
     on_record: str
     measured: str

@@ -207,6 +207,78 @@ def test_an_unreadable_normal_looking_result_gets_no_warning(client: TestClient)
     assert "lab-result-unreadable" not in cards(client, twitch(), result)
 
 
+CREATINE_KINASE, SODIUM = "2157-6", "2951-2"
+
+
+def undated(result: dict[str, Any]) -> dict[str, Any]:
+    del result["effectiveDateTime"]
+    return result
+
+
+def test_an_undated_raised_result_of_any_analyte_asks_to_check_the_laboratory_system(
+    client: TestClient,
+) -> None:
+    """Not only work-up tests: an undated creatine kinase of 450 U/L (a real MII record) is
+    named with its value and why it was not used, not dropped without a word."""
+    found = cards(client, twitch(), undated(lab(CREATINE_KINASE, 450, "U/L")))
+    card = found["lab-result-unreadable"]
+    assert card["indicator"] == "warning"
+    assert "creatine kinase" in card["summary"] and "laboratory system" in card["summary"]
+    detail = plain(card["detail"])
+    assert "**Creatine kinase** (final): 450 U/L, undated: no effective date or issued time" in (
+        detail
+    )
+    assert "may be raised" in detail
+
+
+@pytest.mark.parametrize(
+    ("result", "looks"),
+    [
+        (lab(POTASSIUM, 3.1, "mmol/L", status="preliminary"), "may be low"),
+        (lab(SODIUM, 126, "mmol/L", when="2999-01-01"), "may be low"),
+        (undated(lab(SODIUM, 118, "mmol/L")), "may be critical"),
+    ],
+    ids=["preliminary low potassium", "future-dated low sodium", "undated critical sodium"],
+)
+def test_a_set_aside_result_that_looks_abnormal_gets_the_warning(
+    client: TestClient, result: dict[str, Any], looks: str
+) -> None:
+    card = cards(client, twitch(), result)["lab-result-unreadable"]
+    assert card["indicator"] == "warning"
+    assert looks in plain(card["detail"])
+
+
+def test_a_set_aside_result_is_no_warning_when_it_looks_normal_or_a_usable_one_exists(
+    client: TestClient,
+) -> None:
+    assert "lab-result-unreadable" not in cards(
+        client, twitch(), undated(lab(CREATINE_KINASE, 120, "U/L"))
+    )
+    assert "lab-result-unreadable" not in cards(
+        client, twitch(), undated(lab(SODIUM, 126, "mmol/L")), lab(SODIUM, 140, "mmol/L")
+    )
+
+
+def test_a_card_wanting_a_test_names_its_set_aside_result_instead_of_not_measured(
+    client: TestClient,
+) -> None:
+    """The muscular dystrophy card wants a creatine kinase: with only an undated one on
+    record it says so, never "Not measured: no creatine kinase result"."""
+    found = cards(
+        client, twitch(), family_history("73297009"), undated(lab(CREATINE_KINASE, 150, "U/L"))
+    )
+    detail = plain(found["red-flag-muscular-dystrophy"]["detail"])
+    assert "creatine kinase result" not in detail
+    assert (
+        "**No usable result:** creatine kinase (150 U/L, undated: no effective date or issued "
+        "time); the order is suggested below." in detail
+    )
+    without = cards(client, twitch(), family_history("73297009"))
+    assert "**Not measured:** no creatine kinase result" in plain(
+        without["red-flag-muscular-dystrophy"]["detail"]
+    )
+
+
 def test_tolerated_faults_are_counted_by_kind() -> None:
     result = critical_potassium(
         vendorFlag=1,  # unknown element

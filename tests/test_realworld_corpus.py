@@ -421,27 +421,9 @@ def _same_component(probed: dict[str, Any], result: Result) -> dict[str, Any]:
     return component
 
 
-# Results the service sets aside today without naming them anywhere. Each is a fault of the
-# service, not of the test (issue 16, "never a false absence"): strict, so that the test
-# fails once the result is reported and the entry must go.
-SET_ASIDE_SILENTLY = {
-    # Creatine kinase 450 U/L, final, with neither effective[x] nor issued: no date, so never
-    # judged, and no card says why.
-    "mii-exa-test-data-seltene-labobs-1",
-}
-
-
 @pytest.mark.parametrize(
     "result",
-    [
-        pytest.param(
-            r,
-            marks=pytest.mark.xfail(strict=True, reason="set aside without a word")
-            if r.resource["id"] in SET_ASIDE_SILENTLY
-            else (),
-        )
-        for r in results()
-    ],
+    results(),
     ids=lambda r: f"{r.record.source}:{r.resource['id']}:{r.analyte}",
 )
 def test_every_known_analyte_result_is_judged_or_reported(

@@ -31,6 +31,8 @@ from cds.knowledge import CardText, Knowledge, OrderingText
 
 SUMMARY_LIMIT = 139
 LABEL_LIMIT = 60
+# How many set-aside results of one test a card names (the newest).
+MAX_SET_ASIDE_SHOWN = 3
 # RxNorm writes strengths and forms in capitals ("predniSONE 20 MG Oral Tablet"); prescribers
 # write "Prednisone 20 mg oral tablet". Units keep their UCUM case.
 RXNORM_UNITS = {
@@ -520,12 +522,16 @@ class CardBuilder:
             if fact["kind"] == "lab"
         }
         missing: list[str] = []
+        unusable: list[str] = []
         normal: list[str] = []
         on_record: list[str] = []
         for name in self._wanted_labs(text, evidence):
             if name in shown:
                 continue
-            if name in facts.missing_labs:
+            aside = facts.set_aside_words({name}, MAX_SET_ASIDE_SHOWN)
+            if name in facts.missing_labs and aside:
+                unusable.append(f"{_in_sentence(analytes[name].label)} ({'; '.join(aside)})")
+            elif name in facts.missing_labs:
                 missing.append(_in_sentence(analytes[name].label))
             elif name in results:
                 fact, result = results[name]
@@ -541,6 +547,8 @@ class CardBuilder:
         lines = []
         if missing:
             lines.append(words.missing.format(tests=joined(missing, "or"), days=lookback_days))
+        if unusable:
+            lines.append(words.unusable.format(results=md("; ".join(unusable))))
         if normal:
             lines.append(words.normal.format(results=joined(normal)))
         if on_record:

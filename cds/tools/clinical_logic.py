@@ -110,10 +110,10 @@ class _Document:
         if kind == "lab-missing":
             missing = [a.label for a in self.k.labs.analytes.values() if a.workup]
             return f"no usable result in the lookback for any of: {', '.join(missing)}"
-        if kind == "lab-unreadable":
+        if kind == "lab-set-aside":
             return (
-                "an unreadable result that the laboratory flags critical or whose value "
-                "reads as critical"
+                "an analyte with no usable result, one of whose results was set aside while "
+                "its laboratory flag or its value is beyond the limits"
             )
         drugs = {
             "drug": "an active drug of a class in Drug classes",

@@ -11,9 +11,10 @@ future are invalid: counted, never judged.
 
 A result that exists but is not used - unreadable, preliminary, without a convertible unit or a
 value, future-dated, impossible - is set aside with its date and reason, and a work-up test
-whose only results were set aside is named with them, never called absent. An unreadable
-result that the laboratory flags critical, or whose value reads as critical, is a
-`lab-unreadable` fact: the clinician is asked to look in the laboratory system.
+whose only results were set aside is named with them, never called absent. A set-aside result
+of an analyte with no usable result, whose laboratory flag or value (as far as it can be read)
+is beyond the analyte's limits, is a `lab-set-aside` fact: whatever the analyte, the clinician
+is asked to look in the laboratory system rather than trust the absence of a card.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from cds.decision.facts.record import (
@@ -31,6 +32,7 @@ from cds.decision.facts.record import (
     Facts,
     Resource,
     SetAside,
+    UnreadReason,
     When,
     Window,
     codings,
@@ -55,6 +57,13 @@ _COMPARATORS = {"≤": "<=", "≥": ">="}
 _AGE_YEARS = {"a": 1.0, "mo": 1 / 12, "wk": 7 / 365.25, "d": 1 / 365.25}
 # The values a result may have: (low, low included, high, high included).
 Interval = tuple[float, bool, float, bool]
+# The time of a result that has none that can be read: only its value is looked at.
+_NO_TIME = When(date.min, datetime.min.replace(tzinfo=UTC), False)
+# What a set-aside result may be, most severe first, as the card names it.
+_LOOKS = ("critical", "low", "raised")
+# Suspects: per analyte, set-aside results that look beyond its limits, with their severity
+# and day (the most severe, then the latest, is shown).
+Suspects = dict[str, list[tuple[int, date, Evidence]]]
 
 
 @dataclass(frozen=True)
@@ -119,14 +128,17 @@ class Decided:
 def read_labs(
     vocabulary: Vocabulary, observations: list[Resource], window: Window, facts: Facts
 ) -> None:
-    """Adds a `lab` fact per judged analyte and a `lab-missing` fact per absent work-up test."""
+    """Adds a `lab` fact per judged analyte, a `lab-missing` fact per absent work-up test and
+    a `lab-set-aside` fact per analyte whose only results were set aside and look abnormal."""
     knowledge = vocabulary.knowledge
     candidates: dict[str, list[Reading]] = {}
+    suspects: Suspects = {}
     for obs in observations:
-        for name, reading in _readings(vocabulary, obs, window, facts):
+        for name, reading in _readings(vocabulary, obs, window, facts, suspects):
             candidates.setdefault(name, []).append(reading)
     decided = {
-        name: _decide(vocabulary, name, found, window, facts) for name, found in candidates.items()
+        name: _decide(vocabulary, name, found, window, facts, suspects)
+        for name, found in candidates.items()
     }
     results = {name: d for name, d in decided.items() if d is not None}
     for name, chosen in results.items():
@@ -134,11 +146,15 @@ def read_labs(
         if analyte.finding or analyte.high or analyte.low or analyte.flags:
             outranking = results.get(analyte.outranked_by or "")
             _add_lab(vocabulary, chosen, results.get("albumin"), outranking, window, facts)
+    for name, found in suspects.items():
+        if name not in results:
+            *_, evidence = max(found, key=lambda s: s[:2])
+            facts.add({"kind": "lab-set-aside", "analyte": name}, evidence)
     _missing(knowledge, set(results), facts)
 
 
 def _readings(
-    vocabulary: Vocabulary, obs: Resource, window: Window, facts: Facts
+    vocabulary: Vocabulary, obs: Resource, window: Window, facts: Facts, suspects: Suspects
 ) -> Iterator[tuple[str, Reading]]:
     """The analyte results an Observation carries, itself or in its components."""
     status = text(obs.get("status"))
@@ -154,17 +170,18 @@ def _readings(
     if when is None:
         # Dated in a form that cannot be read, or not dated at all: never the latest result.
         dated = any(key.startswith(("effective", "issued")) for key in obs)
-        for _, (name, _, _) in found:
-            if dated:
-                facts.put_aside(obs, "unreadable", "effective[x]", analyte=name)
-            else:
-                facts.put_aside(obs, "undated", analyte=name)
+        for part, (name, code, rank) in found:
+            reading = Reading(_NO_TIME, obs, part, code, rank)
+            reason: UnreadReason = "unreadable" if dated else "undated"
+            detail = "effective[x]" if dated else None
+            _set_aside(vocabulary, name, reading, reason, window, facts, suspects, detail)
         return
     if when.day < window.since:
         return
     if window.in_future(when):
-        for _, (name, _, _) in found:  # a data-entry error: never the latest
-            facts.put_aside(obs, "future-dated", when=when.day, analyte=name)
+        for part, (name, code, rank) in found:  # a data-entry error: never the latest
+            reading = Reading(when, obs, part, code, rank)
+            _set_aside(vocabulary, name, reading, "future-dated", window, facts, suspects)
         return
     for part, (name, spec, rank) in found:
         yield name, Reading(when, obs, part, spec, rank)
@@ -180,7 +197,12 @@ def _analyte_of(vocabulary: Vocabulary, part: Resource) -> list[tuple[str, Code,
 
 
 def _decide(
-    vocabulary: Vocabulary, name: str, found: list[Reading], window: Window, facts: Facts
+    vocabulary: Vocabulary,
+    name: str,
+    found: list[Reading],
+    window: Window,
+    facts: Facts,
+    suspects: Suspects,
 ) -> Decided | None:
     """The latest usable result; among results of its day that time cannot order, the most
     severe, with the others stated beside it. Only the deciding Observation is validated."""
@@ -199,7 +221,7 @@ def _decide(
             break
         unreadable = facts.unreadable(reading.obs)
         if unreadable is not None:
-            _unreadable(vocabulary, name, analyte, reading, unreadable, window, facts)
+            _set_aside(vocabulary, name, reading, "unreadable", window, facts, suspects, unreadable)
             continue
         result = _lab_result(vocabulary, name, analyte, reading, window)
         if isinstance(result, SetAside):
@@ -207,13 +229,7 @@ def _decide(
             continue
         judgement = judge(vocabulary, analyte, result, window.sex)
         if result.status == PRELIMINARY and not judgement.critical:
-            facts.put_aside(
-                reading.obs,
-                "preliminary",
-                when=reading.when.day,
-                analyte=name,
-                reported=result.reported,
-            )
+            _set_aside(vocabulary, name, reading, "preliminary", window, facts, suspects)
             continue
         usable.append((result, judgement, reading))
     if not usable:
@@ -225,58 +241,72 @@ def _decide(
     return Decided(result, judgement, list(others.values())[:MAX_STATED_BESIDE])
 
 
-def _unreadable(
+def _set_aside(
     vocabulary: Vocabulary,
     name: str,
-    analyte: Analyte,
     reading: Reading,
-    element: str,
+    reason: UnreadReason,
     window: Window,
     facts: Facts,
+    suspects: Suspects,
+    detail: str | None = None,
 ) -> None:
-    """Set an unreadable result aside; when what can still be made of it - the laboratory's
-    flag, a number - says critical, add a `lab-unreadable` fact so that the clinician looks
-    in the laboratory system rather than trust the absence of a card."""
-    facts.put_aside(reading.obs, "unreadable", element, when=reading.when.day, analyte=name)
+    """Set a result aside with its date, value (as far as it can be read) and reason. When
+    what can still be made of it - the laboratory's flag, a number - is beyond the analyte's
+    limits, it is a suspect: should the analyte have no usable result, the clinician is asked
+    to look in the laboratory system rather than trust the absence of a card."""
+    analyte = vocabulary.knowledge.labs.analytes[name]
     guess = _lab_result(vocabulary, name, analyte, reading, window)
-    flag = vocabulary.lab_flags.get(_flag(vocabulary, reading.part) or "")
-    critical = bool(flag and flag.critical)
-    if isinstance(guess, LabResult):
-        critical = critical or judge(vocabulary, analyte, guess, window.sex).critical
-    else:
-        critical = critical or _reads_as_critical(analyte, reading.part, window)
-    if not critical:
-        return
-    code = reading.part.get("code")
-    shown = guess.reported if isinstance(guess, LabResult) else None
-    flagged = f"flagged {flag.label} ({_flag(vocabulary, reading.part)})" if flag else None
-    facts.add(
-        {"kind": "lab-unreadable", "analyte": name},
-        Evidence(
-            "unread",
-            analyte.label,
-            reading.when.day,
-            reported=shown,
-            status=text(reading.obs.get("status")),
-            judged="; ".join(w for w in (f"unreadable ({element})", flagged) if w),
-            code=f"LOINC {reading.code.code}" if isinstance(code, dict) else None,
-            analyte=name,
-        ),
+    when = None if reading.when is _NO_TIME else reading.when.day
+    entry = facts.put_aside(
+        reading.obs, reason, detail, when=when, analyte=name, reported=guess.reported
     )
+    code = _flag(vocabulary, reading.part)
+    flag = vocabulary.lab_flags.get(code or "")
+    if isinstance(guess, LabResult):
+        judgement = judge(vocabulary, analyte, guess, window.sex)
+        looks = [judgement.critical, judgement.low, judgement.high]
+    else:
+        looks = _reads_as(analyte, reading.part, window)
+    if flag is not None:
+        looks = [
+            looks[0] or flag.critical,
+            looks[1] or flag.direction == "low",
+            looks[2] or flag.direction == "high",
+        ]
+    if not any(looks):
+        return
+    severity = len(_LOOKS) - looks.index(True)
+    flagged = f"flagged {flag.label} ({code})" if flag else None
+    words = (entry.words(), flagged, f"may be {_LOOKS[looks.index(True)]}")
+    evidence = Evidence(
+        "unread",
+        analyte.label,
+        status=text(reading.obs.get("status")),
+        judged="; ".join(w for w in words if w),
+        code=f"LOINC {reading.code.code}" if isinstance(reading.part.get("code"), dict) else None,
+        analyte=name,
+    )
+    suspects.setdefault(name, []).append((severity, when or date.min, evidence))
 
 
-def _reads_as_critical(analyte: Analyte, part: Resource, window: Window) -> bool:
-    """Whether the value of an unreadable result, read as a person would ("2,1 mmol/L"),
-    is critical."""
+def _reads_as(analyte: Analyte, part: Resource, window: Window) -> list[bool]:
+    """Critical, low, high: the value of an unreadable result read as a person would
+    ("2,1 mmol/L")."""
     quantity = part.get("valueQuantity")
     raw = quantity.get("value") if isinstance(quantity, dict) else part.get("valueString")
     match = _NUMBER.match(raw.replace(",", ".")) if isinstance(raw, str) else None
     units = quantity_units(quantity) if isinstance(quantity, dict) else []
-    if match is None or analyte.critical is None or match[1]:
-        return False
+    if match is None or match[1]:
+        return [False, False, False]
     units = units or ([match[3].strip()] if match[3] else [])
     converted = convert(float(match[2]), units, analyte.unit_factors)
-    return converted is not None and analyte.critical.holds(converted[0], window.sex)
+    if converted is None:
+        return [False, False, False]
+    return [
+        bool(limit and limit.holds(converted[0], window.sex))
+        for limit in (analyte.critical, analyte.low, analyte.high)
+    ]
 
 
 def _lab_result(
@@ -720,11 +750,7 @@ def _missing(knowledge: Knowledge, present: set[str], facts: Facts) -> None:
     for name, analyte in analytes.items():
         if analyte.workup and name not in covered:
             counted = {name} | {a for a, spec in analytes.items() if spec.workup_counts_for == name}
-            newest = sorted(
-                {(s.when or date.min, s.words()) for s in facts.set_aside if s.analyte in counted},
-                reverse=True,
-            )
-            words = tuple(w for _, w in newest[:MAX_STATED_BESIDE])
+            words = facts.set_aside_words(counted, MAX_STATED_BESIDE)
             facts.add(
                 {"kind": "lab-missing", "analyte": name},
                 Evidence("missing", analyte.label, analyte=name, set_aside=words),

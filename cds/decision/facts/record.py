@@ -157,6 +157,14 @@ class Facts:
         self.set_aside.append(entry)
         return entry
 
+    def set_aside_words(self, analytes: set[str], most: int) -> tuple[str, ...]:
+        """The newest `most` set-aside results of these analytes, in words with their dates."""
+        newest = sorted(
+            {(s.when or date.min, s.words()) for s in self.set_aside if s.analyte in analytes},
+            reverse=True,
+        )
+        return tuple(words for _, words in newest[:most])
+
     def unread_counts(self) -> Counter[tuple[str, str]]:
         """Resources set aside, once each, by (resource type, reason)."""
         seen = {(s.resource, s.resource_type, s.reason) for s in self.set_aside}
