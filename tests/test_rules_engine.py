@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cds.decision import engine as engine_module
 from cds.decision.engine import RulesEngine
 from cds.decision.facts import parse_date
 from cds.knowledge import load_knowledge
@@ -49,6 +50,21 @@ def test_unknown_fact_kinds_are_handled_by_the_catch_all(engine: RulesEngine) ->
     facts = [{"kind": "something-new", "evidence": "e9"}, low_mg(), COMPLAINT]
     assert "hypomagnesemia" in {f.code for f in engine.evaluate("chart", facts)}
     assert engine.evaluate("orders", [low_mg(), COMPLAINT]) == []
+
+
+def test_the_catch_all_handles_every_fact_without_running_an_action(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its action would be one Python call per fact (most of the rules step's cost)."""
+    ran: list[object] = []
+    monkeypatch.setattr(engine_module, "_never_runs", lambda c: ran.append(c))
+    fresh = RulesEngine(load_knowledge(RULES))
+    facts = [{"kind": "something-new", "evidence": "e9"}, low_mg(), COMPLAINT]
+    assert {f.code for f in fresh.evaluate("chart", facts)} == {
+        "hypomagnesemia",
+        "lifestyle-review",
+    }
+    assert ran == []
 
 
 def test_join_of_drug_and_low_electrolyte_cites_both(engine: RulesEngine) -> None:

@@ -4,7 +4,12 @@ Why the wrapper looks the way it does (measured; see docs/engineering-notes.md):
 - durable-rules keeps a fixed table of 1,024 sessions: every evaluation runs in its own
   session id and deletes it afterwards, also on error, so nothing is left behind.
 - A fact that no rule handles makes the whole batch fail (and corrupted the heap after
-  `delete_state`): every ruleset gets a catch-all rule.
+  `delete_state`): every ruleset gets a catch-all rule. Its first member matches every fact,
+  which is all "handled" asks; its second waits for a fact no builder makes, so it never fires.
+  A catch-all that fired would run one Python action per fact: 0.31 against 0.06 ms for 21
+  facts (measured 2026-12-06; 20,000 evaluations, 1,024-session table, flat RSS).
+- `delete_state` aborts the process (SIGABRT) for a session in which no action ever ran, so
+  every evaluation also asserts one session fact, whose rule runs a no-op action once.
 - Joins over several facts only fire reliably for asserted facts, not posted events.
 - The library's own Host starts a background thread that runs pending actions of any session;
   here actions must run in the evaluating thread so that each request collects exactly its own
@@ -27,7 +32,11 @@ from durable import engine as durable_engine
 
 from cds.knowledge import Knowledge, Rule
 
-CATCH_ALL = {"all": [{"m": {"$ex": {"kind": 1}}}]}
+# Fact kinds of the wrapper's own; no fact builder (cds/decision/facts/) makes them.
+NEVER = "twitch-cds/never"
+SESSION = "twitch-cds/session"
+CATCH_ALL = {"all": [{"m": {"$ex": {"kind": 1}}}, {"never": {"kind": NEVER}}]}
+SESSION_OPENED = {"all": [{"session": {"kind": SESSION}}]}
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,8 @@ class RulesEngine:
                 rule_name: {"all": rule.all, "run": self._action(rule_name, rule)}
                 for rule_name, rule in rules.items()
             }
-            definition["catch-all"] = {**CATCH_ALL, "run": _ignore}
+            definition["catch-all"] = {**CATCH_ALL, "run": _never_runs}
+            definition["session-opened"] = {**SESSION_OPENED, "run": _session_opened}
             definitions[name] = definition
         self._host.register_rulesets(definitions)
 
@@ -104,7 +114,10 @@ class RulesEngine:
             return []
         sid = str(next(self._sessions))
         name = self._names[ruleset]
-        batch = [{**fact, "sid": sid, "id": str(index)} for index, fact in enumerate(facts)]
+        batch = [
+            {**fact, "sid": sid, "id": str(index)}
+            for index, fact in enumerate([*facts, {"kind": SESSION}])
+        ]
         try:
             self._host.assert_facts(name, batch)
         finally:
@@ -114,5 +127,11 @@ class RulesEngine:
         return findings
 
 
-def _ignore(c: Any) -> None:
-    """The catch-all rule's action: the fact is handled, nothing is concluded from it alone."""
+def _session_opened(c: Any) -> None:
+    """The session rule's action: it runs once per evaluation, so that `delete_state` has a
+    session with an action behind it (see module doc)."""
+
+
+def _never_runs(c: Any) -> None:
+    """The catch-all rule's action, which durable-rules requires and never runs (its rule
+    waits for a fact of kind NEVER)."""

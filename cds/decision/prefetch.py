@@ -54,6 +54,8 @@ class Identity:
     identifiers: frozenset[tuple[str, str]]
     urls: frozenset[str]
     server: str | None
+    # Verdicts by reference string: a record names its patient the same way hundreds of times.
+    _targets: dict[str, bool] = field(default_factory=dict, compare=False)
 
     def names(self, reference: Any) -> bool:
         """Whether a Reference (a dict) names this patient."""
@@ -61,7 +63,10 @@ class Identity:
             return False
         target = text(reference.get("reference"))
         if target:
-            return self._names_target(target)
+            verdict = self._targets.get(target)
+            if verdict is None:
+                verdict = self._targets[target] = self._names_target(target)
+            return verdict
         identifier = reference.get("identifier")
         return isinstance(identifier, dict) and _identifier_key(identifier) in self.identifiers
 

@@ -141,7 +141,7 @@ async def authenticate(request: Request) -> VerifiedClient | None:
     return client
 
 
-def authenticated_client(request: Request) -> VerifiedClient | None:
+async def authenticated_client(request: Request) -> VerifiedClient | None:
     """The client `AuthenticatedRoute` verified before the body was read."""
     client: VerifiedClient | None = request.state.client
     return client

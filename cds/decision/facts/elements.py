@@ -21,6 +21,10 @@ them:
 
 Top-level elements outside the projection are only looked at for the counts (unknown names,
 blank strings, malformed extensions), never checked further.
+
+A primitive type's check depends on nothing but the value, and the same values (systems,
+codes, units, statuses) come back in every resource and every request: each verdict is kept
+(`_PRIMITIVE_VERDICTS`, bounded) and the validator runs once per distinct value.
 """
 
 from __future__ import annotations
@@ -230,8 +234,31 @@ def _check_one(
         return True
     if element.primitive is None:  # a contained resource or other open type: not read
         return True
+    return _valid_primitive(element.primitive, value)
+
+
+# Verdicts of primitive checks, by (validator, type, value); emptied when full, so that a
+# stream of distinct values (dates, numbers) cannot grow it without bound.
+_PRIMITIVE_VERDICTS: dict[tuple[Callable[[Any], Any], type, Any], bool] = {}
+MAX_PRIMITIVE_VERDICTS = 50_000
+
+
+def _valid_primitive(check: Callable[[Any], Any], value: Any) -> bool:
+    if isinstance(value, list | dict):  # a list or an object where a primitive belongs
+        return _verdict(check, value)
+    key = (check, type(value), value)  # with the type: True == 1 == 1.0 as keys
+    verdict = _PRIMITIVE_VERDICTS.get(key)
+    if verdict is None:
+        verdict = _verdict(check, value)
+        if len(_PRIMITIVE_VERDICTS) >= MAX_PRIMITIVE_VERDICTS:
+            _PRIMITIVE_VERDICTS.clear()
+        _PRIMITIVE_VERDICTS[key] = verdict
+    return verdict
+
+
+def _verdict(check: Callable[[Any], Any], value: Any) -> bool:
     try:
-        element.primitive(value)
+        check(value)
     except (ValidationError, ValueError, TypeError):
         return False
     return True
