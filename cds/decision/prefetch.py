@@ -148,34 +148,32 @@ class ResourcePool:
         if self._by_type is not None:
             return self._by_type
         identity = self._identity()
-        self.left_out = Counter()
-        copies: dict[tuple[str, str], list[Resource]] = {}
-        order: list[tuple[str, str] | int] = []
+        self.left_out = left_out = Counter[tuple[str, str]]()
+        # Copies of one resource by (type, id), in the order of first arrival; a resource
+        # without an id is its own entry, by its place in the record.
+        copies: dict[tuple[str, str] | int, list[Resource]] = {}
         for index, resource in enumerate(self._arrived):
             kind = resource["resourceType"]
             if not self._belongs(resource, identity):
                 if kind != "Patient" or text(resource.get("id")) not in identity.ids:
-                    self.left_out[(kind, "other-patient")] += 1
+                    left_out[(kind, "other-patient")] += 1
                 continue
             resource_id = text(resource.get("id"))
-            if not resource_id:
-                order.append(index)
-                continue
-            key = (kind, resource_id)
-            if key not in copies:
-                copies[key] = []
-                order.append(key)
-            copies[key].append(resource)
-        by_type: dict[str, list[Resource]] = {}
-        for item in order:
-            if isinstance(item, int):
-                chosen = [self._arrived[item]]
+            key = (kind, resource_id) if resource_id else index
+            found = copies.get(key)
+            if found is None:
+                copies[key] = [resource]
             else:
-                chosen = _latest(copies[item]) if item[0] in READ_TYPES else copies[item][:1]
-                if any(_entered_in_error(c) for c in copies[item]):
-                    self.left_out[(item[0], ENTERED_IN_ERROR)] += 1
+                found.append(resource)
+        by_type: dict[str, list[Resource]] = {}
+        for key, found in copies.items():
+            if isinstance(key, tuple):
+                if any(map(_entered_in_error, found)):
+                    left_out[(key[0], ENTERED_IN_ERROR)] += 1
                     continue
-            by_type.setdefault(chosen[0]["resourceType"], []).extend(chosen)
+                if len(found) > 1:
+                    found = _latest(found) if key[0] in READ_TYPES else found[:1]
+            by_type.setdefault(found[0]["resourceType"], []).extend(found)
         self._by_type = by_type
         return by_type
 
@@ -251,9 +249,12 @@ def _identifier_key(identifier: dict[str, Any]) -> tuple[str, str] | None:
 
 def _entered_in_error(resource: Resource) -> bool:
     """A copy withdrawn by its author: status, or a Condition's verification status."""
-    if text(resource.get("status")) == ENTERED_IN_ERROR:
+    status = resource.get("status")
+    if status is not None and text(status) == ENTERED_IN_ERROR:
         return True
     verification = resource.get("verificationStatus")
+    if verification is None:
+        return False
     codings = verification.get("coding") if isinstance(verification, dict) else None
     return isinstance(codings, list) and any(
         isinstance(c, dict) and text(c.get("code")) == ENTERED_IN_ERROR for c in codings
