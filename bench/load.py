@@ -649,11 +649,22 @@ def ceiling(measurements: list[Measurement], costs: dict[str, StackCost]) -> lis
         if floor is None or service is None or not floor.rps:
             continue
         floor_ms = 1000 / floor.rps
+        service_ms = 1000 / service.rps
         lines.append(
             f"- {case}: floor {floor_ms:.2f} ms per call; validating {cost.validated} resources "
             f"{cost.validation_ms:.2f} ms + rules on {cost.facts} facts {cost.rules_ms:.2f} ms "
             f"-> at best {_ratio(floor_ms, floor_ms + cost.total_ms)} of the floor; "
             f"measured {_ratio(service.rps, floor.rps)} (w1 c=1)"
+        )
+        # The floor decodes the body too: beyond it, the call in-process without its decode,
+        # and what is left of the measured time per call is the HTTP edge's own.
+        beyond = cost.call_ms - cost.steps.get("decode", 0.0)
+        lines.append(
+            f"  where twitch-cds's {service_ms:.2f} ms go: the floor's {floor_ms:.2f}; in-process "
+            + ", ".join(f"{step} {ms:.2f}" for step, ms in cost.steps.items())
+            + f"; beyond the floor's work and the fixed stack: own code "
+            f"{beyond - cost.total_ms:.2f} ms, HTTP edge (middleware, logs, metrics) "
+            f"{service_ms - floor_ms - beyond:.2f} ms"
         )
     return lines
 
