@@ -152,6 +152,44 @@ def test_a_garbled_dose_never_sets_the_drug_aside(
     assert "corticosteroid" in cards_by_code(response.json())
 
 
+def single(concept: dict[str, Any]) -> dict[str, Any]:
+    """The concept with its one coding written as an object, not a list of one."""
+    [coding] = concept["coding"]
+    return {**concept, "coding": coding}
+
+
+def test_an_object_where_a_list_belongs_is_read_as_a_list_of_one(client: TestClient) -> None:
+    """As HAPI reads it (a warning, not an error): a potassium low by its laboratory's own
+    range, whose code, range and flag are objects, not lists, is still judged by that range."""
+    result = lab(POTASSIUM, 3.6, "mmol/L")
+    result["referenceRange"] = {"low": {"value": 3.8, "unit": "mmol/L"}}
+    result["code"] = single(result["code"])
+    result["interpretation"] = {"coding": {"system": INTERPRETATION, "code": "L"}}
+    # code.coding, referenceRange, interpretation and its coding
+    assert read(result).faults["object for a list"] == 4
+    card = cards(client, twitch(), result)["hypokalemia"]
+    assert card["indicator"] == "warning"
+    assert "below the laboratory's lower limit of 3.8 mmol/L" in plain(card["detail"])
+
+
+def test_an_empty_member_name_is_an_unknown_element(client: TestClient) -> None:
+    """`{"": ...}` inside a read element (found by the fuzz test): counted, never a 500."""
+    result = critical_potassium()
+    result["code"][""] = 1
+    assert read(result).faults["unknown element"] == 1
+    assert cards(client, twitch(), result)["hypokalemia"]["indicator"] == "critical"
+
+
+def test_a_draft_order_whose_coding_is_an_object_is_read(client: TestClient) -> None:
+    order = prednisone(status="draft")
+    order["medicationCodeableConcept"] = single(order["medicationCodeableConcept"])
+    request = hook_request(twitch(), hook="order-sign")
+    request["context"]["draftOrders"] = {"resourceType": "Bundle", "entry": {"resource": order}}
+    response = client.post(f"/cds-services/{SERVICE_SIGN}", json=request)
+    assert response.status_code == 200, response.text
+    assert "corticosteroid" in cards_by_code(response.json())
+
+
 def test_a_numeric_string_value_is_read_as_its_number(client: TestClient) -> None:
     """fhir.resources reads "2.1" as the decimal 2.1, and so does the service."""
     result = critical_potassium()

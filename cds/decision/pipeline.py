@@ -17,6 +17,7 @@ from cds.decision.cards import CardBuilder, CardContext
 from cds.decision.catalog import Service
 from cds.decision.engine import RulesEngine
 from cds.decision.facts import FactBuilder, Facts, Vocabulary, is_deceased
+from cds.decision.facts.record import listed
 from cds.decision.findings import consolidate
 from cds.decision.prefetch import ResourcePool
 from cds.knowledge import Knowledge
@@ -34,11 +35,9 @@ def _draft_entries(request: HookRequest) -> list[dict[str, Any]]:
     """The entries of `context.draftOrders` that hold a resource (read leniently: the sandbox's
     Bundle is not valid FHIR)."""
     entries = request.context.draftOrders.get("entry") if request.context.draftOrders else None
-    return (
-        [e for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-        if isinstance(entries, list)
-        else []
-    )
+    return [
+        e for e in listed(entries) if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
 
 
 def draft_orders(request: HookRequest, service: Service) -> list[dict[str, Any]]:

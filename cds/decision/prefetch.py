@@ -31,7 +31,7 @@ from typing import Any
 
 from cds.decision.catalog import PrefetchTemplate
 from cds.decision.facts import READ_TYPES
-from cds.decision.facts.record import instant, text
+from cds.decision.facts.record import codings, instant, listed, text
 
 Resource = dict[str, Any]
 MAX_BUNDLE_DEPTH = 3
@@ -129,9 +129,8 @@ class ResourcePool:
             return
         kind = value["resourceType"]
         if kind == "Bundle":
-            entries = value.get("entry")
-            if depth < MAX_BUNDLE_DEPTH and isinstance(entries, list):
-                entries = [e for e in entries if isinstance(e, dict)]
+            if depth < MAX_BUNDLE_DEPTH:
+                entries = [e for e in listed(value.get("entry")) if isinstance(e, dict)]
                 self.references.update(
                     (e["fullUrl"].strip(), e["resource"])
                     for e in entries
@@ -207,7 +206,7 @@ class ResourcePool:
         identifiers = {
             key
             for patient in patients
-            for i in _listed(patient.get("identifier"))
+            for i in listed(patient.get("identifier"))
             if isinstance(i, dict) and (key := _identifier_key(i)) is not None
         }
         urls = {f"urn:uuid:{patient_id}"} | {
@@ -227,7 +226,7 @@ class ResourcePool:
 def _linked(patient: Resource) -> set[str]:
     """Ids of the Patient records a Patient links to as the same person."""
     found: set[str] = set()
-    for link in _listed(patient.get("link")):
+    for link in listed(patient.get("link")):
         if not isinstance(link, dict) or text(link.get("type")) not in LINKS:
             continue
         other = link.get("other")
@@ -236,10 +235,6 @@ def _linked(patient: Resource) -> set[str]:
         if match:
             found.add(match[1])
     return found
-
-
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _identifier_key(identifier: dict[str, Any]) -> tuple[str, str] | None:
@@ -255,10 +250,7 @@ def _entered_in_error(resource: Resource) -> bool:
     verification = resource.get("verificationStatus")
     if verification is None:
         return False
-    codings = verification.get("coding") if isinstance(verification, dict) else None
-    return isinstance(codings, list) and any(
-        isinstance(c, dict) and text(c.get("code")) == ENTERED_IN_ERROR for c in codings
-    )
+    return any(text(c.get("code")) == ENTERED_IN_ERROR for c in codings(verification))
 
 
 def _latest(copies: list[Resource]) -> list[Resource]:

@@ -13,8 +13,9 @@ them:
   code, dateTime, decimal... patterns), so a fault elsewhere cannot matter and costs nothing.
 - Within the projection, what HAPI tolerates is tolerated and counted by kind: an unknown
   element, a blank string or null, a malformed extension (extensions are never read), a
-  number where a string belongs (read as that string). A code or string with surrounding
-  spaces is read without them (`record.text`), uncounted.
+  number where a string belongs (read as that string), an object where a list belongs (read
+  as a list of one, `record.listed`). A code or string with surrounding spaces is read
+  without them (`record.text`), uncounted.
 - Any other fault in a read element - a non-blank invalid value the service would lose, a
   wrong shape, a missing required element - makes the resource unreadable, with the element
   named as the reason. Only that resource is set aside.
@@ -48,7 +49,10 @@ UNKNOWN = "unknown element"
 BLANK = "blank value"
 EXTENSION = "malformed extension"
 PRIMITIVE = "invalid primitive"
-FAULT_KINDS = (UNKNOWN, BLANK, EXTENSION, PRIMITIVE)
+# An object where a list belongs (`"coding": {...}`): HAPI reads it as a list of one, and
+# warns (its LenientErrorHandler's "incorrect JSON type"); so does the service.
+SINGLE = "object for a list"
+FAULT_KINDS = (UNKNOWN, BLANK, EXTENSION, PRIMITIVE, SINGLE)
 EXTENSIONS = ("extension", "modifierExtension")
 
 # A projection: element name -> None (read whole) or the projection of its sub-elements (for a
@@ -206,8 +210,10 @@ def _check(
         if not value:
             faults[BLANK] += 1
         return all(_check_one(item, element, projection, faults) for item in value)
-    if element.many and not _absent(value):
-        return False  # one value where a list belongs: not read as a list
+    if element.many and isinstance(value, dict) and value:
+        faults[SINGLE] += 1  # read as a list of one (record.listed)
+    elif element.many and not _absent(value):
+        return False  # a string or number where a list belongs: not read
     return _check_one(value, element, projection, faults)
 
 
@@ -276,7 +282,7 @@ def _check_model(
             continue
         element = elements.get(name)
         if element is None:
-            if name[0] != "_" and name != "fhir_comments":  # a primitive's extension, comments
+            if not name.startswith("_") and name != "fhir_comments":  # a primitive's extension
                 faults[UNKNOWN] += 1
         elif element.extension:
             _count_extensions(item, faults)

@@ -38,6 +38,7 @@ from cds.decision.facts.record import (
     codings,
     codings_of,
     fmt,
+    listed,
     number,
     observation_time,
     text,
@@ -160,11 +161,7 @@ def _readings(
     status = text(obs.get("status"))
     if status not in FINAL_OBSERVATION and status != PRELIMINARY:
         return
-    parts = (
-        [obs, *(c for c in obs["component"] if isinstance(c, dict))]
-        if isinstance(obs.get("component"), list)
-        else [obs]
-    )
+    parts = [obs, *(c for c in listed(obs.get("component")) if isinstance(c, dict))]
     found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
     when = observation_time(obs) if found else None  # dates are read only where they matter
     if when is None:
@@ -397,17 +394,13 @@ def _flag(vocabulary: Vocabulary, part: Resource) -> str | None:
 
 def _range_quantities(part: Resource) -> list[dict[str, Any]]:
     ranges = part.get("referenceRange")
-    return (
-        [
-            q
-            for r in ranges
-            if isinstance(r, dict)
-            for q in (r.get("low"), r.get("high"))
-            if isinstance(q, dict)
-        ]
-        if isinstance(ranges, list)
-        else []
-    )
+    return [
+        q
+        for r in listed(ranges)
+        if isinstance(r, dict)
+        for q in (r.get("low"), r.get("high"))
+        if isinstance(q, dict)
+    ]
 
 
 def _reference_limits(
@@ -415,11 +408,8 @@ def _reference_limits(
 ) -> tuple[float | None, float | None]:
     """The limits of the reference range that applies to this patient, converted; None where
     absent or not convertible. A range for the patient's sex and age beats a general one."""
-    ranges = part.get("referenceRange")
-    if not isinstance(ranges, list):
-        return None, None
     best: tuple[int, dict[str, Any]] | None = None
-    for entry in ranges:
+    for entry in listed(part.get("referenceRange")):
         if not isinstance(entry, dict):
             continue
         fit = _range_fit(vocabulary, entry, window)

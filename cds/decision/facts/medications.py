@@ -25,6 +25,7 @@ from cds.decision.facts.record import (
     Resources,
     codings,
     joined,
+    listed,
     number,
     parse_date,
     text,
@@ -161,14 +162,13 @@ def drug_of(resource: Resource, medications: dict[str, Resource]) -> Drug:
     ref = _reference(resource)
     target = _resolve(ref, resource, medications) if ref else None
     if target is not None:
-        items = target.get("ingredient")
         concepts = (
-            (
-                target.get("code"),
-                *(i.get("itemCodeableConcept") for i in items if isinstance(i, dict)),
-            )
-            if isinstance(items, list)
-            else (target.get("code"),)
+            target.get("code"),
+            *(
+                i.get("itemCodeableConcept")
+                for i in listed(target.get("ingredient"))
+                if isinstance(i, dict)
+            ),
         )
         return Drug(concepts, target.get("form"), _label(target.get("code")))
     reference = resource.get("medicationReference")
@@ -185,20 +185,15 @@ def _reference(resource: Resource) -> str | None:
 
 def _resolve(ref: str, resource: Resource, medications: dict[str, Resource]) -> Resource | None:
     if ref.startswith("#"):
-        inline = resource.get("contained")
-        return (
-            next(
-                (
-                    c
-                    for c in inline
-                    if isinstance(c, dict)
-                    and f"#{c.get('id')}" == ref
-                    and c.get("resourceType") == "Medication"
-                ),
-                None,
-            )
-            if isinstance(inline, list)
-            else None
+        return next(
+            (
+                c
+                for c in listed(resource.get("contained"))
+                if isinstance(c, dict)
+                and f"#{c.get('id')}" == ref
+                and c.get("resourceType") == "Medication"
+            ),
+            None,
         )
     if ref in medications:
         return medications[ref]
@@ -214,12 +209,8 @@ def _counted(vocabulary: Vocabulary, resource: Resource, drug: Drug) -> set[str]
     classes = vocabulary.knowledge.medications.ingredients
     if not any(classes[i].drug_class in vocabulary.systemic_only for i in ingredients):
         return ingredients
-    dosages = resource.get("dosageInstruction", resource.get("dosage"))
-    routes = (
-        [d.get("route") for d in dosages if isinstance(d, dict)]
-        if isinstance(dosages, list)
-        else []
-    )
+    dosages = listed(resource.get("dosageInstruction", resource.get("dosage")))
+    routes = [d.get("route") for d in dosages if isinstance(d, dict)]
     # A product sent by code alone is named by the table: its name carries the dose form.
     names = [{"text": p.display} for c in drug.concepts for p in vocabulary.products_of(c)]
     if vocabulary.systemic(routes, drug.form, [*drug.concepts, *names]) is False:
@@ -311,15 +302,15 @@ _PERIOD_UNITS = {"h": "hour", "d": "day", "wk": "week", "mo": "month"}
 
 def dose(resource: Resource) -> str | None:
     """The dose as prescribed: the first dosage's text, else its dose and frequency."""
-    dosages = resource.get("dosageInstruction", resource.get("dosage"))
-    dosage = dosages[0] if isinstance(dosages, list) and dosages else None
+    dosages = listed(resource.get("dosageInstruction", resource.get("dosage")))
+    dosage = dosages[0] if dosages else None
     if not isinstance(dosage, dict):
         return None
     written = text(dosage.get("text"))
     if written and written.strip():
         return written.strip()
-    amounts = dosage.get("doseAndRate")
-    first = amounts[0] if isinstance(amounts, list) and amounts else None
+    amounts = listed(dosage.get("doseAndRate"))
+    first = amounts[0] if amounts else None
     amount = first.get("doseQuantity") if isinstance(first, dict) else None
     value = number(amount.get("value")) if isinstance(amount, dict) else None
     if value is None or not isinstance(amount, dict):

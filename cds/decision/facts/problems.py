@@ -22,6 +22,7 @@ from cds.decision.facts.record import (
     codings,
     codings_of,
     days_ago,
+    listed,
     number,
     observation_time,
     parse_date,
@@ -93,12 +94,12 @@ def read_family(vocabulary: Vocabulary, histories: list[Resource], facts: Facts)
     for history in histories:
         if history.get("status") == "entered-in-error":
             continue
-        conditions = history.get("condition")
-        found = (
-            [c for cond in conditions if isinstance(cond, dict) for c in codings(cond.get("code"))]
-            if isinstance(conditions, list)
-            else []
-        )
+        found = [
+            c
+            for cond in listed(history.get("condition"))
+            if isinstance(cond, dict)
+            for c in codings(cond.get("code"))
+        ]
         concepts = {k: v for k, v in vocabulary.concepts_of(found).items() if k not in seen}
         if not concepts or not facts.readable(history):
             continue

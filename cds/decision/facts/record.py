@@ -251,10 +251,19 @@ def text(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) else None
 
 
+def listed(value: Any) -> list[Any]:
+    """A repeating element as HAPI FHIR's parser reads it: a list as it is, and a single
+    object where a list belongs (`"coding": {...}`, as some exports write one item) as that
+    one item; anything else as nothing. The element reader counts the object as a fault."""
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, dict) else []
+
+
 def codings(concept: Any) -> list[dict[str, Any]]:
-    if not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
+    if not isinstance(concept, dict):
         return []
-    return [c for c in concept["coding"] if isinstance(c, dict)]
+    return [c for c in listed(concept.get("coding")) if isinstance(c, dict)]
 
 
 def codings_of(value: Any) -> list[dict[str, Any]]:
@@ -316,16 +325,13 @@ def observation_time(obs: Resource) -> When | None:
 def patient_reported(obs: Resource) -> bool:
     """Derived from a QuestionnaireResponse: the patient's own answer (the assessment app
     writes each answer so, `derivedFrom` its response), not a clinician's finding."""
-    derived = obs.get("derivedFrom")
-    if not isinstance(derived, list):
-        return False
     return any(
         isinstance(ref, dict)
         and (
             ref.get("type") == "QuestionnaireResponse"
             or "QuestionnaireResponse/" in (text(ref.get("reference")) or "")
         )
-        for ref in derived
+        for ref in listed(obs.get("derivedFrom"))
     )
 
 
