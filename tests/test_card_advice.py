@@ -218,6 +218,14 @@ def test_a_converted_value_is_rounded_to_the_reported_precision(client: TestClie
     assert "(30 nmol/L on " in card["summary"]
 
 
+def test_a_value_too_small_for_two_decimals_is_never_shown_as_zero(client: TestClient) -> None:
+    """0.003 mmol/L of magnesium (a unit slip, still judged critical) reads as itself."""
+    card = cards(client, twitch(), lab(MAGNESIUM, 0.003, "mmol/L"))["hypomagnesemia"]
+    line = evidence_line(card, "Magnesium")
+    assert "0.003 mmol/L (= 0.0073 mg/dL)" in line
+    assert " 0 mmol/L" not in card["detail"] and "(= 0 mg/dL)" not in card["detail"]
+
+
 @pytest.mark.parametrize(
     ("result", "code", "label", "limit"),
     [

@@ -25,7 +25,7 @@ from typing import Any
 
 from cds.cdshooks import Action, Card, Coding, Link, Source, Suggestion
 from cds.decision.facts import Evidence, Facts
-from cds.decision.facts.record import days_ago, joined
+from cds.decision.facts.record import days_ago, fmt, joined
 from cds.decision.findings import ConsolidatedFinding
 from cds.knowledge import CardText, Knowledge, OrderingText
 
@@ -69,10 +69,6 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _number(value: float) -> str:
-    return f"{value:.2f}".rstrip("0").rstrip(".")
-
-
 def _rxnorm_units(token: str) -> str | None:
     """'MG/ML' -> 'mg/mL'; None when the token is not an RxNorm unit."""
     if not _RXNORM_TOKEN.match(token):
@@ -107,7 +103,7 @@ def short_value(evidence: Evidence) -> str:
     2026-01-01', '30 nmol/L on 2026-01-01'."""
     when = f" on {evidence.when.isoformat()}" if evidence.when else ""
     converted = evidence.reported and evidence.converted
-    value = evidence.reported if converted else f"{_number(evidence.value or 0)} {evidence.unit}"
+    value = evidence.reported if converted else f"{fmt(evidence.value or 0)} {evidence.unit}"
     return f"{value}{when}"
 
 
@@ -154,9 +150,7 @@ class CardBuilder:
             return _in_sentence(evidence.label) + (f" ({who})" if who else "")
         if evidence.provenance:
             # The patient's own answer: who says so and how long ago stand in for the date.
-            value = (
-                f" {_number(evidence.value)} {evidence.unit}" if evidence.value is not None else ""
-            )
+            value = f" {fmt(evidence.value)} {evidence.unit}" if evidence.value is not None else ""
             return f"{_in_sentence(evidence.label)}{value} ({evidence.provenance})"
         if evidence.value is not None:
             return f"{_in_sentence(evidence.label)} {short_value(evidence)}"
@@ -184,7 +178,7 @@ class CardBuilder:
             # As reported, with the conversion the service judged, rounded like the report.
             parts.append(f"{md(evidence.reported)} (= {md(evidence.converted)})")
         elif evidence.value is not None:
-            parts.append(f"{_number(evidence.value)} {md(evidence.unit)}")
+            parts.append(f"{fmt(evidence.value)} {md(evidence.unit)}")
             if evidence.reported:
                 parts.append(f"(reported as {md(evidence.reported)})")
         status = self.relation(evidence) if evidence.kind == "family" else evidence.status

@@ -47,6 +47,8 @@ UNREAD_WORDS: dict[str, str] = {
     "entered-in-error": "entered in error",
 }
 
+# Below this, two decimals keep fewer than two significant digits (0.0073 would be "0.01").
+TWO_DECIMALS_FROM = 0.1
 FINAL_OBSERVATION = {"final", "amended", "corrected"}
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 _DECIMAL = re.compile(r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][+-]?[0-9]{1,3})?$")
@@ -361,6 +363,10 @@ def number(value: Any) -> float | None:
 
 
 def fmt(value: float) -> str:
+    """A number as a card shows it: at most two decimals ("2.1", "135"); a value too small
+    for them keeps two significant digits ("0.004", a suppressed TSH), never "0"."""
+    if value != 0 and abs(value) < TWO_DECIMALS_FROM:
+        return f"{value:.2g}"
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
