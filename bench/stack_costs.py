@@ -94,15 +94,16 @@ class _Timed:
 def timed(owner: Any, name: str) -> Iterator[_Timed]:
     """`owner.name` timed for the duration of the block."""
     original = getattr(owner, name)
+    own = name in vars(owner)  # a module's function; not a method, which the class holds
     wrapper = _Timed(original)
     setattr(owner, name, wrapper)
     try:
         yield wrapper
     finally:
-        if isinstance(owner, type) or owner is elements:
+        if own:
             setattr(owner, name, original)
         else:
-            delattr(owner, name)  # the instance's own attribute: the class's method shows again
+            delattr(owner, name)  # the class's method shows again
 
 
 def minimum_costs(bodies: dict[str, bytes], repeats: int = REPEATS) -> dict[str, StackCost]:

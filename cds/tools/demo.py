@@ -454,6 +454,19 @@ def describe(
 
 
 @contextlib.contextmanager
+def child_process(
+    command: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process writing its output to `log_path`, stopped on the way out."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+@contextlib.contextmanager
 def running_fhir_server(
     options: DemoOptions, workdir: Path
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -461,24 +474,16 @@ def running_fhir_server(
     ensure_node_modules()
     ensure_node_modules(APP_ASSETS_DIR)
     log_path = workdir / "fhir-server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *node_command(),
-                "server.mjs",
-                "--host",
-                options.host,
-                "--port",
-                str(options.fhir_port),
-            ],
-            cwd=FHIR_SERVER_DIR,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    command = [
+        *node_command(),
+        "server.mjs",
+        "--host",
+        options.host,
+        "--port",
+        str(options.fhir_port),
+    ]
+    with child_process(command, log_path, cwd=FHIR_SERVER_DIR) as process:
         yield wait_for_fhir_server(process, log_path), process
-    finally:
-        stop_process(process)
 
 
 @contextlib.contextmanager
@@ -499,27 +504,11 @@ def running_service(
     env["TWITCH_CDS_PUBLIC_BASE_URL"] = base_url
     log_path = options.service_log
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cds.tools.cli",
-                "serve",
-                "--host",
-                options.host,
-                "--port",
-                str(options.port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    command = [sys.executable, "-m", "cds.tools.cli", "serve"]
+    command += ["--host", options.host, "--port", str(options.port)]
+    with child_process(command, log_path, env=env) as process:
         wait_for_service(process, base_url, log_path)
         yield base_url, process
-    finally:
-        stop_process(process)
 
 
 def run(options: DemoOptions) -> None:
