@@ -31,8 +31,6 @@ from cds.knowledge import CardText, Knowledge, OrderingText
 
 SUMMARY_LIMIT = 139
 LABEL_LIMIT = 60
-# How many set-aside results of one test a card names (the newest).
-MAX_SET_ASIDE_SHOWN = 3
 # RxNorm writes strengths and forms in capitals ("predniSONE 20 MG Oral Tablet"); prescribers
 # write "Prednisone 20 mg oral tablet". Units keep their UCUM case.
 RXNORM_UNITS = {
@@ -522,7 +520,7 @@ class CardBuilder:
         for name in self._wanted_labs(text, evidence):
             if name in shown:
                 continue
-            aside = facts.set_aside_words({name}, MAX_SET_ASIDE_SHOWN)
+            aside = facts.set_aside_words({name})
             if name in facts.missing_labs and aside:
                 unusable.append(f"{_in_sentence(analytes[name].label)} ({'; '.join(aside)})")
             elif name in facts.missing_labs:

@@ -740,7 +740,7 @@ def _missing(knowledge: Knowledge, present: set[str], facts: Facts) -> None:
     for name, analyte in analytes.items():
         if analyte.workup and name not in covered:
             counted = {name} | {a for a, spec in analytes.items() if spec.workup_counts_for == name}
-            words = facts.set_aside_words(counted, MAX_STATED_BESIDE)
+            words = facts.set_aside_words(counted)
             facts.add(
                 {"kind": "lab-missing", "analyte": name},
                 Evidence("missing", analyte.label, analyte=name, set_aside=words),

@@ -47,6 +47,8 @@ UNREAD_WORDS: dict[str, str] = {
     "entered-in-error": "entered in error",
 }
 
+# How many set-aside results of one test a card names (the newest).
+MAX_SET_ASIDE_NAMED = 3
 # Below this, two decimals keep fewer than two significant digits (0.0073 would be "0.01").
 TWO_DECIMALS_FROM = 0.1
 FINAL_OBSERVATION = {"final", "amended", "corrected"}
@@ -159,13 +161,13 @@ class Facts:
         self.set_aside.append(entry)
         return entry
 
-    def set_aside_words(self, analytes: set[str], most: int) -> tuple[str, ...]:
-        """The newest `most` set-aside results of these analytes, in words with their dates."""
+    def set_aside_words(self, analytes: set[str]) -> tuple[str, ...]:
+        """The newest set-aside results of these analytes, in words with their dates."""
         newest = sorted(
             {(s.when or date.min, s.words()) for s in self.set_aside if s.analyte in analytes},
             reverse=True,
         )
-        return tuple(words for _, words in newest[:most])
+        return tuple(words for _, words in newest[:MAX_SET_ASIDE_NAMED])
 
     def unread_counts(self) -> Counter[tuple[str, str]]:
         """Resources set aside, once each, by (resource type, reason)."""
