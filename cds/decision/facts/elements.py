@@ -182,65 +182,133 @@ class _Element:
     extension: bool = False
 
 
+# A compiled check of one element's value: whether it can be read, counting tolerated faults.
+Check = Callable[[Any, Counter[str]], bool]
+
+
+@dataclass(frozen=True)
+class _Resource:
+    """The compiled checks of one resource type: the read elements' checks by name, the
+    type's elements (for the counts of the others) and the required read elements."""
+
+    checks: dict[str, Check]
+    elements: dict[str, _Element]
+    required: tuple[str, ...]
+
+
 def read(resource: Mapping[str, Any]) -> Reading:
     """Check the elements of `resource` that the service reads; count the others' faults."""
     faults: Counter[str] = Counter()
     kind = resource.get("resourceType")
-    if not isinstance(kind, str) or kind not in READS:
+    compiled = _COMPILED.get(kind) if isinstance(kind, str) else None
+    if compiled is None:
         return Reading(None, faults)
-    model, projection = READS[kind]
-    elements = _elements(model)
+    checks, elements = compiled.checks, compiled.elements
     for name, value in resource.items():
-        if name == "resourceType":
-            continue
-        if name in projection:
-            if not _check(value, elements[name], projection[name], faults):
+        check = checks.get(name)
+        if check is not None:
+            if not check(value, faults):
                 return Reading(name, faults)
-        else:
+        elif name != "resourceType":
             _count_unread(name, value, elements, faults)
-    missing = [n for n in projection if elements[n].required and _absent(resource.get(n))]
+    missing = [n for n in compiled.required if _absent(resource.get(n))]
     return Reading(missing[0] if missing else None, faults)
 
 
-def _check(
-    value: Any, element: _Element, projection: Projection | None, faults: Counter[str]
-) -> bool:
-    """Whether a read element can be read; tolerated faults inside it are counted."""
-    if element.many and isinstance(value, list):
-        if not value:
-            faults[BLANK] += 1
-        return all(_check_one(item, element, projection, faults) for item in value)
-    if element.many and isinstance(value, dict) and value:
-        faults[SINGLE] += 1  # read as a list of one (record.listed)
-    elif element.many and not _absent(value):
-        return False  # a string or number where a list belongs: not read
-    return _check_one(value, element, projection, faults)
+def _compile_resource(model: type[BaseModel], projection: Projection) -> _Resource:
+    elements = _elements(model)
+    return _Resource(
+        {name: _compile(elements[name], sub) for name, sub in projection.items()},
+        elements,
+        tuple(name for name in projection if elements[name].required),
+    )
 
 
-def _check_one(
-    value: Any, element: _Element, projection: Projection | None, faults: Counter[str]
-) -> bool:
-    if element.model is not None:
+def _compile(element: _Element, projection: Projection | None) -> Check:
+    """The check of an element's value, built once per element of a projection, so that a
+    request pays for walking its values, not for looking up what the model says of them."""
+    if element.extension:
+
+        def extensions(value: Any, faults: Counter[str]) -> bool:
+            _count_extensions(value, faults)
+            return True
+
+        return extensions
+    one = (
+        _compile_model(element.model, projection)
+        if element.model is not None
+        else _compile_primitive(element)
+    )
+    if not element.many:
+        return one
+
+    def many(value: Any, faults: Counter[str]) -> bool:
+        if isinstance(value, list):
+            if not value:
+                faults[BLANK] += 1
+            return all(one(item, faults) for item in value)
         if isinstance(value, dict) and value:
-            return _check_model(value, element.model, projection, faults)
-        if _absent(value):
+            faults[SINGLE] += 1  # read as a list of one (record.listed)
+        elif not _absent(value):
+            return False  # a string or number where a list belongs: not read
+        return one(value, faults)
+
+    return many
+
+
+def _compile_model(model: type[BaseModel], projection: Projection | None) -> Check:
+    """An element whose type is an element model: its read sub-elements are checked (all of
+    them when the projection reads it whole, and then unknown names are counted)."""
+    elements = _elements(model)
+    names = elements if projection is None else projection
+    # Filled on first use: element models nest (Extension in Extension, Identifier in
+    # Reference in Identifier), so compiling them all up front would never end.
+    checks: dict[str, Check] = {}
+    required = tuple(name for name in names if elements[name].required)
+
+    def check(value: Any, faults: Counter[str]) -> bool:
+        if not isinstance(value, dict) or not value:
+            if _absent(value):
+                faults[BLANK] += 1
+                return True
+            return False
+        for name, item in value.items():
+            child = checks.get(name)
+            if child is None:
+                if name not in names:
+                    if projection is None and not name.startswith("_") and name != "fhir_comments":
+                        faults[UNKNOWN] += 1  # (an `_name` holds a primitive's extensions)
+                    continue
+                child = checks[name] = _compile(
+                    elements[name], None if projection is None else projection[name]
+                )
+            if not child(item, faults):
+                return False
+        return all(not _absent(value.get(name)) for name in required)
+
+    return check
+
+
+def _compile_primitive(element: _Element) -> Check:
+    validator, text = element.primitive, element.text
+
+    def check(value: Any, faults: Counter[str]) -> bool:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                faults[BLANK] += 1
+                return True
+        elif value is None or value == [] or value == {}:
             faults[BLANK] += 1
             return True
-        return False
-    if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            faults[BLANK] += 1
+        elif text and isinstance(value, int | float) and not isinstance(value, bool):
+            faults[PRIMITIVE] += 1  # a number where a string belongs: read as that string
             return True
-    elif value is None or value == [] or value == {}:
-        faults[BLANK] += 1
-        return True
-    elif element.text and isinstance(value, int | float) and not isinstance(value, bool):
-        faults[PRIMITIVE] += 1  # a number where a string belongs: read as that string
-        return True
-    if element.primitive is None:  # a contained resource or other open type: not read
-        return True
-    return _valid_primitive(element.primitive, value)
+        if validator is None:  # a contained resource or other open type: not read
+            return True
+        return _valid_primitive(validator, value)
+
+    return check
 
 
 # Verdicts of primitive checks, by (validator, type, value); emptied when full, so that a
@@ -268,27 +336,6 @@ def _verdict(check: Callable[[Any], Any], value: Any) -> bool:
     except (ValidationError, ValueError, TypeError):
         return False
     return True
-
-
-def _check_model(
-    value: dict[str, Any],
-    model: type[BaseModel],
-    projection: Projection | None,
-    faults: Counter[str],
-) -> bool:
-    elements = _elements(model)
-    for name, item in value.items():
-        if projection is not None and name not in projection:
-            continue
-        element = elements.get(name)
-        if element is None:
-            if not name.startswith("_") and name != "fhir_comments":  # a primitive's extension
-                faults[UNKNOWN] += 1
-        elif element.extension:
-            _count_extensions(item, faults)
-        elif not _check(item, element, None if projection is None else projection[name], faults):
-            return False
-    return all(not _absent(value.get(name)) for name in _required(model))
 
 
 def _count_unread(
@@ -328,11 +375,6 @@ def _absent(value: Any) -> bool:
 
 
 @cache
-def _required(model: type[BaseModel]) -> tuple[str, ...]:
-    return tuple(name for name, element in _elements(model).items() if element.required)
-
-
-@cache
 def _elements(model: type[BaseModel]) -> dict[str, _Element]:
     """The elements of an R4B model by their JSON name, from its field definitions."""
     found: dict[str, _Element] = {}
@@ -368,3 +410,8 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
         rest = [a for a in args if a is not type(None)]
         return rest[0], True
     return annotation, False
+
+
+_COMPILED = {
+    kind: _compile_resource(model, projection) for kind, (model, projection) in READS.items()
+}
