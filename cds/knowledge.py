@@ -105,6 +105,9 @@ class ValueSet(_Model):
     diagnosis_of: str | None = None
 
 
+COMPARISONS = ("below", "at_or_below", "above", "at_or_above")
+
+
 class Threshold(_Model):
     """One limit; exactly one comparison is set. Sex-specific limits are a `{male, female}` map."""
 
@@ -120,22 +123,19 @@ class Threshold(_Model):
 
     @model_validator(mode="after")
     def _one_comparison(self) -> Threshold:
-        set_ = [
-            k
-            for k in ("below", "at_or_below", "above", "at_or_above")
-            if getattr(self, k) is not None
-        ]
+        set_ = [k for k in COMPARISONS if getattr(self, k) is not None]
         if len(set_) != 1:
             raise ValueError(f"a threshold needs exactly one comparison, got {set_}")
         return self
 
+    @cached_property
+    def comparison(self) -> str:
+        """The one comparison set: 'below', 'at_or_below', 'above' or 'at_or_above'."""
+        return next(k for k in COMPARISONS if getattr(self, k) is not None)
+
     def limit(self, sex: str | None) -> tuple[str, float]:
         """The comparison and the limit for this sex (unknown sex: the less alarming limit)."""
-        op = next(
-            k
-            for k in ("below", "at_or_below", "above", "at_or_above")
-            if getattr(self, k) is not None
-        )
+        op = self.comparison
         value = getattr(self, op)
         if isinstance(value, dict):
             if sex in value:
@@ -148,10 +148,14 @@ class Threshold(_Model):
                 )
         return op, float(value)
 
+    @cached_property
+    def equivalents_by_key(self) -> dict[str, float]:
+        """`equivalents` keyed by `unit_key`."""
+        return {unit_key(u): limit for u, limit in self.equivalents.items()}
+
     def limit_in(self, unit: str | None) -> float | None:
         """The limit as stated in `unit`, if the source states it in that unit."""
-        stated = {unit_key(u): limit for u, limit in self.equivalents.items()}
-        return stated.get(unit_key(unit)) if unit else None
+        return self.equivalents_by_key.get(unit_key(unit)) if unit and self.equivalents else None
 
     def holds(self, value: float, sex: str | None) -> bool:
         op, limit = self.limit(sex)

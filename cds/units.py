@@ -9,6 +9,7 @@ what a unit means (its factor) stays in rules/labs.yaml.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 # Significant digits kept after a conversion: enough for any laboratory value, few enough
@@ -17,6 +18,7 @@ from typing import Any
 SIGNIFICANT_DIGITS = 12
 
 
+@lru_cache(maxsize=4096)  # the same few spellings come back in every result
 def unit_key(unit: str) -> str:
     """One spelling per unit: 'µg/L', 'μg/L', 'mcg/L' and 'ug/l' are all 'ug/l'."""
     folded = unit.strip().replace("\u00b5", "u").replace("\u03bc", "u").lower()

@@ -507,23 +507,27 @@ def judge(
     # it (a limit the source states in that unit, else converted), or the canonical unit for
     # an albumin-corrected value.
     shown = _ShownUnit(analyte, result.stated_unit if raw else None)
+    # The words of a limit are written only for the limit that decides (most results are
+    # within every limit, and most analytes never reach a card).
     basis, notes = "", []
     low: bool | None = False
     high: bool | None = False
     if analyte.use_reference_range and result.ref_low is not None:
         low = _holds("below", result.ref_low, interval)
-        basis = f"below the laboratory's lower limit of {shown.value(result.ref_low)}"
+        if low:
+            basis = f"below the laboratory's lower limit of {shown.value(result.ref_low)}"
     elif analyte.low is not None:
         low = _threshold(analyte.low)
-        basis = shown.threshold(analyte.low, sex) + USUAL_LIMIT
+        if low:
+            basis = shown.threshold(analyte.low, sex) + USUAL_LIMIT
     if analyte.use_reference_range and result.ref_high is not None:
         high = _holds("above", result.ref_high, interval)
-        high_basis = f"above the laboratory's upper limit of {shown.value(result.ref_high)}"
-    else:
-        high = _threshold(analyte.high) if analyte.high else False
-        high_basis = shown.threshold(analyte.high, sex) + USUAL_LIMIT if analyte.high else ""
-    if high:
-        basis = high_basis
+        if high:
+            basis = f"above the laboratory's upper limit of {shown.value(result.ref_high)}"
+    elif analyte.high is not None:
+        high = _threshold(analyte.high)
+        if high:
+            basis = shown.threshold(analyte.high, sex) + USUAL_LIMIT
     critical: bool | None = False
     if analyte.critical is not None:
         critical = _threshold(analyte.critical)
