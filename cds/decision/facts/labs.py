@@ -40,6 +40,7 @@ from cds.decision.facts.record import (
     fmt,
     listed,
     number,
+    observation_date,
     observation_time,
     text,
     threshold_words,
@@ -163,7 +164,11 @@ def _readings(
         return
     parts = [obs, *(c for c in listed(obs.get("component")) if isinstance(c, dict))]
     found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
-    when = observation_time(obs) if found else None  # dates are read only where they matter
+    # Dates are read only where they matter, and in full only within the lookback.
+    day = observation_date(obs) if found else None
+    if day is not None and day < window.since:
+        return
+    when = observation_time(obs) if day is not None else None
     if when is None:
         # Dated in a form that cannot be read, or not dated at all: never the latest result.
         dated = any(key.startswith(("effective", "issued")) for key in obs)
@@ -172,8 +177,6 @@ def _readings(
             reason: UnreadReason = "unreadable" if dated else "undated"
             detail = "effective[x]" if dated else None
             _set_aside(vocabulary, name, reading, reason, window, facts, suspects, detail)
-        return
-    if when.day < window.since:
         return
     if window.in_future(when):
         for part, (name, code, rank) in found:  # a data-entry error: never the latest

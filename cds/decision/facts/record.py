@@ -299,7 +299,7 @@ def _when(value: Any, issued: datetime | None = None) -> When | None:
     if not _TIME.match(value):
         return When(day, midnight, False, issued)
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value)  # Python 3.11 reads a "Z" zone too
     except ValueError:
         return When(day, midnight, False, issued)
     if moment.tzinfo is None:
@@ -309,21 +309,36 @@ def _when(value: Any, issued: datetime | None = None) -> When | None:
 
 def observation_time(obs: Resource) -> When | None:
     """When the observation was taken: effective[x] (a period by its start), else `issued`."""
-    period: dict[str, Any] = (
-        obs["effectivePeriod"] if isinstance(obs.get("effectivePeriod"), dict) else {}
-    )
     issued = _when(obs.get("issued")) if "issued" in obs else None
-    for value in (
+    for value in _times(obs):
+        when = _when(value, issued.start if issued else None)
+        if when is not None:
+            return when
+    return None
+
+
+def observation_date(obs: Resource) -> date | None:
+    """The day of `observation_time`, read without its time: enough to leave out a result
+    before the lookback, which most results of a long record are."""
+    for value in _times(obs):
+        day = parse_date(value)
+        if day is not None:
+            return day
+    return None
+
+
+def _times(obs: Resource) -> tuple[Any, ...]:
+    """The values that may date an observation, in the order they count."""
+    period = obs.get("effectivePeriod")
+    if not isinstance(period, dict):
+        period = {}
+    return (
         obs.get("effectiveDateTime"),
         obs.get("effectiveInstant"),
         period.get("start"),
         period.get("end"),
         obs.get("issued"),
-    ):
-        when = _when(value, issued.start if issued else None)
-        if when is not None:
-            return when
-    return None
+    )
 
 
 def patient_reported(obs: Resource) -> bool:
@@ -343,11 +358,6 @@ def days_ago(day: date, today: date) -> str:
     """'today', '1 day ago', '12 days ago'."""
     days = (today - day).days
     return "today" if days <= 0 else "1 day ago" if days == 1 else f"{days} days ago"
-
-
-def observation_date(obs: Resource) -> date | None:
-    when = observation_time(obs)
-    return when.day if when else None
 
 
 def number(value: Any) -> float | None:
