@@ -26,15 +26,30 @@ To regenerate (needs the network once, not at test time):
     python scripts/build-rxnorm-products.py /tmp/rxi/web/data
 
 The output is sorted and has no time stamp, so the same input gives the same file. The
-committed table was built without `A.json` (over the size the build machine could obtain): the
-ingredients whose record it holds are listed in the table's header as not covered, and are
-recognised by name only until the table is rebuilt with it.
+committed table was built without `A.json`: the public snapshot of the extract lacks it (its
+blob is absent), so the rules' ingredients whose record it holds have no record here.
+
+Supplements (`--value-set`, repeatable): FHIR ValueSets whose expansion lists RxNorm products,
+for the ingredients the extract does not cover. Such an expansion names no ingredients, so a
+product counts for an uncovered ingredient of the rules when its RxNorm name carries one of the
+ingredient's spellings as a word ("amphetamine sulfate 10 MG Oral Tablet [Evekeo]", and not
+"dextroamphetamine"); its term type is read from RxNorm's naming ("{...} Pack" a pack, "[Brand]"
+branded). An ingredient the extract covers is never taken from a supplement. The committed table
+uses one:
+
+    git clone https://github.com/HL7/cdc-opioid-cpg /tmp/cpg
+    VALUE_SET=input/vocabulary/amphetamines-class-medications.json
+    git -C /tmp/cpg show 77f4fdcc59192eff20395db6654695f4919eeb74:$VALUE_SET \
+        > /tmp/amphetamines-class-medications.json
+    python scripts/build-rxnorm-products.py /tmp/rxi/web/data \
+        --value-set /tmp/amphetamines-class-medications.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,9 +62,20 @@ PRODUCT_TYPES = ("SCD", "SBD", "GPCK", "BPCK")
 # Under an SCD, the extractor lists its branded drugs and the packs that contain it.
 CHILDREN = {"SBDs": "SBD", "GPCKs": "GPCK", "BPCKs": "BPCK"}
 COLUMNS = ("rxcui", "tty", "ingredients", "name")
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 DEFAULT_ORIGIN = (
     "github.com/davidanderson3/rxnorm-ingredients @ a8fcf13a679fa37073e8fa83e11d5e0d8cc07276, "
     "web/data/*.json (extract of NLM RxNorm Current Prescribable Content, release 2025-10-06)"
+)
+SUPPLEMENT_ORIGIN = (
+    "github.com/HL7/cdc-opioid-cpg @ 77f4fdcc59192eff20395db6654695f4919eeb74, "
+    "input/vocabulary/amphetamines-class-medications.json (CDC Opioid Prescribing Support "
+    "Implementation Guide: ValueSet amphetamines-class-medications, expansion 2025-02-24)"
+)
+SUPPLEMENT_LICENCE = (
+    "a ValueSet of the U.S. Centers for Disease Control and Prevention (a work of the U.S. "
+    "government) in an HL7 implementation guide; its content is RxNorm codes and names, which "
+    "NLM publishes without licence restrictions (RxNorm's own names, source RXNORM)."
 )
 DEFAULT_LICENCE = (
     "RxNorm Current Prescribable Content is published by the U.S. National Library of Medicine "
@@ -90,10 +116,12 @@ def products_of(record: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
 
 
 def build(
-    source_records: Iterable[dict[str, Any]], medications: dict[str, Any]
+    source_records: Iterable[dict[str, Any]],
+    medications: dict[str, Any],
+    supplements: Iterable[dict[str, Any]] = (),
 ) -> tuple[list[str], list[str]]:
     """The table's rows (tab-separated, without header) sorted by RxCUI, and the rules'
-    ingredients that no record of the source covers."""
+    ingredients that neither the source nor a supplement covers."""
     known = spellings(medications)
     covered: set[str] = set()
     names: dict[str, tuple[str, str]] = {}
@@ -113,6 +141,17 @@ def build(
                 raise SystemExit(f"product {rxcui}: unexpected term type {tty}")
             names[rxcui] = (tty, name)
             ingredients.setdefault(rxcui, set()).add(ingredient)
+    uncovered = {
+        ingredient: re.compile(rf"\b(?:{'|'.join(map(re.escape, sorted(allowed)))})\b", re.I)
+        for ingredient, allowed in known.values()
+        if ingredient not in covered
+    }
+    for rxcui, name in (p for supplement in supplements for p in expanded_products(supplement)):
+        found = {ingredient for ingredient, words in uncovered.items() if words.search(name)}
+        if found:
+            names.setdefault(rxcui, (term_type(name), name))
+            ingredients.setdefault(rxcui, set()).update(found)
+            covered |= found
     rows = [
         "\t".join((rxcui, names[rxcui][0], ";".join(sorted(ingredients[rxcui])), names[rxcui][1]))
         for rxcui in sorted(names, key=int)
@@ -120,12 +159,39 @@ def build(
     return rows, sorted(set(medications["ingredients"]) - covered)
 
 
-def header(origin: str, licence: str, rows: list[str], uncovered: list[str]) -> list[str]:
+def expanded_products(value_set: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(rxcui, name) of the RxNorm codes a ValueSet's expansion lists."""
+    contains = (value_set.get("expansion") or {}).get("contains")
+    if value_set.get("resourceType") != "ValueSet" or not isinstance(contains, list):
+        raise SystemExit("a supplement must be a FHIR ValueSet with an expansion")
+    for entry in contains:
+        if entry.get("system") == RXNORM and entry.get("code") and entry.get("display"):
+            yield str(entry["code"]), str(entry["display"])
+
+
+def term_type(name: str) -> str:
+    """A product's RxNorm term type from its normalised name: packs are written "{...} Pack",
+    branded products end in "[Brand]"."""
+    branded = name.rstrip().endswith("]")
+    if name.startswith("{"):
+        return "BPCK" if branded else "GPCK"
+    return "SBD" if branded else "SCD"
+
+
+def header(origins: list[tuple[str, str]], rows: list[str], uncovered: list[str]) -> list[str]:
+    """The provenance comment: each source's origin and licence, then what none covers."""
+    provenance = [
+        line
+        for number, (origin, licence) in enumerate(origins)
+        for line in (
+            f"# {'Origin' if number == 0 else 'Supplement'}: {origin}",
+            f"# Licence: {licence}",
+        )
+    ]
     return [
         "# RxNorm products -> ingredients of rules/medications.yaml. GENERATED: do not edit;",
         "# rebuild with scripts/build-rxnorm-products.py (its docstring says how).",
-        f"# Origin: {origin}",
-        f"# Licence: {licence}",
+        *provenance,
         f"# Rows: {len(rows)}. Ingredients are joined by ';'; names are RxNorm's (they carry",
         "# the dose form, which says whether a corticosteroid is systemic).",
         "# Not covered (no rxcui in the rules, or no record in the source; found by name only):",
@@ -141,10 +207,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "rules" / "rxnorm-products.tsv")
     parser.add_argument("--origin", default=DEFAULT_ORIGIN)
     parser.add_argument("--licence", default=DEFAULT_LICENCE)
+    parser.add_argument(
+        "--value-set",
+        type=Path,
+        action="append",
+        default=[],
+        help="a FHIR ValueSet expansion of RxNorm products, for ingredients the source lacks",
+    )
+    parser.add_argument("--value-set-origin", default=SUPPLEMENT_ORIGIN)
+    parser.add_argument("--value-set-licence", default=SUPPLEMENT_LICENCE)
     args = parser.parse_args(argv)
     medications = yaml.safe_load(args.rules.read_text(encoding="utf-8"))
-    rows, uncovered = build(records(args.source), medications)
-    lines = header(args.origin, args.licence, rows, uncovered) + rows
+    supplements = [json.loads(path.read_text(encoding="utf-8")) for path in args.value_set]
+    rows, uncovered = build(records(args.source), medications, supplements)
+    origins = [(args.origin, args.licence)]
+    if supplements:
+        origins.append((args.value_set_origin, args.value_set_licence))
+    lines = header(origins, rows, uncovered) + rows
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{args.out}: {len(rows)} products", file=sys.stderr)
     return 0

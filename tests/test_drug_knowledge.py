@@ -14,6 +14,8 @@ authoring mistakes in the new tables.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,9 @@ EPIC_ROUTES = "urn:oid:1.2.840.114350.1.13.0.1.7.4.798268.7025"
 TABLE = PROJECT_ROOT / "rules" / "rxnorm-products.tsv"
 SCRIPT = PROJECT_ROOT / "scripts" / "build-rxnorm-products.py"
 SAMPLE = PROJECT_ROOT / "tests" / "fixtures" / "rxnorm-extract"
+SUPPLEMENT = (
+    PROJECT_ROOT / "tests" / "fixtures" / "rxnorm-valueset" / "amphetamines-class-medications.json"
+)
 
 VOCABULARY = Vocabulary(load_knowledge(PROJECT_ROOT / "rules"))
 
@@ -76,6 +81,10 @@ def chart(client: TestClient, *resources: dict[str, Any]) -> dict[str, dict[str,
         ("762675", "corticosteroid", "methylprednisolone 4 mg oral tablet"),  # GPCK: a dose pack
         ("259966", "corticosteroid", "methylprednisolone 4 mg oral tablet"),  # SCD
         ("198029", "nicotine", "nicotine 0.583"),  # SCD: a 24-hour patch
+        # Amphetamine products, from the supplement (the extract lacks amphetamine's record):
+        ("1600698", "stimulant", "Evekeo"),  # SBD
+        ("1739809", "stimulant", "Adzenys"),  # SBD: an extended-release tablet
+        ("884655", "stimulant", "amphetamine sulfate 5 mg oral tablet"),  # SCD
     ],
 )
 def test_a_product_code_alone_gives_its_class_card_naming_the_product(
@@ -307,8 +316,11 @@ def table_rows(path: Path) -> dict[str, str]:
     return {row.split("\t")[0]: row for row in rows}
 
 
-def build(source: Path, out: Path, rules: Path | None = None) -> subprocess.CompletedProcess[str]:
+def build(
+    source: Path, out: Path, rules: Path | None = None, value_sets: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, str(SCRIPT), str(source), "--out", str(out)]
+    argv += [arg for path in value_sets for arg in ("--value-set", str(path))]
     return subprocess.run(
         argv + (["--rules", str(rules)] if rules else []),
         capture_output=True,
@@ -332,11 +344,52 @@ def test_the_committed_table_is_what_the_script_makes_of_its_source(tmp_path: Pa
     assert sample["748856"].split("\t")[1:3] == ["BPCK", "ethinyl estradiol"]
 
 
+def test_the_committed_amphetamine_rows_are_what_the_supplement_gives(tmp_path: Path) -> None:
+    """Amphetamine, whose record the extract lacks, comes from the CDC ValueSet by name: its
+    own products gain rows, and a combination the extract lists under dextroamphetamine
+    (Adderall) gains amphetamine; "dextroamphetamine" alone never counts as amphetamine."""
+    result = build(SAMPLE, tmp_path / "with.tsv", value_sets=(SUPPLEMENT,))
+    assert result.returncode == 0, result.stderr
+    built, committed = table_rows(tmp_path / "with.tsv"), table_rows(TABLE)
+    amphetamine = {rxcui: row for rxcui, row in built.items() if "amphetamine" in columns(row)[2]}
+    assert len(amphetamine) > 60
+    assert {rxcui: committed.get(rxcui) for rxcui in amphetamine} == amphetamine
+    assert columns(built["1600698"])[1:3] == ["SBD", "amphetamine"]  # Evekeo
+    assert columns(committed["541365"])[1:3] == ["SBD", "amphetamine;dextroamphetamine"]
+    word = re.compile(r"\bamphetamine\b", re.IGNORECASE)
+    rows = [columns(row) for row in committed.values()]
+    dextro_only = [name for _, _, found, name in rows if found == "dextroamphetamine"]
+    assert dextro_only and [name for name in dextro_only if word.search(name)] == []
+    # Built without it, amphetamine is among the ingredients found by name only.
+    build(SAMPLE, tmp_path / "without.tsv")
+    header = (tmp_path / "without.tsv").read_text().split("rxcui\t")[0]
+    assert "amphetamine," in header.split("Not covered")[1]
+
+
+def columns(row: str) -> list[str]:
+    """rxcui, tty, ingredients, name."""
+    return row.split("\t")
+
+
+def test_a_term_type_read_from_the_name_agrees_with_every_row_the_extract_typed() -> None:
+    """The supplement's rows get their term type from RxNorm's naming; that reading must give
+    the extract's own term type for each of its rows."""
+    spec = importlib.util.spec_from_file_location("build_rxnorm_products", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = [columns(row) for row in table_rows(TABLE).values()]
+    typed = [(tty, script.term_type(name)) for _, tty, ingredients, name in rows]
+    assert len(typed) > 1800 and {read for _, read in typed} == {"SCD", "SBD", "GPCK", "BPCK"}
+    assert [pair for pair in typed if pair[0] != pair[1]] == []
+
+
 def test_the_committed_table_states_its_provenance() -> None:
     header = [line for line in TABLE.read_text(encoding="utf-8").splitlines()[:12]]
     text = "\n".join(header)
     assert "GENERATED" in text and "scripts/build-rxnorm-products.py" in text
     assert "# Origin: " in text and "# Licence: " in text and "2025-10-06" in text
+    assert "# Supplement: github.com/HL7/cdc-opioid-cpg @ 77f4fdc" in text
 
 
 def test_a_rules_code_that_names_another_ingredient_stops_the_build(tmp_path: Path) -> None:
