@@ -61,12 +61,14 @@ class Identity:
         """Whether a Reference (a dict) names this patient."""
         if not isinstance(reference, dict):
             return False
-        target = text(reference.get("reference"))
-        if target:
-            verdict = self._targets.get(target)
-            if verdict is None:
-                verdict = self._targets[target] = self._names_target(target)
-            return verdict
+        target = reference.get("reference")
+        if isinstance(target, str):
+            verdict = self._targets.get(target)  # by the string as sent: stripped only once
+            if verdict is not None:
+                return verdict
+            if target.strip():
+                verdict = self._targets[target] = self._names_target(target.strip())
+                return verdict
         identifier = reference.get("identifier")
         return isinstance(identifier, dict) and _identifier_key(identifier) in self.identifiers
 
@@ -167,7 +169,7 @@ class ResourcePool:
         by_type: dict[str, list[Resource]] = {}
         for key, found in copies.items():
             if isinstance(key, tuple):
-                if any(map(_entered_in_error, found)):
+                if _entered_in_error(found[0]) or any(map(_entered_in_error, found[1:])):
                     left_out[(key[0], ENTERED_IN_ERROR)] += 1
                     continue
                 if len(found) > 1:
@@ -180,10 +182,13 @@ class ResourcePool:
         kind = resource["resourceType"]
         if kind == "Patient":
             return resource.get("id") in (None, self.patient_id)
-        named = [resource[n] for n in PATIENT_REFERENCES if n in resource]
-        if not named:
-            return kind not in PATIENT_OWNED
-        return any(identity.names(reference) for reference in named)
+        named = False
+        for name in PATIENT_REFERENCES:
+            if name in resource:
+                if identity.names(resource[name]):
+                    return True
+                named = True
+        return not named and kind not in PATIENT_OWNED
 
     def _identity(self) -> Identity:
         """This patient's ids, identifiers and full URLs, from the context and the Patient."""
