@@ -61,7 +61,7 @@ def assert_same_or_head(whole: Any, lazy: Any) -> None:
     kind = whole.get("resourceType")
     assert isinstance(kind, str), "only a resource of a known type may be cut to its head"
     assert kind not in READ_TYPES | {"Bundle"}, f"{kind} is read: it must arrive whole"
-    assert lazy == {k: whole[k] for k in request_body.Head.__struct_fields__ if k in whole}
+    assert lazy == {k: whole[k] for k in request_body.Head.__annotations__ if k in whole}
 
 
 def assert_same_pool(whole: ResourcePool, lazy: ResourcePool) -> None:
@@ -129,7 +129,7 @@ def test_resources_of_unread_types_keep_only_their_head(decode: Any) -> None:
 
 
 def test_head_fields_are_the_ones_the_pool_reads() -> None:
-    assert set(request_body.Head.__struct_fields__) == {"resourceType", "id", *PATIENT_REFERENCES}
+    assert set(request_body.Head.__annotations__) == {"resourceType", "id", *PATIENT_REFERENCES}
 
 
 @pytest.mark.parametrize(

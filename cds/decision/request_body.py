@@ -24,7 +24,7 @@ import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 import orjson
@@ -54,21 +54,22 @@ class HookBody(msgspec.Struct):
     prefetch: dict[str, msgspec.Raw] | msgspec.UnsetType = msgspec.UNSET
 
 
-class Head(msgspec.Struct):
+class Head(TypedDict, total=False):
     """What the pool reads of a resource: its type, id, and whose it is
-    (`cds.decision.prefetch.PATIENT_REFERENCES`). The decoder skips every other field."""
+    (`cds.decision.prefetch.PATIENT_REFERENCES`). The decoder skips every other field, and
+    gives the fields the JSON had as a dict, as the full decode does."""
 
-    resourceType: Any = msgspec.UNSET
-    id: Any = msgspec.UNSET
-    subject: Any = msgspec.UNSET
-    patient: Any = msgspec.UNSET
+    resourceType: Any
+    id: Any
+    subject: Any
+    patient: Any
 
 
-class Entry(msgspec.Struct):
+class Entry(TypedDict, total=False):
     """What the pool reads of a Bundle entry: its full URL, and the resource, still raw."""
 
-    fullUrl: Any = msgspec.UNSET
-    resource: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    fullUrl: Any
+    resource: msgspec.Raw
 
 
 class Bundle(msgspec.Struct):
@@ -135,15 +136,10 @@ def _prefetched(raw: msgspec.Raw) -> Any:
         return _any.decode(raw)
     if bundle.resourceType != "Bundle" or bundle.entry is msgspec.UNSET:
         return _any.decode(raw)
-    return {
-        **_present(bundle, ("resourceType", "link")),
-        "entry": [
-            {**_present(entry, ("fullUrl",)), "resource": _resource(entry.resource)}
-            if entry.resource is not msgspec.UNSET
-            else _present(entry, ("fullUrl",))
-            for entry in bundle.entry
-        ],
-    }
+    for entry in bundle.entry:
+        if "resource" in entry:
+            entry["resource"] = _resource(entry["resource"])
+    return {**_present(bundle, ("resourceType", "link")), "entry": bundle.entry}
 
 
 def _resource(raw: msgspec.Raw) -> Any:
@@ -153,9 +149,10 @@ def _resource(raw: msgspec.Raw) -> Any:
         head = _head.decode(raw)
     except msgspec.ValidationError:
         return _any.decode(raw)
-    if not isinstance(head.resourceType, str) or head.resourceType in _DECODED_IN_FULL:
+    kind = head.get("resourceType")
+    if not isinstance(kind, str) or kind in _DECODED_IN_FULL:
         return _any.decode(raw)
-    return _present(head, Head.__struct_fields__)
+    return head
 
 
 def _present(struct: msgspec.Struct, names: tuple[str, ...]) -> dict[str, Any]:
