@@ -164,8 +164,10 @@ def _readings(
         return
     parts = [obs, *(c for c in listed(obs.get("component")) if isinstance(c, dict))]
     found = [(part, match) for part in parts for match in _analyte_of(vocabulary, part)]
+    if not found:
+        return
     # Dates are read only where they matter, and in full only within the lookback.
-    day = observation_date(obs) if found else None
+    day = observation_date(obs)
     if day is not None and day < window.since:
         return
     when = observation_time(obs) if day is not None else None
