@@ -207,6 +207,9 @@ class Window:
         return when.start > now + CLOCK_SKEW
 
 
+_NEVER_ISSUED = datetime.min.replace(tzinfo=UTC)  # sorts a result without `issued` first
+
+
 @dataclass(frozen=True)
 class When:
     """When a result was taken: the written day, the instant (UTC) and whether it has a time.
@@ -221,7 +224,7 @@ class When:
     issued: datetime | None = None
 
     def key(self) -> tuple[datetime, datetime]:
-        return self.start, self.issued or datetime.min.replace(tzinfo=UTC)
+        return self.start, self.issued or _NEVER_ISSUED
 
     def orderable(self, other: When) -> bool:
         """Whether time tells which of the two results is later."""
