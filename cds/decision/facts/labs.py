@@ -512,27 +512,29 @@ def judge(
     # it (a limit the source states in that unit, else converted), or the canonical unit for
     # an albumin-corrected value.
     shown = _ShownUnit(analyte, result.stated_unit if raw else None)
-    # The words of a limit are written only for the limit that decides (most results are
-    # within every limit, and most analytes never reach a card).
-    basis, notes = "", []
-    low: bool | None = False
-    high: bool | None = False
-    if analyte.use_reference_range and result.ref_low is not None:
-        low = _holds("below", result.ref_low, interval)
-        if low:
-            basis = f"below the laboratory's lower limit of {shown.value(result.ref_low)}"
-    elif analyte.low is not None:
-        low = _threshold(analyte.low)
-        if low:
-            basis = shown.threshold(analyte.low, sex) + USUAL_LIMIT
-    if analyte.use_reference_range and result.ref_high is not None:
-        high = _holds("above", result.ref_high, interval)
-        if high:
-            basis = f"above the laboratory's upper limit of {shown.value(result.ref_high)}"
-    elif analyte.high is not None:
-        high = _threshold(analyte.high)
-        if high:
-            basis = shown.threshold(analyte.high, sex) + USUAL_LIMIT
+
+    def beyond(
+        op: str, end: str, reference: float | None, threshold: Threshold | None
+    ) -> tuple[bool | None, str]:
+        """Whether the result is beyond one side's limit (the laboratory's reference limit
+        where the analyte uses it, else the rules' threshold), and the words of that limit:
+        written only when it decides (most results are within every limit)."""
+        if analyte.use_reference_range and reference is not None:
+            holds = _holds(op, reference, interval)
+            if not holds:
+                return holds, ""
+            return holds, f"{op} the laboratory's {end} limit of {shown.value(reference)}"
+        if threshold is None:
+            return False, ""
+        holds = _threshold(threshold)
+        if not holds:
+            return holds, ""
+        return holds, shown.threshold(threshold, sex) + USUAL_LIMIT
+
+    notes: list[str] = []
+    low, low_basis = beyond("below", "lower", result.ref_low, analyte.low)
+    high, high_basis = beyond("above", "upper", result.ref_high, analyte.high)
+    basis = high_basis or low_basis
     critical: bool | None = False
     if analyte.critical is not None:
         critical = _threshold(analyte.critical)
