@@ -17,7 +17,6 @@ Two things the libraries would otherwise leak are cut here, whatever the log lev
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import traceback
@@ -25,7 +24,6 @@ from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
 
-import orjson
 import structlog
 from structlog.stdlib import ProcessorFormatter
 
@@ -73,15 +71,6 @@ def _describe_one(kind: type[BaseException], tb: TracebackType | None) -> str:
     return "\n".join([f"{kind.__module__}.{kind.__qualname__} (message withheld)", *frames])
 
 
-def _json_line(event: Any, default: Any = None, **_options: Any) -> str:
-    """One event as a JSON line, by orjson: the standard library's encoder is a third of the
-    cost of a log line. What orjson cannot encode (an integer beyond 64 bits) goes to `json`."""
-    try:
-        return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(event, default=default)
-
-
 def json_formatter() -> logging.Formatter:
     """The one formatter of every record, from structlog or from the standard library."""
     return ProcessorFormatter(
@@ -94,7 +83,7 @@ def json_formatter() -> logging.Formatter:
         processors=[
             ProcessorFormatter.remove_processors_meta,
             _exception_without_message,
-            structlog.processors.JSONRenderer(serializer=_json_line),
+            structlog.processors.JSONRenderer(),
         ],
     )
 

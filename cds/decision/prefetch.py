@@ -169,7 +169,7 @@ class ResourcePool:
         by_type: dict[str, list[Resource]] = {}
         for key, found in copies.items():
             if isinstance(key, tuple):
-                if _entered_in_error(found[0]) or any(map(_entered_in_error, found[1:])):
+                if any(map(_entered_in_error, found)):
                     left_out[(key[0], ENTERED_IN_ERROR)] += 1
                     continue
                 if len(found) > 1:
