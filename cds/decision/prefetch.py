@@ -66,8 +66,9 @@ class Identity:
             verdict = self._targets.get(target)  # by the string as sent: stripped only once
             if verdict is not None:
                 return verdict
-            if target.strip():
-                verdict = self._targets[target] = self._names_target(target.strip())
+            stripped = target.strip()
+            if stripped:
+                verdict = self._targets[target] = self._names_target(stripped)
                 return verdict
         identifier = reference.get("identifier")
         return isinstance(identifier, dict) and _identifier_key(identifier) in self.identifiers
