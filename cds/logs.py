@@ -4,8 +4,9 @@ Log request ids, service ids, hooks, timings and counts only: never names, ident
 birth dates, free text or tokens. Callers pass counts, not resources; nothing here formats a
 request body.
 
-Every line on stdout is one JSON object: the service's own events (structlog) and the records
-of the libraries underneath (uvicorn, Alembic, ...) go through one handler and one renderer.
+Every line on stdout is one JSON object, rendered by one renderer: the service's own events
+(structlog) are written straight to stdout, the records of the libraries underneath (uvicorn,
+Alembic, ...) go through the root handler.
 Two things the libraries would otherwise leak are cut here, whatever the log level:
 
 - httpx logs every request URL at INFO, and FHIR search URLs carry the patient id
