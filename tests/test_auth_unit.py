@@ -785,11 +785,11 @@ async def test_stale_keys_kept_when_refresh_fails(
 ) -> None:
     jwks_server.documents["/jwks.json"] = {"keys": [ec_jwk(ec_key, EC_KID)]}
     verifier = remote_verifier(
-        jwks_server.url("/jwks.json"), jwks_ttl_seconds=1, jwks_min_refetch_seconds=0
+        jwks_server.url("/jwks.json"), jwks_ttl_seconds=0.2, jwks_min_refetch_seconds=0
     )
     await verifier.verify(bearer(make_token(ec_key)), AUDIENCE)
     del jwks_server.documents["/jwks.json"]
-    await asyncio.sleep(1.1)  # let the 1 s TTL lapse
+    await asyncio.sleep(0.3)  # let the 0.2 s TTL lapse
 
     assert (await verifier.verify(bearer(make_token(ec_key)), AUDIENCE)).issuer == ISSUER
     assert jwks_server.hits["/jwks.json"] == 2

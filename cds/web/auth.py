@@ -412,7 +412,7 @@ class JwtVerifier:
         replay_cache: ReplayCache,
         *,
         leeway_seconds: int = 60,
-        jwks_ttl_seconds: int = 300,
+        jwks_ttl_seconds: float = 300,
         http_client: httpx.AsyncClient | None = None,
         allow_insecure_jku: bool = False,
         jwks_min_refetch_seconds: float = 10.0,
