@@ -34,15 +34,14 @@ for the ingredients the extract does not cover. Such an expansion names no ingre
 product counts for an uncovered ingredient of the rules when its RxNorm name carries one of the
 ingredient's spellings as a word ("amphetamine sulfate 10 MG Oral Tablet [Evekeo]", and not
 "dextroamphetamine"); its term type is read from RxNorm's naming ("{...} Pack" a pack, "[Brand]"
-branded). An ingredient the extract covers is never taken from a supplement. The committed table
-uses one:
+branded). An ingredient the extract covers is never taken from a supplement. A supplement's
+origin and licence are recorded in `SUPPLEMENTS` below, by the ValueSet's canonical URL: one
+not recorded there stops the build. The committed table uses two, copied unchanged from their
+origins (see `SUPPLEMENTS` and tests/fixtures/README.md) into the repository:
 
-    git clone https://github.com/HL7/cdc-opioid-cpg /tmp/cpg
-    VALUE_SET=input/vocabulary/amphetamines-class-medications.json
-    git -C /tmp/cpg show 77f4fdcc59192eff20395db6654695f4919eeb74:$VALUE_SET \
-        > /tmp/amphetamines-class-medications.json
     python scripts/build-rxnorm-products.py /tmp/rxi/web/data \
-        --value-set /tmp/amphetamines-class-medications.json
+        --value-set tests/fixtures/rxnorm-valueset/amphetamines-class-medications.json \
+        --value-set tests/fixtures/rxnorm-valueset/antibiotic-medications-for-uri.json
 """
 
 from __future__ import annotations
@@ -67,16 +66,27 @@ DEFAULT_ORIGIN = (
     "github.com/davidanderson3/rxnorm-ingredients @ a8fcf13a679fa37073e8fa83e11d5e0d8cc07276, "
     "web/data/*.json (extract of NLM RxNorm Current Prescribable Content, release 2025-10-06)"
 )
-SUPPLEMENT_ORIGIN = (
-    "github.com/HL7/cdc-opioid-cpg @ 77f4fdcc59192eff20395db6654695f4919eeb74, "
-    "input/vocabulary/amphetamines-class-medications.json (CDC Opioid Prescribing Support "
-    "Implementation Guide: ValueSet amphetamines-class-medications, expansion 2025-02-24)"
+_RXNORM_NAMES = (
+    "its content is RxNorm codes and names, which NLM publishes without licence restrictions "
+    "(RxNorm's own names, source RXNORM)."
 )
-SUPPLEMENT_LICENCE = (
-    "a ValueSet of the U.S. Centers for Disease Control and Prevention (a work of the U.S. "
-    "government) in an HL7 implementation guide; its content is RxNorm codes and names, which "
-    "NLM publishes without licence restrictions (RxNorm's own names, source RXNORM)."
-)
+# ValueSet canonical URL -> (origin, licence) of each supplement the table may be built with.
+SUPPLEMENTS = {
+    "http://fhir.org/guides/cdc/opioid-cds/ValueSet/amphetamines-class-medications": (
+        "github.com/HL7/cdc-opioid-cpg @ 77f4fdcc59192eff20395db6654695f4919eeb74, "
+        "input/vocabulary/amphetamines-class-medications.json (CDC Opioid Prescribing Support "
+        "Implementation Guide: ValueSet amphetamines-class-medications, expansion 2025-02-24)",
+        "a ValueSet of the U.S. Centers for Disease Control and Prevention (a work of the U.S. "
+        f"government) in an HL7 implementation guide; {_RXNORM_NAMES}",
+    ),
+    "http://cts.nlm.nih.gov/fhir/ValueSet/2.16.840.1.113883.3.464.1003.1190": (
+        "github.com/cqframework/ecqm-content-cms-2025 @ d80fd0ae5cae13780a0132c10192e2613cebb559, "
+        "input/vocabulary/valueset/external/valueset-2.16.840.1.113883.3.464.1003.1190.json "
+        "(VSAC eCQM value set Antibiotic Medications for Upper Respiratory Infection, version "
+        "20240210, RxNorm 2024-01)",
+        f"the repository is published under CC0 1.0 Universal; {_RXNORM_NAMES}",
+    ),
+}
 DEFAULT_LICENCE = (
     "RxNorm Current Prescribable Content is published by the U.S. National Library of Medicine "
     "for use without a UMLS licence (https://www.nlm.nih.gov/research/umls/rxnorm/docs/"
@@ -214,15 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a FHIR ValueSet expansion of RxNorm products, for ingredients the source lacks",
     )
-    parser.add_argument("--value-set-origin", default=SUPPLEMENT_ORIGIN)
-    parser.add_argument("--value-set-licence", default=SUPPLEMENT_LICENCE)
     args = parser.parse_args(argv)
     medications = yaml.safe_load(args.rules.read_text(encoding="utf-8"))
     supplements = [json.loads(path.read_text(encoding="utf-8")) for path in args.value_set]
+    unknown = [vs.get("url") for vs in supplements if vs.get("url") not in SUPPLEMENTS]
+    if unknown:
+        raise SystemExit(f"record the origin and licence of {unknown} in SUPPLEMENTS first")
     rows, uncovered = build(records(args.source), medications, supplements)
-    origins = [(args.origin, args.licence)]
-    if supplements:
-        origins.append((args.value_set_origin, args.value_set_licence))
+    origins = [(args.origin, args.licence), *(SUPPLEMENTS[vs["url"]] for vs in supplements)]
     lines = header(origins, rows, uncovered) + rows
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{args.out}: {len(rows)} products", file=sys.stderr)

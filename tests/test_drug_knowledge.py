@@ -15,6 +15,7 @@ authoring mistakes in the new tables.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -37,14 +38,15 @@ from tests.support.fhir_server import FhirTestServer, node_available
 from tests.test_cli import broken_rules
 
 POTASSIUM = "2823-3"
+MAGNESIUM = "19123-9"
 # Epic sends its own route list: a code of a local system and the route's text.
 EPIC_ROUTES = "urn:oid:1.2.840.114350.1.13.0.1.7.4.798268.7025"
 TABLE = PROJECT_ROOT / "rules" / "rxnorm-products.tsv"
 SCRIPT = PROJECT_ROOT / "scripts" / "build-rxnorm-products.py"
 SAMPLE = PROJECT_ROOT / "tests" / "fixtures" / "rxnorm-extract"
-SUPPLEMENT = (
-    PROJECT_ROOT / "tests" / "fixtures" / "rxnorm-valueset" / "amphetamines-class-medications.json"
-)
+VALUE_SETS = PROJECT_ROOT / "tests" / "fixtures" / "rxnorm-valueset"
+SUPPLEMENT = VALUE_SETS / "amphetamines-class-medications.json"
+ANTIBIOTICS = VALUE_SETS / "antibiotic-medications-for-uri.json"
 
 VOCABULARY = Vocabulary(load_knowledge(PROJECT_ROOT / "rules"))
 
@@ -96,23 +98,26 @@ def test_a_product_code_alone_gives_its_class_card_naming_the_product(
 
 
 @pytest.mark.parametrize(
-    ("code", "named"),
+    ("code", "named", "low"),
     [
-        ("313988", "furosemide 40 mg oral tablet"),
-        ("310798", "hydrochlorothiazide 25 mg oral tablet"),
+        ("313988", "furosemide 40 mg oral tablet", (POTASSIUM, 3.1, "mmol/L")),
+        ("310798", "hydrochlorothiazide 25 mg oral tablet", (POTASSIUM, 3.1, "mmol/L")),
+        # From the antibiotic supplement (the extract lacks amikacin's record):
+        ("1723156", "2 ml amikacin 250 mg/ml injection", (MAGNESIUM, 1.4, "mg/dL")),
     ],
 )
-def test_diuretic_tablets_by_code_alone_warn_when_potassium_is_low(
-    client: TestClient, code: str, named: str
+def test_electrolyte_depleting_products_by_code_alone_warn_when_what_they_lower_is_low(
+    client: TestClient, code: str, named: str, low: tuple[str, float, str]
 ) -> None:
-    card = chart(client, twitch(), coded(code), lab(POTASSIUM, 3.1, "mmol/L"))[
+    analyte, value, unit = low
+    card = chart(client, twitch(), coded(code), lab(analyte, value, unit))[
         "electrolyte-depleting-drug"
     ]
     assert card["indicator"] == "warning"
-    assert named in card["summary"].lower() and "3.1 mmol/L" in card["summary"]
+    assert named in card["summary"].lower() and f"{value} {unit}" in card["summary"]
     # Ordered by code alone, without a twitch complaint: it lowers what is already low.
     order = {**coded(code), "id": "draft-1", "status": "draft"}
-    request = order_request(SERVICE_SIGN, [{"resource": order}], lab(POTASSIUM, 3.1, "mmol/L"))
+    request = order_request(SERVICE_SIGN, [{"resource": order}], lab(analyte, value, unit))
     card = cards(client, request, SERVICE_SIGN)["electrolyte-depleting-drug"]
     assert card["indicator"] == "warning" and named in card["summary"].lower()
 
@@ -366,6 +371,46 @@ def test_the_committed_amphetamine_rows_are_what_the_supplement_gives(tmp_path: 
     assert "amphetamine," in header.split("Not covered")[1]
 
 
+def test_the_committed_amikacin_rows_are_what_the_antibiotic_supplement_gives(
+    tmp_path: Path,
+) -> None:
+    """Amikacin, whose record the extract lacks, comes from the VSAC antibiotic ValueSet by
+    name. The ValueSet fills only ingredients the source does not cover: the trimmed sample
+    also lacks gentamicin and tobramycin, so built from it those are filled too, by name; the
+    full extract covers them, and the committed table takes only amikacin from it."""
+    build(SAMPLE, tmp_path / "without.tsv", value_sets=(SUPPLEMENT,))
+    result = build(SAMPLE, tmp_path / "with.tsv", value_sets=(SUPPLEMENT, ANTIBIOTICS))
+    assert result.returncode == 0, result.stderr
+    without, built = table_rows(tmp_path / "without.tsv"), table_rows(tmp_path / "with.tsv")
+    line = (tmp_path / "without.tsv").read_text().split("Not covered")[1].split("\n")[1]
+    uncovered = line.removeprefix("# ").removesuffix(".").split(", ")
+    added = {rxcui: columns(row) for rxcui, row in built.items() if without.get(rxcui) != row}
+    assert {"1723156", "1723160"} <= set(added)
+    for _, _, ingredients, name in added.values():
+        for ingredient in ingredients.split(";"):
+            assert ingredient in uncovered
+            assert re.search(rf"\b{ingredient}\b", name, re.IGNORECASE), (ingredient, name)
+    committed = table_rows(TABLE)
+    amikacin = {rxcui for rxcui, row in committed.items() if "amikacin" in columns(row)[2]}
+    assert amikacin == {"1723156", "1723160"}
+    assert {rxcui: committed[rxcui] for rxcui in amikacin} == {r: built[r] for r in amikacin}
+    assert "amikacin" not in committed_header().split("Not covered")[1]
+
+
+def test_a_supplement_without_recorded_provenance_stops_the_build(tmp_path: Path) -> None:
+    value_set = json.loads(ANTIBIOTICS.read_text())
+    value_set["url"] = "http://example.org/ValueSet/unrecorded"
+    unrecorded = tmp_path / "unrecorded.json"
+    unrecorded.write_text(json.dumps(value_set))
+    result = build(SAMPLE, tmp_path / "out.tsv", value_sets=(unrecorded,))
+    assert result.returncode != 0 and "SUPPLEMENTS" in result.stderr
+    assert not (tmp_path / "out.tsv").exists()
+
+
+def committed_header() -> str:
+    return TABLE.read_text(encoding="utf-8").split("rxcui\t")[0]
+
+
 def columns(row: str) -> list[str]:
     """rxcui, tty, ingredients, name."""
     return row.split("\t")
@@ -385,11 +430,12 @@ def test_a_term_type_read_from_the_name_agrees_with_every_row_the_extract_typed(
 
 
 def test_the_committed_table_states_its_provenance() -> None:
-    header = [line for line in TABLE.read_text(encoding="utf-8").splitlines()[:12]]
+    header = [line for line in TABLE.read_text(encoding="utf-8").splitlines()[:16]]
     text = "\n".join(header)
     assert "GENERATED" in text and "scripts/build-rxnorm-products.py" in text
     assert "# Origin: " in text and "# Licence: " in text and "2025-10-06" in text
     assert "# Supplement: github.com/HL7/cdc-opioid-cpg @ 77f4fdc" in text
+    assert "# Supplement: github.com/cqframework/ecqm-content-cms-2025 @ d80fd0a" in text
 
 
 def test_a_rules_code_that_names_another_ingredient_stops_the_build(tmp_path: Path) -> None:
