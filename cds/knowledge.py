@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import fhirpathpy
 import yaml
@@ -20,7 +20,14 @@ from fhir.resources.R4B.questionnaire import Questionnaire
 from fhirpathpy.models import models as fhirpath_models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from cds.units import unit_factors, unit_key
 
@@ -29,6 +36,9 @@ SYSTEMS = {
     "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
     "loinc": "http://loinc.org",
     "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    # WHO ATC, by the URL HL7 Terminology gives it (CodeSystem v3-WC, OID 2.16.840.1.113883.6.73:
+    # https://terminology.hl7.org/CodeSystem-v3-WC.html). European EHRs code drugs in ATC.
+    "atc": "http://www.whocc.no/atc",
     # The project's own codes, for assessment answers no standard code names
     # (rules/assessment/questionnaire.yaml says which and why).
     "twitch-cds": "https://github.com/twitch-cds/twitch-cds/CodeSystem/assessment",
@@ -247,6 +257,9 @@ class DrugClass(_Model):
 
 class Ingredient(_Model):
     rxcui: str | None
+    # WHO ATC chemical substances (level 5): only codes of the group that means the drug class
+    # as the rules mean it (H02AB prednisolone is systemic; D07AA hydrocortisone is not listed).
+    atc: list[Annotated[str, StringConstraints(pattern=r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")]] = []
     drug_class: str = Field(alias="class")
     lowers: list[str] = []
     names: list[str] = []
@@ -296,6 +309,14 @@ class Medications(_Model):
     products: dict[str, Product] = {}
     synonyms: dict[str, list[str]] = {}
     routes: Routes | None = None
+
+    @model_validator(mode="after")
+    def _one_ingredient_per_atc_code(self) -> Medications:
+        codes = [code for ingredient in self.ingredients.values() for code in ingredient.atc]
+        twice = sorted({code for code in codes if codes.count(code) > 1})
+        if twice:
+            raise ValueError(f"ATC codes listed under more than one ingredient: {twice}")
+        return self
 
 
 class LabFlag(_Model):

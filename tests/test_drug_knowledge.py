@@ -311,6 +311,109 @@ def test_order_select_reads_only_the_selected_draft_but_follows_its_sibling(
     assert list(cards(client, request, SERVICE_OS)) == ["corticosteroid"]
 
 
+# --- ATC codes, as European records send them ---------------------------------------------------
+
+WHO_ATC = "http://www.whocc.no/atc"
+BFARM_ATC = "http://fhir.de/CodeSystem/bfarm/atc"  # the German edition, as the MII data codes
+
+
+def atc_coded(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    """A MedicationStatement naming its drug by an ATC code (a German display, or none)."""
+    coding = {"system": system, "code": code, **({"display": display} if display else {})}
+    resource = medication(kind="MedicationStatement")
+    return {**resource, "medicationCodeableConcept": {"coding": [coding]}}
+
+
+def test_a_german_furosemide_by_atc_warns_when_potassium_is_low(client: TestClient) -> None:
+    """ "Furosemid" is no English name: the ATC code alone makes it furosemide."""
+    found = chart(client, twitch(), atc_coded(BFARM_ATC, "C03CA01", "Furosemid"))
+    card = chart(
+        client,
+        twitch(),
+        atc_coded(BFARM_ATC, "C03CA01", "Furosemid"),
+        lab(POTASSIUM, 3.1, "mmol/L"),
+    )["electrolyte-depleting-drug"]
+    assert "electrolyte-depleting-drug" in found
+    assert card["indicator"] == "warning"
+    assert "Furosemid" in card["summary"] and "3.1 mmol/L" in card["summary"]
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "display", "finding", "named"),
+    [
+        # No display at all: the card names the ingredient the code means.
+        (WHO_ATC, "H02AB06", None, "corticosteroid", "Prednisolone"),
+        (BFARM_ATC, "H02AB06", "Prednisolon", "corticosteroid", "Prednisolon"),
+        (
+            "urn:oid:2.16.840.1.113883.6.73",
+            "N06BA04",
+            "Methylphenidat",
+            "stimulant",
+            "Methylphenidat",
+        ),
+        (BFARM_ATC, "G03CA01", "Ethinylestradiol", "estrogen", "Ethinylestradiol"),
+        (BFARM_ATC, "N07AA02", "Pyridostigminbromid", "cholinergic-drug", "Pyridostigminbromid"),
+    ],
+)
+def test_an_atc_substance_code_gives_its_class_card(
+    client: TestClient, system: str, code: str, display: str | None, finding: str, named: str
+) -> None:
+    found = chart(client, twitch(), atc_coded(system, code, display))
+    assert finding in found
+    assert f"**{named}**" in found[finding]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("code", "display"),
+    [
+        ("D07AA02", "Hydrocortison"),  # corticosteroids, dermatological
+        ("S01BA01", "Dexamethason"),  # corticosteroids, ophthalmological
+        ("R03BA02", "Budesonid"),  # inhaled budesonide
+    ],
+)
+def test_an_atc_code_of_a_local_corticosteroid_gives_no_steroid_card(
+    client: TestClient, code: str, display: str
+) -> None:
+    assert "corticosteroid" not in chart(client, twitch(), atc_coded(BFARM_ATC, code, display))
+
+
+def test_a_medication_resource_coded_in_atc_is_followed(client: TestClient) -> None:
+    """As the MII data sends it: the statement refers to a Medication coded in ATC only."""
+    drug = {
+        "resourceType": "Medication",
+        "id": "med-atc",
+        "code": {
+            "coding": [{"system": BFARM_ATC, "code": "C03AA03", "display": "Hydrochlorothiazid"}]
+        },
+    }
+    statement = medication(kind="MedicationStatement")
+    del statement["medicationCodeableConcept"]
+    statement["medicationReference"] = {"reference": "#med-atc"}
+    statement["contained"] = [drug]
+    card = chart(client, twitch(), statement, lab(POTASSIUM, 3.1, "mmol/L"))[
+        "electrolyte-depleting-drug"
+    ]
+    assert "Hydrochlorothiazid" in card["summary"] and card["indicator"] == "warning"
+
+
+def test_every_atc_code_of_the_rules_is_the_clinical_references() -> None:
+    """rules/medications.yaml takes its ATC codes from docs/clinical-reference.md §3, where
+    each was checked against the WHO ATC/DDD index; one code names one ingredient."""
+    reference = (PROJECT_ROOT / "docs" / "clinical-reference.md").read_text(encoding="utf-8")
+    rows = {
+        cells[1].split("/")[0].strip(): cells[3]
+        for line in reference.split("## 3. Medications")[1].split("## 4.")[0].splitlines()
+        if line.startswith("| ") and len(cells := line.split("|")) > 4
+    }
+    ingredients = VOCABULARY.knowledge.medications.ingredients
+    listed = {name: i.atc for name, i in ingredients.items() if i.atc}
+    assert len(listed) >= 40
+    for name, codes in listed.items():
+        assert all(code in rows[name] for code in codes), (name, codes, rows.get(name))
+    every = [code for codes in listed.values() for code in codes]
+    assert len(every) == len(set(every)) == len(VOCABULARY.by_atc)
+
+
 # --- the generated table ------------------------------------------------------------------------
 
 
@@ -477,6 +580,23 @@ def test_check_rules_reports_mistakes_in_the_product_and_route_tables(tmp_path: 
         "word 'oral' also names ear",
     ]:
         assert expected in out, out
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        # bumetanide given furosemide's code
+        (("atc: [C03CA02]", "atc: [C03CA01]"), "more than one ingredient: ['C03CA01']"),
+        # prednisone's, a digit short
+        (("atc: [H02AB07]", "atc: [H02AB7]"), "ingredients.prednisone.atc.0: String should match"),
+    ],
+)
+def test_check_rules_reports_atc_codes_that_are_malformed_or_listed_twice(
+    tmp_path: Path, edit: tuple[str, str], expected: str
+) -> None:
+    rules = broken_rules(tmp_path, {"medications.yaml": [edit]})
+    status, out, _ = run("check-rules", "--rules-dir", str(rules))
+    assert status == 1 and expected in out, out
 
 
 def test_check_rules_refuses_products_written_into_medications_yaml(tmp_path: Path) -> None:

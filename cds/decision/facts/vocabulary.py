@@ -22,6 +22,7 @@ SYSTEM_LABELS = {
     "icd10": "ICD-10",
     "loinc": "LOINC",
     "rxnorm": "RxNorm",
+    "atc": "ATC",
     "twitch-cds": "twitch-cds assessment",
 }
 CodeKey = tuple[str, str]
@@ -100,6 +101,7 @@ class Vocabulary:
         self.range_sexes = {sex: set(codes) for sex, codes in record.reference_range_sex.items()}
         meds = knowledge.medications
         self.by_rxcui = {i.rxcui: name for name, i in meds.ingredients.items() if i.rxcui}
+        self.by_atc = {code: name for name, i in meds.ingredients.items() for code in i.atc}
         self.products = meds.products
         # Ingredient names and brand names, matched in one pass (longest name first, so
         # "ethinyl estradiol" is not also read as "estradiol").
@@ -181,8 +183,8 @@ class Vocabulary:
         ]
 
     def ingredients_of(self, concept: Any) -> set[str]:
-        """Ingredients of a medication CodeableConcept: RxNorm IN, then product codes (SCD,
-        SBD, GPCK, BPCK), then names and brand names."""
+        """Ingredients of a medication CodeableConcept: RxNorm IN, product codes (SCD, SBD,
+        GPCK, BPCK) and ATC substance codes, then names and brand names."""
         found: set[str] = set()
         texts: list[str] = []
         for product in self.products_of(concept):
@@ -191,6 +193,8 @@ class Vocabulary:
             key = self.key_of(coding)
             if key is not None and key[0] == "rxnorm" and key[1] in self.by_rxcui:
                 found.add(self.by_rxcui[key[1]])
+            elif key is not None and key[0] == "atc" and key[1] in self.by_atc:
+                found.add(self.by_atc[key[1]])
             if isinstance(coding.get("display"), str):
                 texts.append(coding["display"])
         if isinstance(concept, dict) and isinstance(concept.get("text"), str):
