@@ -325,15 +325,12 @@ def atc_coded(system: str, code: str, display: str | None = None) -> dict[str, A
 
 
 def test_a_german_furosemide_by_atc_warns_when_potassium_is_low(client: TestClient) -> None:
-    """ "Furosemid" is no English name: the ATC code alone makes it furosemide."""
-    found = chart(client, twitch(), atc_coded(BFARM_ATC, "C03CA01", "Furosemid"))
-    card = chart(
-        client,
-        twitch(),
-        atc_coded(BFARM_ATC, "C03CA01", "Furosemid"),
-        lab(POTASSIUM, 3.1, "mmol/L"),
-    )["electrolyte-depleting-drug"]
-    assert "electrolyte-depleting-drug" in found
+    """German "Furosemid" matches no English name: the ATC code alone makes it furosemide."""
+    furosemid = atc_coded(BFARM_ATC, "C03CA01", "Furosemid")
+    assert "electrolyte-depleting-drug" in chart(client, twitch(), furosemid)
+    card = chart(client, twitch(), furosemid, lab(POTASSIUM, 3.1, "mmol/L"))[
+        "electrolyte-depleting-drug"
+    ]
     assert card["indicator"] == "warning"
     assert "Furosemid" in card["summary"] and "3.1 mmol/L" in card["summary"]
 
