@@ -100,8 +100,12 @@ class Vocabulary:
         self.lab_flags = record.lab_flags
         self.range_sexes = {sex: set(codes) for sex, codes in record.reference_range_sex.items()}
         meds = knowledge.medications
-        self.by_rxcui = {i.rxcui: name for name, i in meds.ingredients.items() if i.rxcui}
-        self.by_atc = {code: name for name, i in meds.ingredients.items() for code in i.atc}
+        # An ingredient's own codes: its RxNorm ingredient code and its ATC substance codes.
+        self.ingredient_codes: dict[CodeKey, str] = {
+            key: name
+            for name, i in meds.ingredients.items()
+            for key in [*([("rxnorm", i.rxcui)] if i.rxcui else []), *(("atc", c) for c in i.atc)]
+        }
         self.products = meds.products
         # Ingredient names and brand names, matched in one pass (longest name first, so
         # "ethinyl estradiol" is not also read as "estradiol").
@@ -191,10 +195,8 @@ class Vocabulary:
             found.update(product.ingredients)
         for coding in codings(concept):
             key = self.key_of(coding)
-            if key is not None and key[0] == "rxnorm" and key[1] in self.by_rxcui:
-                found.add(self.by_rxcui[key[1]])
-            elif key is not None and key[0] == "atc" and key[1] in self.by_atc:
-                found.add(self.by_atc[key[1]])
+            if key in self.ingredient_codes:
+                found.add(self.ingredient_codes[key])
             if isinstance(coding.get("display"), str):
                 texts.append(coding["display"])
         if isinstance(concept, dict) and isinstance(concept.get("text"), str):
